@@ -1,0 +1,119 @@
+"""edgeslm: small language models on the user's own device.
+
+    import edgeslm
+    model = edgeslm.load("smollm2-135m")
+    print(model.chat([{"role": "user", "content": "hi"}]).text)
+
+Importing this package loads no inference engine; engines load with the first model.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._errors import (
+    BackendUnavailableError,
+    ContextLengthError,
+    CorruptModelError,
+    DiskFullError,
+    DownloadError,
+    EdgeSLMError,
+    ExtractionFailed,
+    GatedModelError,
+    GenerationError,
+    ModelClosedError,
+    ModelNotFoundError,
+    OfflineError,
+    SchemaError,
+    TemplateError,
+    ToolCallError,
+    UnsafeTemplateError,
+)
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from .api.load import load
+    from .api.model import ChatStream, Model
+    from .api.plan import plan
+    from .api.results import ChatChunk, ChatResult, Extraction, ToolCall, Usage
+    from .api.tools import ToolRun
+    from .decoding.schema import SchemaSupport, check_schema
+    from .runtime.hardware import Hardware, detect
+    from .runtime.planner import Plan
+    from .store import pull
+    from .tools.spec import Tool, tool
+
+__all__ = [
+    "BackendUnavailableError",
+    "ChatChunk",
+    "ChatResult",
+    "ChatStream",
+    "ContextLengthError",
+    "CorruptModelError",
+    "DiskFullError",
+    "DownloadError",
+    "EdgeSLMError",
+    "Extraction",
+    "ExtractionFailed",
+    "GatedModelError",
+    "GenerationError",
+    "Hardware",
+    "Model",
+    "ModelClosedError",
+    "ModelNotFoundError",
+    "OfflineError",
+    "Plan",
+    "SchemaError",
+    "SchemaSupport",
+    "TemplateError",
+    "Tool",
+    "ToolCall",
+    "ToolCallError",
+    "ToolRun",
+    "UnsafeTemplateError",
+    "Usage",
+    "__version__",
+    "check_schema",
+    "detect",
+    "load",
+    "plan",
+    "pull",
+    "tool",
+]
+
+# Public name -> module that defines it; imported on first access (PEP 562) to keep import fast.
+_LAZY = {
+    "load": ".api.load",
+    "plan": ".api.plan",
+    "pull": ".store",
+    "Model": ".api.model",
+    "ChatStream": ".api.model",
+    "ChatChunk": ".api.results",
+    "ChatResult": ".api.results",
+    "Extraction": ".api.results",
+    "ToolCall": ".api.results",
+    "ToolRun": ".api.tools",
+    "Tool": ".tools.spec",
+    "tool": ".tools.spec",
+    "Usage": ".api.results",
+    "Hardware": ".runtime.hardware",
+    "detect": ".runtime.hardware",
+    "Plan": ".runtime.planner",
+    "SchemaSupport": ".decoding.schema",
+    "check_schema": ".decoding.schema",
+}
+
+
+def __getattr__(name: str) -> Any:
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'edgeslm' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(mod, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,133 @@
+"""Every error a user can cause is an :class:`EdgeSLMError` with a hint on what to do.
+
+Hierarchy::
+
+    EdgeSLMError
+    ├── ModelNotFoundError        unknown catalog id, missing file, bundled model not installed
+    ├── CorruptModelError         a model file failed its header / hash checks
+    ├── BackendUnavailableError   the engine for a backend is not installed or cannot run here
+    ├── TemplateError             the chat template cannot be rendered
+    │   └── UnsafeTemplateError   the chat template tried to escape the sandbox
+    ├── ContextLengthError        the prompt does not fit the context window
+    ├── ModelClosedError          the model was closed
+    ├── GenerationError           the engine failed while decoding
+    ├── SchemaError               a schema is invalid or cannot be served
+    ├── ExtractionFailed          no output validated after the allowed retries
+    ├── ToolCallError             a tool call could not be produced or executed
+    ├── DownloadError             a download failed (network, HTTP, disk)
+    │   ├── GatedModelError       the Hub repo needs a token / licence acceptance
+    │   └── DiskFullError         not enough free disk for the download
+    └── OfflineError              the model is not cached and the network is off
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailableError",
+    "ContextLengthError",
+    "CorruptModelError",
+    "DiskFullError",
+    "DownloadError",
+    "EdgeSLMError",
+    "ExtractionFailed",
+    "GatedModelError",
+    "GenerationError",
+    "ModelClosedError",
+    "ModelNotFoundError",
+    "OfflineError",
+    "SchemaError",
+    "TemplateError",
+    "ToolCallError",
+    "UnsafeTemplateError",
+]
+
+
+class EdgeSLMError(Exception):
+    """Base class of every error edgeslm raises on purpose.
+
+    ``hint`` says what the user can do about it; it is appended to the message.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(f"{message}\nHint: {hint}" if hint else message)
+
+
+class ModelNotFoundError(EdgeSLMError):
+    """The model id, path or bundled model cannot be found."""
+
+
+class CorruptModelError(EdgeSLMError):
+    """A model file is damaged, truncated, or hostile."""
+
+
+class BackendUnavailableError(EdgeSLMError):
+    """The requested backend or device cannot be used here."""
+
+
+class TemplateError(EdgeSLMError):
+    """The model's chat template could not be rendered."""
+
+
+class UnsafeTemplateError(TemplateError):
+    """The chat template tried to reach Python internals; nothing was run."""
+
+
+class ContextLengthError(EdgeSLMError):
+    """The prompt is longer than the model's context window."""
+
+    def __init__(self, message: str, *, n_prompt: int, n_ctx: int, hint: str | None = None) -> None:
+        self.n_prompt = n_prompt
+        self.n_ctx = n_ctx
+        super().__init__(message, hint=hint)
+
+
+class ModelClosedError(EdgeSLMError):
+    """The model was closed and can no longer be used."""
+
+
+class GenerationError(EdgeSLMError):
+    """The engine reported a failure while decoding."""
+
+
+class SchemaError(EdgeSLMError):
+    """A JSON Schema is invalid, or uses something that cannot be served."""
+
+
+class ExtractionFailed(EdgeSLMError):
+    """No output validated against the schema within the allowed attempts."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        last_output: str = "",
+        errors: list[str] | None = None,
+        attempts: int = 0,
+        hint: str | None = None,
+    ) -> None:
+        self.last_output = last_output
+        self.errors = list(errors or [])
+        self.attempts = attempts
+        super().__init__(message, hint=hint)
+
+
+class ToolCallError(EdgeSLMError):
+    """A tool call could not be produced, parsed, or executed."""
+
+
+class DownloadError(EdgeSLMError):
+    """Downloading a model failed; nothing partial was left in the cache."""
+
+
+class GatedModelError(DownloadError):
+    """The Hub repository is gated and needs a token."""
+
+
+class DiskFullError(DownloadError):
+    """There is not enough free disk space for the download."""
+
+
+class OfflineError(EdgeSLMError):
+    """The model is not cached and the network is disabled or unreachable."""

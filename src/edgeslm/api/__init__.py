@@ -1,0 +1,1 @@
+"""edgeslm api layer."""

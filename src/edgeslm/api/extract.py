@@ -1,0 +1,269 @@
+"""Structured extraction: a JSON Schema (or pydantic class) in, a validated object out.
+
+How one extraction runs:
+
+1. ``check_schema`` decides what the grammar can enforce (``exact``), what it only approximates
+   (``relaxed``: the grammar accepts a superset, and the keywords it cannot enforce are listed), or
+   refuses the schema with the reason.
+2. Decoding is constrained by that grammar (llguidance) inside edgeslm's own loop: tokens the
+   grammar forces are evaluated as one batch; output is compact JSON. Unbounded strings and arrays
+   are capped (``max_string`` / ``max_items``) so a looping small model cannot run away.
+3. Every result is parsed and validated with ``jsonschema`` against the *original* schema (and by
+   pydantic when a class was given). A failed attempt (invalid, cut off, or caught repeating
+   itself) is retried with sampling, a bounded number of times; then :class:`ExtractionFailed`
+   carries the last output and the validation errors. Invalid data is never returned.
+
+A generation that repeats itself, or uses most of its token budget, is steered to close the JSON
+as early as the grammar allows (only allowed tokens are boosted, so validity is unaffected); its
+confidence is capped at 0.5.
+
+Confidence is the geometric mean of the probabilities of the tokens the model chose freely,
+each taken from the grammar-masked distribution (tokens the grammar forced carry no information
+and are excluded): ``exp(mean(log p))``. 1.0 means every free choice was certain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .._errors import ExtractionFailed, SchemaError
+from ..decoding.loop import GenStats, generate_steps
+from ..decoding.sampling import Sampler, SamplingParams
+
+if TYPE_CHECKING:
+    from ..backends.base import Backend
+    from ..decoding.schema import SchemaSupport
+
+__all__ = ["ExtractionPlan", "constrained_json", "extraction_messages", "prepare_schema"]
+
+DEFAULT_MAX_STRING = 256
+DEFAULT_MAX_ITEMS = 64
+DEFAULT_INSTRUCTIONS = (
+    "Extract the requested information from the user's text. Reply with one JSON object that "
+    "matches this JSON Schema, using only facts from the text."
+)
+
+
+@dataclass
+class ExtractionPlan:
+    """A schema ready to generate with: its support level, grammar and validators."""
+
+    schema: Any  # the JSON Schema (dict or bool)
+    support: SchemaSupport
+    grammar: str
+    validator: Any
+    model_class: type | None = None
+
+    def validate(self, text: str) -> tuple[Any, list[str]]:
+        """Parse and validate *text*: ``(data, [])`` or ``(None, errors)``."""
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            return None, [f"not JSON: {exc}"]
+        errors = [
+            f"{'/'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"
+            for e in self.validator.iter_errors(value)
+        ]
+        if errors:
+            return None, errors[:20]
+        if self.model_class is not None:
+            try:
+                return self.model_class.model_validate(value), []
+            except Exception as exc:  # pydantic.ValidationError, without importing pydantic
+                return None, [f"pydantic: {exc}"]
+        return value, []
+
+
+def prepare_schema(
+    schema: Any, *, max_string: int | None = DEFAULT_MAX_STRING, max_items: int | None = DEFAULT_MAX_ITEMS
+) -> ExtractionPlan:
+    """Check, compile (cached) and wrap a schema; raise :class:`SchemaError` when it is refused."""
+    from ..decoding.schema import check_schema, grammar_for, make_validator, normalize_schema
+
+    model_class = schema if isinstance(schema, type) else None
+    plain = normalize_schema(schema)
+    support = check_schema(plain)
+    if not support:
+        raise SchemaError(
+            f"this schema cannot be served: {support.reason}",
+            hint="edgeslm.check_schema(schema) explains what is wrong; fix or simplify the schema",
+        )
+    tight = dataclasses.replace(support, grammar_schema=close_objects(support.grammar_schema))
+    try:
+        grammar = grammar_for(tight, compact=True, max_string=max_string, max_items=max_items)
+    except SchemaError:
+        # The tightenings can exceed what the grammar engine decides (e.g. a length cap on a
+        # complex pattern): fall back to the grammar of the checked schema itself.
+        grammar = grammar_for(support, compact=True)
+    return ExtractionPlan(plain, support, grammar, make_validator(plain), model_class)
+
+
+_OPEN_KEYS = frozenset({"additionalProperties", "patternProperties", "unevaluatedProperties",
+                        "allOf", "anyOf", "oneOf", "$ref", "if", "dependentSchemas", "dependencies"})
+
+
+def close_objects(schema: Any, *, in_all_of: bool = False) -> Any:
+    """Forbid properties the schema does not name, where it leaves them open.
+
+    This makes the grammar stricter than the schema (a subset of the valid outputs, so every
+    output still validates); it stops small models from inventing keys. Left alone: objects that
+    combine sub-schemas (``allOf``, ``$ref``...), ``allOf`` branches, and objects requiring keys
+    they do not list, where closing them could make the schema unsatisfiable.
+    """
+    if isinstance(schema, list):
+        return [close_objects(s, in_all_of=in_all_of) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for k, v in schema.items():
+        if k in ("properties", "$defs", "definitions", "dependentSchemas", "patternProperties"):
+            out[k] = {name: close_objects(sub) for name, sub in v.items()} if isinstance(v, dict) else v
+        elif k in ("enum", "const", "default", "examples", "required", "not", "if"):
+            # data, or sub-schemas whose narrowing would *widen* the parent: leave untouched
+            out[k] = v
+        else:
+            out[k] = close_objects(v, in_all_of=(k == "allOf"))
+    props = schema.get("properties")
+    if (
+        isinstance(props, dict)
+        and props
+        and not in_all_of
+        and not (_OPEN_KEYS & schema.keys())
+        and set(schema.get("required", [])) <= props.keys()
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+def extraction_messages(
+    text: str,
+    schema: Any,
+    instructions: str | None = None,
+    examples: Sequence[Any] | None = None,
+) -> list[dict[str, str]]:
+    """The conversation for one extraction. Everything but the last message depends only on the
+    instructions, schema and examples, so repeated extractions reuse its KV cache."""
+    system = f"{instructions or DEFAULT_INSTRUCTIONS}\nJSON Schema: {json.dumps(schema, separators=(',', ':'))}"
+    msgs = [{"role": "system", "content": system}]
+    for ex in examples or ():
+        if isinstance(ex, dict) and "input" in ex and "output" in ex:
+            inp, out = ex["input"], ex["output"]
+        else:
+            inp, out = ex
+        if hasattr(out, "model_dump"):
+            out = out.model_dump(mode="json")
+        msgs.append({"role": "user", "content": str(inp)})
+        msgs.append({"role": "assistant", "content": out if isinstance(out, str) else json.dumps(out)})
+    msgs.append({"role": "user", "content": text})
+    return msgs
+
+
+def _repeating(tokens: list[int], window: int = 48, max_period: int = 12) -> bool:
+    """True when the last *window* tokens are one short cycle repeated (a runaway loop)."""
+    if len(tokens) < window:
+        return False
+    tail = tokens[-window:]
+    return any(tail[p:] == tail[:-p] for p in range(1, max_period + 1))
+
+
+@dataclass
+class Attempt:
+    """One constrained generation."""
+
+    text: str
+    complete: bool
+    wrapped_up: bool
+    confidence: float
+    stats: GenStats
+
+
+def constrained_json(
+    engine: Backend,
+    prompt: list[int],
+    plan: ExtractionPlan,
+    *,
+    max_tokens: int,
+    params: SamplingParams,
+) -> Attempt:
+    """Generate once under the plan's grammar.
+
+    When the output starts repeating itself, or has used 60 % of ``max_tokens``, generation is
+    steered to close the JSON as soon as the grammar allows (see :class:`WrapUp`).
+    """
+    from ..decoding.constrain import GrammarConstraint, WrapUp, closing_tokens
+
+    constraint = WrapUp(GrammarConstraint(engine.constraint_tokenizer(), plan.grammar), closing_tokens(engine))
+    soft_limit = max(16, int(max_tokens * 0.6))
+    stats = GenStats()
+    pieces: list[bytes] = []
+    tokens: list[int] = []
+    logps: list[float] = []
+    steps = generate_steps(
+        engine, prompt, Sampler(params), max_tokens, constraint=constraint, logprobs=True, stats=stats
+    )
+    try:
+        for step in steps:
+            constraint.scan.feed(step.piece)
+            pieces.append(step.piece)
+            tokens.append(step.token)
+            if not step.forced and step.logprob is not None and not constraint.on:
+                logps.append(step.logprob)
+            if not constraint.on and (len(tokens) >= soft_limit or (len(tokens) % 8 == 0 and _repeating(tokens))):
+                constraint.on = True
+    finally:
+        steps.close()
+    conf = math.exp(sum(logps) / len(logps)) if logps else 1.0
+    if constraint.on:
+        conf = min(conf, 0.5)  # the model did not finish by itself: say so
+    text = b"".join(pieces).decode("utf-8", errors="replace")
+    return Attempt(text, constraint.accepting(), constraint.on, conf, stats)
+
+
+def run_extraction(
+    engine: Backend,
+    prompt: list[int],
+    plan: ExtractionPlan,
+    *,
+    max_tokens: int,
+    temperature: float,
+    seed: int | None,
+    retries: int | None,
+) -> tuple[Any, Attempt, int, list[GenStats]]:
+    """Attempt up to ``1 + retries`` times; return (data, attempt, attempts, all stats).
+
+    ``retries=None`` picks 2 for schemas the grammar enforces exactly (only a cut-off can fail)
+    and 5 for relaxed ones (validation of unenforced keywords can fail).
+    """
+    if retries is None:
+        retries = 2 if plan.support.exact else 5
+    errors: list[str] = []
+    last: Attempt | None = None
+    all_stats: list[GenStats] = []
+    for i in range(retries + 1):
+        if i == 0:
+            params = SamplingParams(temperature=temperature, seed=seed)
+        else:  # retries sample, so they explore what greedy decoding could not
+            params = SamplingParams(temperature=max(temperature, 0.7), top_p=0.95, top_k=40,
+                                    seed=None if seed is None else seed + i)
+        att = constrained_json(engine, prompt, plan, max_tokens=max_tokens, params=params)
+        all_stats.append(att.stats)
+        last = att
+        if not att.complete:
+            errors = [f"the output was cut off at {att.stats.completion_tokens} tokens (max_tokens)"]
+            continue
+        data, errors = plan.validate(att.text)
+        if not errors:
+            return data, att, i + 1, all_stats
+    assert last is not None
+    raise ExtractionFailed(
+        f"no output validated against the schema in {retries + 1} attempts: {'; '.join(errors[:3])}",
+        last_output=last.text,
+        errors=errors,
+        attempts=retries + 1,
+        hint="raise max_tokens=, give instructions= or examples=, simplify the schema, or use a larger model",
+    )

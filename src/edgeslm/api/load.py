@@ -1,0 +1,130 @@
+"""``edgeslm.load``: resolve a model reference, plan how to run it, and open it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .._errors import BackendUnavailableError, ModelNotFoundError, TemplateError, UnsafeTemplateError
+from ..decoding.template import ChatTemplate, default_template
+from .model import Model
+
+__all__ = ["load"]
+
+BACKENDS = ("auto", "llama.cpp", "onnx")
+DEVICES = ("auto", "cpu", "cuda", "metal", "gpu")
+
+
+def load(
+    model: str | os.PathLike[str],
+    *,
+    backend: str = "auto",
+    device: str = "auto",
+    n_ctx: int | None = None,
+    n_gpu_layers: int | None = None,
+    n_threads: int | None = None,
+    chat_template: str | None = None,
+    quant: str | None = None,
+    download: bool | None = None,
+    tool_format: str | None = None,
+) -> Model:
+    """Load a model: a catalog id (``"phi-4-mini"``, ``"smollm2-135m"``), a local ``.gguf`` file,
+    an ONNX GenAI folder, or ``hf://owner/repo/file.gguf``.
+
+    ``backend`` and ``device`` default to ``"auto"``: the planner picks what fits this machine
+    (see :func:`edgeslm.plan`). ``chat_template`` overrides the template stored in the model;
+    ``tool_format`` the native tool-call format ("generic", "hermes", "phi4", "llama3", "gemma3").
+    """
+    if tool_format is not None:
+        from ..tools.formats import get_format
+
+        tool_format = get_format(tool_format).name
+    if backend not in BACKENDS:
+        raise BackendUnavailableError(f"unknown backend {backend!r}", hint=f"use one of {BACKENDS}")
+    if device not in DEVICES:
+        raise BackendUnavailableError(f"unknown device {device!r}", hint=f"use one of {DEVICES}")
+    from ..runtime.planner import plan_for_path
+    from ..store import resolve, validate_model_file
+
+    if quant is None:
+        quant = _planned_quant(model)
+    resolved = resolve(model, quant=quant, download=True if download is None else download)
+    path = Path(resolved.path)
+    info = validate_model_file(path)  # header checks: a hostile file never reaches the engine
+    entry = resolved.entry
+    plan = plan_for_path(
+        path,
+        backend=backend,
+        device=device,
+        n_ctx=n_ctx,
+        n_gpu_layers=n_gpu_layers,
+        context_length=(entry.context_length if entry else None) or getattr(info, "context_length", None),
+        n_layers=_n_layers(info),
+    )
+    name = entry.id if entry is not None else path.name
+    engine: Any
+    if plan.backend == "llama.cpp":
+        from ..backends.llamacpp import LlamaCppBackend
+
+        engine = LlamaCppBackend(path, n_ctx=plan.n_ctx, n_gpu_layers=plan.n_gpu_layers, n_threads=n_threads)
+    elif plan.backend == "onnx":
+        from ..backends.onnx import OnnxGenAIBackend
+
+        engine = OnnxGenAIBackend(path, n_ctx=plan.n_ctx, device=plan.device, n_threads=n_threads)
+    else:  # pragma: no cover - the planner only returns known backends
+        raise ModelNotFoundError(f"no backend for {path}")
+    engine.plan = plan
+    try:
+        template = _template(engine, chat_template)
+    except Exception:
+        engine.close()
+        raise
+    return Model(engine, name=name, template=template, info=resolved, tool_format=tool_format)
+
+
+def _n_layers(info: Any) -> int | None:
+    meta = getattr(info, "metadata", None) or {}
+    arch = meta.get("general.architecture")
+    v = meta.get(f"{arch}.block_count")
+    return int(v) if isinstance(v, int) else None
+
+
+def _template(engine: Any, override: str | None) -> ChatTemplate | None:
+    source = override or engine.chat_template
+    bos = engine.token_text(engine.bos_id) if engine.bos_id is not None else ""
+    eos = engine.token_text(engine.eos_id) if engine.eos_id is not None else ""
+    stops: list[str] = []
+    if not source:
+        # No template in the model: the family's own turn format, else ChatML, else plain text.
+        source, stops = default_template(
+            engine.metadata.get("general.architecture", ""),
+            lambda t: len(engine.tokenize(t, special=True)) == 1,
+        )
+    template = ChatTemplate(source, bos_token=bos, eos_token=eos, stop=stops)
+    try:  # render once now, so a hostile template fails at load instead of at the first chat
+        template.render_text([{"role": "user", "content": "ping"}])
+    except UnsafeTemplateError:
+        raise
+    except TemplateError:
+        pass  # e.g. templates that insist on a system turn: judged again at each call
+    return template
+
+
+def _planned_quant(ref: str | os.PathLike[str]) -> str | None:
+    """For a catalog id with several variants, the quantization the planner picks for this machine."""
+    from ..store import get_entry
+
+    text = os.fspath(ref)
+    if Path(text).expanduser().exists() or "://" in text:
+        return None
+    try:
+        entry = get_entry(text)
+    except ModelNotFoundError:
+        return None
+    if len(entry.variants) < 2:
+        return None
+    from .plan import plan
+
+    variant = plan(text).variant
+    return variant.split(":", 1)[1] if variant and ":" in variant else None

@@ -1,0 +1,508 @@
+"""``Model``: one loaded model with chat, generate, extract and tool calls.
+
+A ``Model`` wraps a backend (the engine) and the shared decoding loop. Calls are serialized with
+a lock, so one model can be shared by many threads; a stream holds the lock until it is exhausted,
+closed, or garbage-collected (breaking out of a ``for`` loop over it is enough).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from .._errors import ModelClosedError, SchemaError, TemplateError, ToolCallError
+from ..backends.base import Backend
+from ..decoding.loop import GenStats, generate_steps, stream_text
+from ..decoding.sampling import Sampler, SamplingParams
+from ..decoding.template import ChatTemplate
+from .results import ChatChunk, ChatResult, Extraction, Usage
+
+__all__ = ["ChatStream", "Message", "Model"]
+
+Message = dict[str, Any]
+
+
+class Model:
+    """A loaded model. Create it with :func:`edgeslm.load`; close it (or use ``with``) to free memory."""
+
+    supports_schema = True
+    supports_tools = True
+
+    def __init__(
+        self, engine: Backend, *, name: str, template: ChatTemplate | None, info: Any = None,
+        tool_format: str | None = None,
+    ) -> None:
+        self._engine: Backend | None = engine
+        self.name = name
+        self.path = engine.path
+        self.backend = engine.name
+        self.device = engine.device
+        self.n_ctx = engine.n_ctx
+        self.info = info
+        self.template = template
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+        self._open_stream: weakref.ref[Any] | None = None
+        self.tool_format: str = tool_format or _default_tool_format(engine, template, info)
+        """How this model is shown tools and writes calls: "generic", "hermes", "phi4", "llama3" or
+        "gemma3" (from the catalog, else detected from the template; assign to override)."""
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Free the model's memory. Safe to call twice; later calls raise ``ModelClosedError``."""
+        with self._lock:
+            if self._engine is not None:
+                self._engine.close()
+                self._engine = None
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if self._engine is not None and not self._lock.locked():
+                self._engine.close()
+        except Exception:
+            pass
+
+    @property
+    def closed(self) -> bool:
+        return self._engine is None
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{self.backend}/{self.device}"
+        return f"<edgeslm.Model {self.name!r} {state}>"
+
+    def _acquire(self) -> Backend:
+        me = threading.get_ident()
+        if self._owner == me and self._open_stream is not None:
+            stale = self._open_stream()
+            if stale is not None:
+                stale.close()  # an unfinished stream of this thread: end it, do not deadlock
+        self._lock.acquire()
+        if self._engine is None:
+            self._lock.release()
+            raise ModelClosedError(f"model {self.name!r} is closed", hint="load it again with edgeslm.load()")
+        self._owner = me
+        return self._engine
+
+    def _release(self) -> None:
+        self._owner = None
+        self._open_stream = None
+        self._lock.release()
+
+    # ------------------------------------------------------------------ prompts
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        """Tokens for *text* (control tokens parsed only when ``special=True``)."""
+        engine = self._acquire()
+        try:
+            return engine.tokenize(text, special=special)
+        finally:
+            self._release()
+
+    def _prompt_tokens(self, engine: Backend, segments: Sequence[tuple[str, bool]]) -> list[int]:
+        toks: list[int] = []
+        for text, special in segments:
+            toks.extend(engine.tokenize(text, special=special))
+        if engine.add_bos and engine.bos_id is not None and (not toks or toks[0] != engine.bos_id):
+            toks.insert(0, engine.bos_id)
+        return toks
+
+    def _chat_segments(self, engine: Backend, messages: Sequence[Message], **kw: Any) -> list[tuple[str, bool]]:
+        if self.template is None:
+            raise TemplateError(
+                f"model {self.name!r} has no chat template",
+                hint="use model.generate(prompt) for base models, or pass chat_template=... to load()",
+            )
+        if _has_tool_messages(messages):
+            return self._tool_segments(engine, messages, [])
+        norm = _normalize_messages(messages)
+
+        def is_special(s: str) -> bool:
+            return engine.tokenize(s, special=True) != engine.tokenize(s, special=False)
+
+        return self.template.render(norm, is_special_text=is_special, **kw)
+
+    def _tool_segments(
+        self, engine: Backend, messages: Sequence[Message], tools: Sequence[Any]
+    ) -> list[tuple[str, bool]]:
+        """Segments for a conversation with tools, tool calls or tool results, in the native format."""
+        from ..tools.formats import Markup, get_format
+
+        if self.template is None:
+            raise TemplateError(
+                f"model {self.name!r} has no chat template, so it cannot be given tools",
+                hint="pass chat_template=... to load()",
+            )
+        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+            raise TypeError("messages must be a list of {'role': ..., 'content': ...} dicts")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or "role" not in m:
+                raise TypeError(f"messages[{i}] must be a dict with a 'role'")
+        mark = Markup()
+        plain = _normalize_messages(get_format(self.tool_format).prepare(messages, tools, mark))
+
+        def is_special(s: str) -> bool:
+            s = mark.unmarked(s)
+            return engine.tokenize(s, special=True) != engine.tokenize(s, special=False)
+
+        return mark.split(self.template.render(plain, is_special_text=is_special))
+
+    def chat_prompt(self, messages: Sequence[Message], **template_kwargs: Any) -> list[int]:
+        """The prompt tokens :meth:`chat` would evaluate for *messages*."""
+        engine = self._acquire()
+        try:
+            return self._prompt_tokens(engine, self._chat_segments(engine, messages, **template_kwargs))
+        finally:
+            self._release()
+
+    # ------------------------------------------------------------------ generation
+    def chat(
+        self,
+        messages: Sequence[Message],
+        *,
+        max_tokens: int = 512,
+        temperature: float = 0.7,
+        top_p: float = 0.95,
+        top_k: int = 40,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        stream: bool = False,
+        response_format: dict[str, Any] | None = None,
+        tools: Sequence[Any] | None = None,
+        tool_choice: Any = None,
+        parallel_tool_calls: bool = True,
+        **kwargs: Any,
+    ) -> Any:
+        """Answer a conversation (OpenAI message dicts).
+
+        Returns a :class:`ChatResult`, or with ``stream=True`` an iterator of :class:`ChatChunk`.
+        ``temperature=0`` is greedy; with a fixed ``seed`` sampling is reproducible too.
+        ``response_format={"type": "json_schema", "json_schema": {"schema": {...}}}`` (or
+        ``{"type": "json_object"}``) constrains the reply like :meth:`extract`: the text is JSON
+        that validates, or :class:`ExtractionFailed` is raised.
+
+        ``tools`` (Python functions, ``@edgeslm.tool`` functions or OpenAI tool dicts) lets the model
+        call them in its native format (:attr:`tool_format`); ``tool_choice`` is ``"auto"`` (text or
+        calls), ``"required"``, ``"none"`` or ``{"type": "function", "function": {"name": ...}}``.
+        Calls come back in ``result.tool_calls`` (``finish_reason="tool_calls"``), their arguments
+        validated against the tool's schema; a call that cannot be produced raises
+        :class:`ToolCallError`. Streams yield text deltas and then one chunk with the complete calls.
+        """
+        if kwargs:
+            raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
+        if tools or tool_choice not in (None, "none"):
+            if response_format is not None and _response_schema(response_format) is not None:
+                raise ToolCallError("tools and a JSON response_format cannot be combined",
+                                    hint="use one: tools=... or response_format=...")
+            return self._chat_tools(messages, tools, tool_choice, parallel_tool_calls, max_tokens,
+                                    SamplingParams(temperature, top_p, top_k, seed), stop, stream)
+        schema = _response_schema(response_format)
+        if schema is not None:
+            return self._chat_json(messages, schema, max_tokens, temperature, seed, stream)
+        params = SamplingParams(temperature, top_p, top_k, seed)
+        stops = _stops(stop) + (self.template.stop if self.template else [])
+
+        def prompt(engine: Backend) -> list[int]:
+            return self._prompt_tokens(engine, self._chat_segments(engine, messages))
+
+        return self._run(prompt, params, max_tokens, stops, stream)
+
+    def _chat_tools(
+        self, messages: Sequence[Message], tools: Any, tool_choice: Any, parallel: bool, max_tokens: int,
+        params: SamplingParams, stop: str | Sequence[str] | None, stream: bool,
+    ) -> Any:
+        from .tools import collect, plan_tools, tool_reply
+
+        if max_tokens < 1:
+            raise ValueError("max_tokens must be >= 1")
+        plan = plan_tools(tools, tool_choice, parallel, self.tool_format)
+        stops = _stops(stop) + (self.template.stop if self.template else [])
+        if plan.mode == "none":  # answer in text: the tools are not offered
+
+            def prompt(engine: Backend) -> list[int]:
+                return self._prompt_tokens(engine, self._tool_segments(engine, messages, []))
+
+            return self._run(prompt, params, max_tokens, stops, stream)
+        holder: list[weakref.ref[ChatStream]] = []
+        gen = tool_reply(self, messages, plan, params, max_tokens, stops, holder)
+        if not stream:
+            return collect(gen, self.name)
+        s = ChatStream(gen)
+        holder.append(weakref.ref(s))
+        return s
+
+    def run_tools(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[Any],
+        *,
+        max_rounds: int = 5,
+        tool_choice: Any = "auto",
+        **chat_kwargs: Any,
+    ) -> Any:
+        """Let the model call Python *tools* until it answers: each round the calls are executed
+        (arguments validated; enums, dataclasses and pydantic models built) and their results fed back
+        as ``role: "tool"`` messages. A tool that raises becomes an error message for the model.
+
+        Returns a :class:`ToolRun` (``result``, ``messages``, ``rounds``, ``stopped_reason`` =
+        ``"answer"`` or ``"max_rounds"``). Other keyword arguments go to :meth:`chat`.
+        """
+        from .tools import run_tools
+
+        if chat_kwargs.get("stream"):
+            raise ValueError("run_tools does not stream; use chat(..., tools=..., stream=True) per round")
+        return run_tools(self, messages, tools, max_rounds=max_rounds, tool_choice=tool_choice, **chat_kwargs)
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.7,
+        top_p: float = 0.95,
+        top_k: int = 40,
+        seed: int | None = None,
+        stop: str | Sequence[str] | None = None,
+        stream: bool = False,
+    ) -> Any:
+        """Continue raw text (no chat template; control tokens in *prompt* stay plain text)."""
+        params = SamplingParams(temperature, top_p, top_k, seed)
+
+        def tokens(engine: Backend) -> list[int]:
+            return self._prompt_tokens(engine, [(prompt, False)])
+
+        return self._run(tokens, params, max_tokens, _stops(stop), stream)
+
+    # ------------------------------------------------------------------ structured output
+    def extract(
+        self,
+        text: str,
+        schema: Any,
+        *,
+        instructions: str | None = None,
+        examples: Sequence[Any] | None = None,
+        max_tokens: int | None = None,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        retries: int | None = None,
+    ) -> Extraction:
+        """Extract data from *text* as *schema* (a JSON Schema dict or a pydantic model class).
+
+        Returns an :class:`Extraction` whose ``data`` always validates (a pydantic instance when a
+        class was given). ``examples`` are ``(input, output)`` pairs or ``{"input", "output"}``
+        dicts. Raises :class:`SchemaError` for a schema that cannot be served and
+        :class:`ExtractionFailed` when no attempt validated.
+        """
+        from .extract import extraction_messages, prepare_schema
+
+        plan = prepare_schema(schema)
+        msgs = extraction_messages(text, plan.schema, instructions, examples)
+        data, attempt, attempts, usage = self._extract_run(msgs, plan, max_tokens, temperature, seed, retries)
+        return Extraction(
+            data=data, confidence=attempt.confidence, raw=attempt.text, usage=usage,
+            attempts=attempts, escalated=False, support=plan.support,
+        )
+
+    def _extract_run(
+        self, messages: Sequence[Message], plan: Any, max_tokens: int | None, temperature: float,
+        seed: int | None, retries: int | None,
+    ) -> tuple[Any, Any, int, Usage]:
+        from .extract import run_extraction
+
+        if retries is not None and retries < 0:
+            raise ValueError("retries must be >= 0")
+        engine = self._acquire()
+        try:
+            prompt = self._prompt_tokens(engine, self._chat_segments(engine, messages))
+            budget = max_tokens or max(1, min(2048, engine.n_ctx - len(prompt)))
+            data, attempt, attempts, stats = run_extraction(
+                engine, prompt, plan, max_tokens=budget, temperature=temperature, seed=seed, retries=retries
+            )
+        finally:
+            self._release()
+        usage = _usage(stats[0])
+        usage.completion_tokens = sum(s.completion_tokens for s in stats)
+        usage.forced_tokens = sum(s.forced_tokens for s in stats)
+        usage.total_time_s = sum(_usage(s).total_time_s for s in stats)
+        return data, attempt, attempts, usage
+
+    def _chat_json(
+        self, messages: Sequence[Message], schema: Any, max_tokens: int, temperature: float,
+        seed: int | None, stream: bool,
+    ) -> Any:
+        from .extract import prepare_schema
+
+        plan = prepare_schema(schema)
+        _, attempt, _, usage = self._extract_run(messages, plan, max_tokens, temperature, seed, None)
+        result = ChatResult(text=attempt.text, finish_reason="stop", usage=usage, model=self.name)
+        if not stream:
+            return result
+        chunks = [ChatChunk(result.text, model=self.name, id=result.id),
+                  ChatChunk("", "stop", usage, model=self.name, id=result.id)]
+        return iter(chunks)
+
+    def _run(self, prompt_fn: Any, params: SamplingParams, max_tokens: int, stops: list[str], stream: bool) -> Any:
+        if max_tokens < 1:
+            raise ValueError("max_tokens must be >= 1")
+        if stream:
+            holder: list[weakref.ref[ChatStream]] = []
+            s = ChatStream(self._stream(prompt_fn, params, max_tokens, stops, holder))
+            holder.append(weakref.ref(s))
+            return s
+        chunks = list(self._stream(prompt_fn, params, max_tokens, stops, []))
+        last = chunks[-1]
+        assert last.usage is not None and last.finish_reason is not None
+        return ChatResult(
+            text="".join(c.delta for c in chunks),
+            finish_reason=last.finish_reason,
+            usage=last.usage,
+            model=self.name,
+            id=last.id,
+        )
+
+    def _stream(
+        self, prompt_fn: Any, params: SamplingParams, max_tokens: int, stops: list[str], holder: list[Any]
+    ) -> Iterator[ChatChunk]:
+        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        engine = self._acquire()
+        try:
+            self._open_stream = holder[0] if holder else None
+            stats = GenStats()
+            tokens = prompt_fn(engine)
+            steps = generate_steps(engine, tokens, Sampler(params), max_tokens, stats=stats)
+            try:
+                for d in stream_text(steps, stops, stats):
+                    if d.finish_reason is None:
+                        yield ChatChunk(d.text, model=self.name, id=cid)
+                    else:
+                        if d.text:
+                            yield ChatChunk(d.text, model=self.name, id=cid)
+                        yield ChatChunk("", d.finish_reason, _usage(stats), model=self.name, id=cid)
+            finally:
+                steps.close()
+        finally:
+            self._release()
+
+
+class ChatStream(Iterator[ChatChunk]):
+    """Iterator of :class:`ChatChunk` returned by ``chat(..., stream=True)``.
+
+    Closing it (or breaking out of a ``for`` loop over it) stops generation at once.
+    """
+
+    def __init__(self, gen: Iterator[ChatChunk]) -> None:
+        self._gen = gen
+
+    def __iter__(self) -> ChatStream:
+        return self
+
+    def __next__(self) -> ChatChunk:
+        return next(self._gen)
+
+    def close(self) -> None:
+        """Stop generating and release the model."""
+        close = getattr(self._gen, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> ChatStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _usage(stats: GenStats) -> Usage:
+    end = stats.finished_at or time.perf_counter()
+    return Usage(
+        prompt_tokens=stats.prompt_tokens,
+        completion_tokens=stats.completion_tokens,
+        reused_prompt_tokens=stats.reused_tokens,
+        forced_tokens=stats.forced_tokens,
+        time_to_first_token_s=stats.ttft_s,
+        decode_tokens_per_s=stats.decode_tokens_per_s,
+        total_time_s=end - stats.started,
+    )
+
+
+def _response_schema(response_format: dict[str, Any] | None) -> Any:
+    if response_format is None:
+        return None
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return response_format.get("schema") or {"type": "object"}
+    if kind == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if schema is None:
+            raise SchemaError(
+                "response_format json_schema has no 'schema'",
+                hint='use {"type": "json_schema", "json_schema": {"name": "...", "schema": {...}}}',
+            )
+        return schema
+    raise SchemaError(
+        f"unknown response_format {response_format!r}",
+        hint='use {"type": "text"}, {"type": "json_object"} or {"type": "json_schema", ...}',
+    )
+
+
+def _has_tool_messages(messages: Sequence[Message]) -> bool:
+    return any(
+        isinstance(m, dict) and (m.get("role") in ("tool", "ipython", "function") or m.get("tool_calls"))
+        for m in messages
+    ) if isinstance(messages, Sequence) and not isinstance(messages, (str, bytes)) else False
+
+
+def _default_tool_format(engine: Backend, template: ChatTemplate | None, info: Any) -> str:
+    entry = getattr(info, "entry", None)
+    fmt = getattr(entry, "tool_format", None)
+    if isinstance(fmt, str) and fmt:
+        return fmt
+    from ..tools.formats import detect_tool_format
+
+    def has_token(t: str) -> bool:
+        try:
+            toks = engine.tokenize(t, special=True)
+            return len(toks) == 1 and toks != engine.tokenize(t, special=False)
+        except Exception:
+            return False
+
+    arch = str((getattr(engine, "metadata", None) or {}).get("general.architecture", ""))
+    return detect_tool_format(template.source if template is not None else None, has_token, arch)
+
+
+def _stops(stop: str | Sequence[str] | None) -> list[str]:
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    return [s for s in stop if s]
+
+
+def _normalize_messages(messages: Sequence[Message]) -> list[Message]:
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise TypeError("messages must be a list of {'role': ..., 'content': ...} dicts")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m:
+            raise TypeError(f"messages[{i}] must be a dict with a 'role'")
+        m = dict(m)
+        content = m.get("content")
+        if isinstance(content, list):  # OpenAI content parts: keep the text ones
+            m["content"] = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        elif content is None:
+            m["content"] = ""
+        elif not isinstance(content, str):
+            raise TypeError(f"messages[{i}]['content'] must be a string")
+        out.append(m)
+    return out

@@ -1,0 +1,146 @@
+"""Result objects returned by :class:`edgeslm.Model`. All are plain dataclasses."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["ChatChunk", "ChatResult", "Extraction", "ToolCall", "Usage"]
+
+
+@dataclass
+class Usage:
+    """Token counts and speed of one call."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reused_prompt_tokens: int = 0
+    forced_tokens: int = 0
+    time_to_first_token_s: float = 0.0
+    decode_tokens_per_s: float = 0.0
+    total_time_s: float = 0.0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        """OpenAI ``usage`` keys plus edgeslm's timing fields."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.reused_prompt_tokens},
+            "forced_tokens": self.forced_tokens,
+            "time_to_first_token_s": round(self.time_to_first_token_s, 6),
+            "decode_tokens_per_s": round(self.decode_tokens_per_s, 3),
+            "total_time_s": round(self.total_time_s, 6),
+        }
+
+
+@dataclass
+class ToolCall:
+    """One call the model asked for; ``arguments`` already validated against the tool schema."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": json.dumps(self.arguments)},
+        }
+
+
+@dataclass
+class ChatResult:
+    """A complete answer from :meth:`Model.chat` or :meth:`Model.generate`."""
+
+    text: str
+    finish_reason: str
+    usage: Usage
+    model: str
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex[:24]}")
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The OpenAI ``chat.completion`` shape."""
+        message: dict[str, Any] = {"role": "assistant", "content": self.text or None}
+        if self.tool_calls:
+            message["tool_calls"] = [c.to_dict() for c in self.tool_calls]
+        elif message["content"] is None:
+            message["content"] = ""
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": self.finish_reason}
+            ],
+            "usage": self.usage.to_dict(),
+        }
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass
+class ChatChunk:
+    """One streamed piece: a text delta, complete tool calls, or the final chunk.
+
+    The last chunk has ``finish_reason`` set and carries ``usage``.
+    """
+
+    delta: str
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    model: str = ""
+    id: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The OpenAI ``chat.completion.chunk`` shape."""
+        delta: dict[str, Any] = {}
+        if self.delta:
+            delta["content"] = self.delta
+        if self.tool_calls:
+            delta["tool_calls"] = [dict(c.to_dict(), index=i) for i, c in enumerate(self.tool_calls)]
+        out: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": self.finish_reason}],
+        }
+        if self.usage is not None:
+            out["usage"] = self.usage.to_dict()
+        return out
+
+
+@dataclass
+class Extraction:
+    """Validated structured output from :meth:`Model.extract`."""
+
+    data: Any
+    confidence: float
+    raw: str
+    usage: Usage
+    attempts: int = 1
+    escalated: bool = False
+    support: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.data.model_dump() if hasattr(self.data, "model_dump") else self.data
+        return {
+            "data": data,
+            "confidence": self.confidence,
+            "escalated": self.escalated,
+            "attempts": self.attempts,
+            "usage": self.usage.to_dict(),
+        }

@@ -1,0 +1,429 @@
+"""Tool calling for :class:`edgeslm.Model`: constrained calls in the model's own format, and the
+``run_tools`` loop that executes them.
+
+How one ``chat(..., tools=...)`` runs:
+
+1. The conversation is rendered in the model's native tool format (:mod:`edgeslm.tools.formats`).
+2. The reply is decoded under an llguidance grammar: free text or calls (``auto``), calls only
+   (``required``, or one named function). Inside a call the name is one of the tools and the
+   arguments follow that tool's JSON Schema, so a call is well-formed by construction.
+3. Every call's arguments are validated against the tool's *original* schema (the grammar may only
+   approximate a relaxed schema). A call that is cut off, or does not validate, is generated again
+   with sampling from where the calls began; when no attempt succeeds, :class:`ToolCallError` is
+   raised. A malformed call is never returned, nor dropped silently.
+"""
+
+from __future__ import annotations
+
+import codecs
+import functools
+import json
+import uuid
+from collections.abc import Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .._errors import EdgeSLMError, SchemaError, ToolCallError
+from ..decoding.loop import GenStats, generate_steps
+from ..decoding.sampling import Sampler, SamplingParams
+from ..tools.formats import ToolFormat, get_format
+from ..tools.spec import Tool, as_tools
+from .results import ChatChunk, ChatResult, ToolCall
+
+if TYPE_CHECKING:
+    from ..backends.base import Backend
+    from .model import Model
+
+__all__ = ["ToolPlan", "ToolRun", "plan_tools", "run_tools", "tool_reply"]
+
+Message = dict[str, Any]
+_SEPARATORS = {"item_separator": ", ", "key_separator": ": "}
+
+
+@dataclass
+class ToolRun:
+    """The outcome of :meth:`Model.run_tools`."""
+
+    result: ChatResult
+    """The last reply: the answer, or the last tool calls when ``max_rounds`` was reached."""
+    messages: list[Message]
+    """The whole conversation: the input, then assistant calls, tool results and the answer."""
+    rounds: int
+    """How many times the model was asked."""
+    stopped_reason: str
+    """``"answer"`` (the model replied without calling a tool) or ``"max_rounds"``."""
+    calls: list[ToolCall] = field(default_factory=list)
+    """Every call executed, in order."""
+
+    @property
+    def text(self) -> str:
+        return self.result.text
+
+
+@dataclass
+class _ToolSchema:
+    grammar_schema: dict[str, Any]
+    validator: Any
+    exact: bool
+
+
+@functools.lru_cache(maxsize=1024)
+def _tool_schema(key: str) -> _ToolSchema:
+    from .extract import prepare_schema
+
+    plan = prepare_schema(json.loads(key))
+    g = json.loads(plan.grammar)["grammars"][0]["json_schema"]
+    g["x-guidance"] = {**g.get("x-guidance", {}), **_SEPARATORS}
+    return _ToolSchema(g, plan.validator, plan.support.exact)
+
+
+def _schema_for(t: Tool) -> _ToolSchema:
+    params = t.parameters
+    if not isinstance(params, dict) or params.get("type", "object") != "object":
+        raise ToolCallError(
+            f"tool {t.name!r}: parameters must be a JSON Schema of type 'object'",
+            hint='e.g. {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}',
+        )
+    try:
+        return _tool_schema(json.dumps(params, sort_keys=False))
+    except SchemaError as exc:
+        raise ToolCallError(
+            f"the parameters of tool {t.name!r} cannot be enforced: {exc.message}",
+            hint="simplify that tool's parameter schema (edgeslm.check_schema(schema) explains)",
+        ) from None
+
+
+@dataclass
+class ToolPlan:
+    """Tools, the choice mode and the format for one reply."""
+
+    fmt: ToolFormat
+    tools: list[Tool]
+    allowed: list[Tool]
+    mode: str  # "auto" | "required" | "none"
+    parallel: bool
+    schemas: dict[str, _ToolSchema] = field(default_factory=dict)
+
+    @property
+    def exact(self) -> bool:
+        return all(self.schemas[t.name].exact for t in self.allowed)
+
+    def grammar(self, engine: Backend, *, required: bool) -> str:
+        special_ids: dict[str, int] = {}
+        for s in self.fmt.specials:
+            toks = engine.tokenize(s, special=True)
+            if len(toks) == 1 and toks != engine.tokenize(s, special=False):
+                special_ids[s] = toks[0]
+        return self.fmt.grammar(
+            [(t.name, self.schemas[t.name].grammar_schema) for t in self.allowed],
+            mode="required" if required else self.mode,
+            parallel=self.parallel,
+            special_ids=special_ids,
+        )
+
+
+def plan_tools(tools: Any, tool_choice: Any, parallel: bool, fmt: str | ToolFormat) -> ToolPlan:
+    """Check the tools and the choice; compile their argument schemas (cached)."""
+    tool_list = as_tools(tools)
+    f = get_format(fmt)
+    choice = "auto" if tool_choice is None else tool_choice
+    if isinstance(choice, str) and choice in ("auto", "required", "none"):
+        if not tool_list and choice != "none":
+            raise ToolCallError(f"tool_choice={choice!r} needs tools", hint="pass tools=[...]")
+        plan = ToolPlan(f, tool_list, list(tool_list), choice, parallel)
+    else:
+        name = _choice_name(choice)
+        match = [t for t in tool_list if t.name == name]
+        if not match:
+            raise ToolCallError(
+                f"tool_choice names {name!r}, which is not among the tools",
+                hint=f"choose one of {[t.name for t in tool_list]}",
+            )
+        plan = ToolPlan(f, tool_list, match, "required", False)
+    if plan.mode != "none":
+        plan.schemas = {t.name: _schema_for(t) for t in plan.allowed}
+    return plan
+
+
+def _choice_name(choice: Any) -> str:
+    if isinstance(choice, dict):
+        fn = choice.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else choice.get("name")
+        if isinstance(name, str) and name:
+            return name
+    raise ToolCallError(
+        f"unknown tool_choice {choice!r}",
+        hint='use "auto", "required", "none" or {"type": "function", "function": {"name": "..."}}',
+    )
+
+
+# ------------------------------------------------------------------------------------------- generation
+
+
+@dataclass
+class _Outcome:
+    text: str
+    call_at: int  # -1: a text answer
+    complete: bool
+    stats: GenStats
+    stop_hit: bool = False
+
+
+def _repeating(tokens: list[int], window: int = 48, max_period: int = 16) -> bool:
+    if len(tokens) < window:
+        return False
+    tail = tokens[-window:]
+    return any(tail[p:] == tail[:-p] for p in range(1, max_period + 1))
+
+
+def _partial_len(text: str, markers: Sequence[str]) -> int:
+    best = 0
+    for s in markers:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:n]):
+                best = n
+                break
+    return best
+
+
+def _attempt(
+    engine: Backend, prompt: list[int], grammar: str, params: SamplingParams, budget: int,
+    fmt: ToolFormat, stops: Sequence[str],
+) -> Generator[str, None, _Outcome]:
+    """One constrained generation; yields text deltas of a text part, returns the outcome."""
+    from ..tools.constraint import ToolConstraint
+
+    constraint = ToolConstraint(engine, grammar)
+    stats = GenStats()
+    steps = generate_steps(engine, prompt, Sampler(params), budget, constraint=constraint, stats=stats)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    markers = [*stops, *([fmt.trigger] if fmt.trigger else [])]
+    text = ""
+    emitted = 0
+    call_at: int | None = None
+    decided_text = False
+    scanned = 0
+    call_tokens: list[int] = []
+    soft = max(24, int((budget) * 0.6))
+    stop_hit = False
+    try:
+        for step in steps:
+            text += decoder.decode(step.piece)
+            if call_at is not None:
+                call_tokens.append(step.token)
+                constraint.scan.feed(text[scanned:].encode("utf-8"))
+                scanned = len(text)
+                if not constraint.wrap and (
+                    len(call_tokens) >= soft or (len(call_tokens) % 8 == 0 and _repeating(call_tokens))
+                ):
+                    constraint.wrap = True
+                continue
+            if not decided_text:
+                c = fmt.call_start(text)
+                if c is not None and c >= 0:
+                    call_at = c
+                    head = text[emitted:c]
+                    cut = _first_stop(head, stops)
+                    if cut >= 0:  # a stop string came before the call: the answer ends there
+                        text, call_at, stop_hit = text[: emitted + cut], None, True
+                        if cut:
+                            yield head[:cut]
+                        break
+                    if head.strip():
+                        yield head
+                    emitted = c
+                    constraint.scan.feed(text[c:].encode("utf-8"))
+                    scanned = len(text)
+                    call_tokens.append(step.token)
+                    continue
+                if c == -1:
+                    decided_text = True
+                elif fmt.trigger is None:
+                    continue  # only whitespace so far: undecided
+            cut = _first_stop(text, stops, emitted)
+            if cut >= 0:
+                if cut > emitted:
+                    yield text[emitted:cut]
+                text, stop_hit = text[:cut], True
+                break
+            safe = len(text) - _partial_len(text, markers)
+            if safe > emitted:
+                yield text[emitted:safe]
+                emitted = safe
+        else:
+            tail = decoder.decode(b"", final=True)
+            text += tail
+    finally:
+        steps.close()
+    if call_at is None and not stop_hit and len(text) > emitted:
+        yield text[emitted:]
+    complete = constraint.accepting() if call_at is not None else True
+    return _Outcome(text, -1 if call_at is None else call_at, complete, stats, stop_hit)
+
+
+def _first_stop(text: str, stops: Sequence[str], start: int = 0) -> int:
+    """Index of the first stop string in *text* (searching a little before *start*), or -1."""
+    best = -1
+    for s in stops:
+        i = text.find(s, max(0, start - len(s)))
+        if i >= 0 and (best < 0 or i < best):
+            best = i
+    return best
+
+
+def _check_calls(plan: ToolPlan, out: _Outcome) -> tuple[str, list[ToolCall], list[str]]:
+    if not out.complete:
+        return "", [], [f"the call was cut off at {out.stats.completion_tokens} tokens (max_tokens)"]
+    try:
+        content, raw = plan.fmt.parse(out.text)
+    except ToolCallError as exc:
+        return "", [], [exc.message]
+    calls: list[ToolCall] = []
+    errors: list[str] = []
+    allowed = {t.name for t in plan.allowed}
+    for name, args in raw:
+        if name not in allowed:
+            errors.append(f"unknown tool {name!r}")
+            continue
+        for e in plan.schemas[name].validator.iter_errors(args):
+            path = "/".join(str(p) for p in e.absolute_path) or "<arguments>"
+            errors.append(f"{name}: {path}: {e.message}")
+        calls.append(ToolCall(f"call_{uuid.uuid4().hex[:24]}", name, args))
+    if not raw:
+        errors.append("no call found")
+    return content, calls, errors
+
+
+def tool_reply(
+    model: Model, messages: Sequence[Message], plan: ToolPlan, params: SamplingParams, max_tokens: int,
+    stops: list[str], holder: list[Any], retries: int | None = None,
+) -> Iterator[ChatChunk]:
+    """Stream one reply that may call tools: text deltas, then one chunk with the calls, then the last chunk."""
+    from .model import _usage
+
+    cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    engine = model._acquire()
+    try:
+        model._open_stream = holder[0] if holder else None
+        prompt = model._prompt_tokens(engine, model._tool_segments(engine, messages, plan.tools))
+        budget = max_tokens
+        out = yield from _chunks(_attempt(engine, prompt, plan.grammar(engine, required=False), params, budget,
+                                          plan.fmt, stops), model.name, cid)
+        all_stats = [out.stats]
+        if out.call_at < 0:
+            usage = _usage(out.stats)
+            finish = "length" if out.stats.hit_limit and not out.stop_hit else "stop"
+            yield ChatChunk("", finish, usage, model=model.name, id=cid)
+            return
+        prefix = out.text[: out.call_at]
+        _, calls, errors = _check_calls(plan, out)
+        n_retries = retries if retries is not None else (2 if plan.exact else 5)
+        attempt = 0
+        while errors and attempt < n_retries:
+            attempt += 1
+            retry_prompt = prompt + engine.tokenize(prefix, special=False) if prefix else prompt
+            rparams = SamplingParams(temperature=max(params.temperature, 0.7), top_p=0.95, top_k=40,
+                                     seed=None if params.seed is None else params.seed + attempt)
+            gen = _attempt(engine, retry_prompt, plan.grammar(engine, required=True), rparams, budget, plan.fmt, [])
+            retry = yield from _chunks(gen, model.name, cid, silent=True)
+            all_stats.append(retry.stats)
+            retry.text = prefix + retry.text
+            retry.call_at = len(prefix)
+            _, calls, errors = _check_calls(plan, retry)
+            out = retry
+        if errors:
+            raise ToolCallError(
+                f"no valid tool call after {attempt + 1} attempt(s): {'; '.join(errors[:3])}",
+                hint="raise max_tokens=, simplify the tool's parameter schema, or use a larger model; "
+                "tool_choice='auto' lets the model answer in text instead",
+            )
+        usage = _usage(all_stats[0])
+        usage.completion_tokens = sum(s.completion_tokens for s in all_stats)
+        usage.forced_tokens = sum(s.forced_tokens for s in all_stats)
+        usage.total_time_s = sum(_usage(s).total_time_s for s in all_stats)
+        yield ChatChunk("", tool_calls=calls, model=model.name, id=cid)
+        yield ChatChunk("", "tool_calls", usage, model=model.name, id=cid)
+    finally:
+        model._release()
+
+
+def _chunks(gen: Generator[str, None, _Outcome], name: str, cid: str, silent: bool = False) -> Generator[
+        ChatChunk, None, _Outcome]:
+    while True:
+        try:
+            delta = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if delta and not silent:
+            yield ChatChunk(delta, model=name, id=cid)
+
+
+def collect(chunks: Iterator[ChatChunk], model_name: str) -> ChatResult:
+    """A :class:`ChatResult` from a stream of chunks."""
+    text: list[str] = []
+    calls: list[ToolCall] = []
+    last: ChatChunk | None = None
+    for c in chunks:
+        text.append(c.delta)
+        calls.extend(c.tool_calls)
+        last = c
+    assert last is not None and last.usage is not None and last.finish_reason is not None
+    return ChatResult(text="".join(text).strip() if calls else "".join(text), finish_reason=last.finish_reason,
+                      usage=last.usage, model=model_name, tool_calls=calls, id=last.id)
+
+
+# ------------------------------------------------------------------------------------------- run loop
+
+
+def _result_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(mode="json")
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def run_tools(
+    model: Model, messages: Sequence[Message], tools: Any, *, max_rounds: int = 5, tool_choice: Any = "auto",
+    **chat_kwargs: Any,
+) -> ToolRun:
+    """Ask, execute the calls, feed the results back; repeat until an answer or ``max_rounds``."""
+    if max_rounds < 1:
+        raise ValueError("max_rounds must be >= 1")
+    tool_list = as_tools(tools)
+    if not tool_list:
+        raise ToolCallError("run_tools needs at least one tool", hint="pass tools=[a_python_function, ...]")
+    missing = [t.name for t in tool_list if t.fn is None]
+    if missing:
+        raise ToolCallError(
+            f"cannot execute tool(s) {missing}: they have no Python function (OpenAI dicts only describe a tool)",
+            hint="pass the Python functions (or @edgeslm.tool ones), or use chat(tools=...) and run the calls yourself",
+        )
+    by_name = {t.name: t for t in tool_list}
+    transcript: list[Message] = [dict(m) for m in messages]
+    executed: list[ToolCall] = []
+    choice = tool_choice
+    result: ChatResult | None = None
+    for rnd in range(1, max_rounds + 1):
+        result = model.chat(transcript, tools=tool_list, tool_choice=choice, **chat_kwargs)
+        if not result.tool_calls:
+            transcript.append({"role": "assistant", "content": result.text})
+            return ToolRun(result, transcript, rnd, "answer", executed)
+        transcript.append({"role": "assistant", "content": result.text or None,
+                           "tool_calls": [c.to_dict() for c in result.tool_calls]})
+        for call in result.tool_calls:
+            try:
+                value = by_name[call.name].invoke(call.arguments)
+                content = _result_text(value)
+            except EdgeSLMError as exc:
+                content = f"Error: {exc.message}"
+            except Exception as exc:  # a failing tool becomes a message the model can react to
+                content = f"Error: {type(exc).__name__}: {exc}"
+            executed.append(call)
+            transcript.append({"role": "tool", "tool_call_id": call.id, "name": call.name, "content": content})
+        choice = "auto"  # a forced first call must not force every later round
+    assert result is not None
+    return ToolRun(result, transcript, max_rounds, "max_rounds", executed)

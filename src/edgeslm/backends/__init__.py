@@ -1,0 +1,1 @@
+"""edgeslm backends layer."""

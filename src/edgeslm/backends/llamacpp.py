@@ -1,0 +1,282 @@
+"""llama.cpp backend over llama-cpp-python's low-level (ctypes) API.
+
+One model, one context, one sequence. Tokens are decoded with ``llama_batch_get_one`` (positions
+follow the KV cache), logits are read as a zero-copy numpy view of ``llama_get_logits_ith(-1)``,
+and prefix reuse trims the cache with ``llama_memory_seq_rm``. No sampler chain of llama.cpp is
+used: token choice and constraints live in :mod:`edgeslm.decoding`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .._errors import BackendUnavailableError, CorruptModelError, GenerationError
+from .base import Backend
+
+__all__ = ["LlamaCppBackend", "gpu_offload_supported"]
+
+_init_lock = threading.Lock()
+_initialized = False
+_log_callback: Any = None  # kept alive for as long as llama.cpp may call it
+_logger = logging.getLogger("edgeslm.llama_cpp")
+
+
+def _install_log_callback(llama_cpp: Any) -> None:
+    """Route llama.cpp's log lines to the ``edgeslm.llama_cpp`` logger (errors only by default)."""
+    global _log_callback
+    verbose = bool(os.environ.get("EDGESLM_VERBOSE"))
+
+    # ggml levels: 1 debug, 2 info, 3 warn, 4 error, 5 continuation
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: Any) -> None:
+        if verbose or level == 4:
+            _logger.log(logging.ERROR if level == 4 else logging.DEBUG, text.decode("utf-8", "replace").rstrip())
+
+    _log_callback = callback
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+def _lib() -> Any:
+    global _initialized
+    try:
+        import llama_cpp
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise BackendUnavailableError(
+            "llama-cpp-python is not installed", hint="pip install llama-cpp-python"
+        ) from exc
+    with _init_lock:
+        if not _initialized:
+            _install_log_callback(llama_cpp)
+            llama_cpp.llama_backend_init()
+            _initialized = True
+    return llama_cpp
+
+
+def gpu_offload_supported() -> bool:
+    """Whether this llama.cpp build can offload layers to a GPU (CUDA, Metal, Vulkan...)."""
+    return bool(_lib().llama_supports_gpu_offload())
+
+
+class LlamaCppBackend(Backend):
+    """A GGUF model loaded in llama.cpp."""
+
+    name = "llama.cpp"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        n_ctx: int = 4096,
+        n_gpu_layers: int = 0,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+    ) -> None:
+        super().__init__()
+        lib = _lib()
+        self._lib = lib
+        self.path = os.fspath(path)
+        self._model = None
+        self._ctx = None
+        mparams = lib.llama_model_default_params()
+        mparams.n_gpu_layers = int(n_gpu_layers)
+        mparams.use_mmap = True
+        model = lib.llama_model_load_from_file(self.path.encode("utf-8"), mparams)
+        if not model:
+            raise CorruptModelError(
+                f"llama.cpp could not load {self.path}",
+                hint="the file may be damaged or in an unsupported format; run `edgeslm verify` "
+                "or download it again",
+            )
+        self._model = model
+        self._vocab = lib.llama_model_get_vocab(model)
+        self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
+        self.metadata = self._read_metadata()
+        n_train = int(lib.llama_model_n_ctx_train(model)) or n_ctx
+        self.n_ctx_train = n_train
+        threads = n_threads or max(1, os.cpu_count() or 1)
+        cparams = lib.llama_context_default_params()
+        cparams.n_ctx = int(min(n_ctx, n_train))
+        cparams.n_batch = int(min(n_batch, cparams.n_ctx))
+        cparams.n_ubatch = cparams.n_batch
+        cparams.n_seq_max = 1
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.no_perf = True
+        # Flash attention: auto on GPU; off on CPU (as llama-cpp-python's Llama does by default).
+        cparams.flash_attn_type = (
+            lib.LLAMA_FLASH_ATTN_TYPE_AUTO if n_gpu_layers else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
+        ctx = lib.llama_init_from_model(model, cparams)
+        if not ctx:
+            self.close()
+            raise BackendUnavailableError(
+                f"llama.cpp could not create a context of {cparams.n_ctx} tokens for {self.path}",
+                hint="lower n_ctx= (less memory), or n_gpu_layers= if the GPU is full",
+            )
+        self._ctx = ctx
+        self._mem = lib.llama_get_memory(ctx)
+        self.n_ctx = int(lib.llama_n_ctx(ctx))
+        self.n_batch = int(cparams.n_batch)
+        self.n_threads = threads
+        self.n_gpu_layers = int(n_gpu_layers)
+        self.device = "gpu" if n_gpu_layers and gpu_offload_supported() else "cpu"
+        self.bos_id = _tok_or_none(lib.llama_vocab_bos(self._vocab))
+        self.eos_id = _tok_or_none(lib.llama_vocab_eos(self._vocab))
+        self.add_bos = bool(lib.llama_vocab_get_add_bos(self._vocab))
+        self.chat_template = self.metadata.get("tokenizer.chat_template")
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._tok_buf = (lib.llama_token * 4096)()
+        self._one = (lib.llama_token * 1)()
+        self._eog_cache: dict[int, bool] = {}
+        self._piece_cache: dict[int, bytes] = {}
+        self._lltok: Any = None
+
+    # ------------------------------------------------------------------ metadata
+    def _read_metadata(self) -> dict[str, str]:
+        lib = self._lib
+        out: dict[str, str] = {}
+        size = 4096
+        buf = ctypes.create_string_buffer(size)
+        for i in range(lib.llama_model_meta_count(self._model)):
+            n = lib.llama_model_meta_key_by_index(self._model, i, buf, size)
+            if n < 0:
+                continue
+            key = buf.value.decode("utf-8", "replace")
+            n = lib.llama_model_meta_val_str_by_index(self._model, i, buf, size)
+            if n >= size:
+                size = n + 1
+                buf = ctypes.create_string_buffer(size)
+                n = lib.llama_model_meta_val_str_by_index(self._model, i, buf, size)
+            if n >= 0:
+                out[key] = buf.raw[:n].decode("utf-8", "replace")
+        return out
+
+    # ------------------------------------------------------------------ tokens
+    def tokenize(self, text: str, *, special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        if not data:
+            return []
+        lib = self._lib
+        cap = len(self._tok_buf)
+        n = lib.llama_tokenize(self._vocab, data, len(data), self._tok_buf, cap, False, special)
+        if n < 0:
+            cap = -n
+            self._tok_buf = (lib.llama_token * cap)()
+            n = lib.llama_tokenize(self._vocab, data, len(data), self._tok_buf, cap, False, special)
+            if n < 0:
+                raise GenerationError("tokenization failed", hint="the text may be too long")
+        return list(self._tok_buf[:n])
+
+    def token_bytes(self, token: int) -> bytes:
+        piece = self._piece_cache.get(token)
+        if piece is None:
+            n = self._lib.llama_token_to_piece(self._vocab, token, self._piece_buf, 256, 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = self._lib.llama_token_to_piece(self._vocab, token, buf, -n, 0, False)
+                piece = buf.raw[:n]
+            else:
+                piece = self._piece_buf.raw[:n]
+            self._piece_cache[token] = piece
+        return piece
+
+    def is_eog(self, token: int) -> bool:
+        r = self._eog_cache.get(token)
+        if r is None:
+            r = self._eog_cache[token] = bool(self._lib.llama_vocab_is_eog(self._vocab, token))
+        return r
+
+    def token_text(self, token: int) -> str:
+        """The token's text with control tokens rendered (for display and templates)."""
+        buf = ctypes.create_string_buffer(256)
+        n = self._lib.llama_token_to_piece(self._vocab, token, buf, 256, 0, True)
+        return buf.raw[: max(n, 0)].decode("utf-8", "replace")
+
+    # ------------------------------------------------------------------ KV cache
+    def eval(self, tokens: Sequence[int]) -> None:
+        if self._ctx is None:
+            raise GenerationError("the model is closed")
+        lib = self._lib
+        if len(self._tokens) + len(tokens) > self.n_ctx:
+            raise GenerationError(
+                f"KV cache overflow: {len(self._tokens)} + {len(tokens)} > n_ctx={self.n_ctx}",
+                hint="load the model with a larger n_ctx=",
+            )
+        for i in range(0, len(tokens), self.n_batch):
+            chunk = tokens[i : i + self.n_batch]
+            if len(chunk) == 1:
+                arr = self._one
+                arr[0] = chunk[0]
+            else:
+                arr = (lib.llama_token * len(chunk))(*chunk)
+            rc = lib.llama_decode(self._ctx, lib.llama_batch_get_one(arr, len(chunk)))
+            if rc != 0:
+                # Keep our view in sync with whatever the cache holds now.
+                self.trim(len(self._tokens))
+                raise GenerationError(
+                    f"llama_decode failed with code {rc}",
+                    hint="the context may be full (raise n_ctx=) or memory exhausted",
+                )
+            self._tokens.extend(chunk)
+
+    def logits(self) -> np.ndarray:
+        ptr = self._lib.llama_get_logits_ith(self._ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+
+    def trim(self, n_keep: int) -> None:
+        n_keep = max(0, min(n_keep, len(self._tokens)))
+        if n_keep == 0:
+            self._lib.llama_memory_clear(self._mem, True)
+        elif not self._lib.llama_memory_seq_rm(self._mem, 0, n_keep, -1):
+            self._lib.llama_memory_clear(self._mem, True)
+            n_keep = 0
+        del self._tokens[n_keep:]
+
+    # ------------------------------------------------------------------ misc
+    def memory_bytes(self) -> int:
+        if self._model is None:
+            return 0
+        size = int(self._lib.llama_model_size(self._model))
+        if self._ctx is not None:
+            size += int(self._lib.llama_state_get_size(self._ctx))
+        return size
+
+    def constraint_tokenizer(self) -> Any:
+        if self._lltok is None:
+            import warnings
+
+            import llguidance.llamacpp
+
+            with warnings.catch_warnings():  # it calls a deprecated per-token accessor 50k+ times
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self._lltok = llguidance.llamacpp.lltokenizer_from_vocab(self._vocab)
+        return self._lltok
+
+    def close(self) -> None:
+        lib = getattr(self, "_lib", None)
+        if lib is None:
+            return
+        if self._ctx is not None:
+            lib.llama_free(self._ctx)
+            self._ctx = None
+        if self._model is not None:
+            lib.llama_model_free(self._model)
+            self._model = None
+        self._tokens = []
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _tok_or_none(t: int) -> int | None:
+    return None if t is None or t < 0 else int(t)

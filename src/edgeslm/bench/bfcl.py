@@ -1,0 +1,451 @@
+"""BFCL (Berkeley Function Calling Leaderboard) on the shared conformance sample: call validity,
+AST accuracy per category, and time per question against llama-cpp-python's
+``chatml-function-calling`` chat format.
+
+Validity: every call edgeslm returns must name a provided function and its arguments must validate
+against that function's schema (re-checked here with ``jsonschema``, independently of the SDK).
+Accuracy follows BFCL's AST checker (see :func:`ast_match`); for a 135M model it is expected to be
+low. Run ``python benchmarks/bfcl.py --per-category 10``.
+
+Passes (greedy, parallel calls allowed in the parallel categories):
+
+* ``edgeslm`` / ``peer``: ``tool_choice="auto"``, as BFCL asks. Caveat on time: the peer's auto mode
+  first picks ``functions.<name>:`` or ``message:`` under a grammar, and its follow-up grammar for a
+  message only allows ``<|im_end|>`` or a function name, so its text answers are empty, while
+  edgeslm's are real text (up to ``--max-tokens``).
+* ``edgeslm_named`` / ``peer_named``: ``tool_choice`` names the first ground-truth function, so both
+  generate calls: the like-for-like speed comparison.
+* ``edgeslm_required``: ``tool_choice="required"`` (a tiny model seldom calls on its own; this
+  measures the validity of many more calls; irrelevance questions then get calls too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance")
+PARALLEL = frozenset({"parallel", "parallel_multiple"})
+SYSTEMS = ("edgeslm", "peer", "edgeslm_named", "peer_named", "edgeslm_required")
+_TYPE_MAP = {"dict": "object", "float": "number", "tuple": "array"}
+
+
+def corpus_path() -> Path | None:
+    """``shared/conformance/bfcl`` beside the project, if present."""
+    for parent in Path(__file__).resolve().parents:
+        p = parent / "shared" / "conformance" / "bfcl"
+        if p.is_dir():
+            return p
+    return None
+
+
+def to_json_schema(s: Any) -> Any:
+    """BFCL's schema dialect to JSON Schema: ``dict``→object, ``float``→number, ``tuple``→array,
+    ``any``→no type; BFCL-only keys (``optional``) dropped."""
+    if isinstance(s, list):
+        return [to_json_schema(x) for x in s]
+    if not isinstance(s, dict):
+        return s
+    out: dict[str, Any] = {}
+    for k, v in s.items():
+        if k == "optional":
+            continue
+        if k == "type":
+            if v == "any":
+                continue
+            out[k] = _TYPE_MAP.get(v, v) if isinstance(v, str) else [_TYPE_MAP.get(x, x) for x in v]
+        elif k == "properties" and isinstance(v, dict):
+            out[k] = {name: to_json_schema(sub) for name, sub in v.items()}
+        elif k in ("enum", "default", "required", "const", "examples"):
+            out[k] = v
+        else:
+            out[k] = to_json_schema(v)
+    return out
+
+
+def tools_of(question: dict[str, Any]) -> list[dict[str, Any]]:
+    """The question's functions as OpenAI tool dicts (JSON Schema parameters)."""
+    return [
+        {"type": "function", "function": {"name": f["name"], "description": f.get("description", ""),
+                                          "parameters": to_json_schema(f.get("parameters") or {"type": "dict"})}}
+        for f in question["function"]
+    ]
+
+
+def load(category: str, n: int | None = None, root: Path | None = None) -> list[dict[str, Any]]:
+    """*n* questions of a category (a deterministic sample by hash of id), with ``ground_truth`` attached."""
+    root = root or corpus_path()
+    if root is None:
+        raise FileNotFoundError("shared/conformance/bfcl not found")
+    with open(root / f"BFCL_v4_{category}.json", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    answers: dict[str, Any] = {}
+    ans_file = root / f"possible_answer_BFCL_v4_{category}.json"
+    if ans_file.is_file():
+        with open(ans_file, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    a = json.loads(line)
+                    answers[a["id"]] = a["ground_truth"]
+    for r in rows:
+        r["ground_truth"] = answers.get(r["id"])
+    rows.sort(key=lambda r: hashlib.sha256(r["id"].encode()).hexdigest())
+    return rows[:n] if n is not None else rows
+
+
+def messages_of(question: dict[str, Any]) -> list[dict[str, Any]]:
+    return [dict(m) for m in question["question"][0]]
+
+
+# ------------------------------------------------------------------------------------------ AST checker
+
+_STRIP = re.compile(r"[ ,./\-_*^]")
+
+
+def _norm_str(s: str) -> str:
+    return _STRIP.sub("", s).lower().replace("'", '"')
+
+
+def _type_ok(value: Any, schema: dict[str, Any]) -> bool:
+    t = schema.get("type")
+    if t is None or t == "any":
+        return True
+    if t == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if t == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if t == "boolean":
+        return isinstance(value, bool)
+    if t == "string":
+        return isinstance(value, str)
+    if t in ("array", "tuple"):
+        if not isinstance(value, list):
+            return False
+        items = schema.get("items")
+        return not isinstance(items, dict) or all(_type_ok(v, items) for v in value)
+    if t == "dict":
+        return isinstance(value, dict)
+    return True
+
+
+def _value_eq(value: Any, accepted: Any) -> bool:
+    if isinstance(value, str) and isinstance(accepted, str):
+        return _norm_str(value) == _norm_str(accepted)
+    if isinstance(value, list) and isinstance(accepted, list):
+        return len(value) == len(accepted) and all(_value_eq(v, a) for v, a in zip(value, accepted, strict=True))
+    if isinstance(value, dict) and isinstance(accepted, dict):
+        for k, v in value.items():
+            if k not in accepted:
+                return False
+            options = accepted[k] if isinstance(accepted[k], list) else [accepted[k]]
+            if not any(_value_eq(v, o) for o in options):
+                return False
+        return all(k in value or (isinstance(o, list) and "" in o) for k, o in accepted.items())
+    if isinstance(value, bool) or isinstance(accepted, bool):
+        return value is accepted
+    if isinstance(value, (int, float)) and isinstance(accepted, (int, float)):
+        return float(value) == float(accepted)
+    return bool(value == accepted)
+
+
+def call_matches(call: tuple[str, dict[str, Any]], gt: dict[str, Any], functions: list[dict[str, Any]]) -> bool:
+    """One call against one ground-truth entry ``{fname: {param: [accepted...]}}``, as BFCL's AST checker."""
+    name, args = call
+    (gname, params), = gt.items()
+    if name != gname:
+        return False
+    fdoc = next((f for f in functions if f["name"] == name), None)
+    if fdoc is None:
+        return False
+    props = (fdoc.get("parameters") or {}).get("properties", {})
+    required = (fdoc.get("parameters") or {}).get("required", [])
+    if any(r not in args for r in required):
+        return False
+    for k, v in args.items():
+        if k not in params or k not in props:
+            return False  # unknown parameter
+        if not _type_ok(v, props[k]):
+            return False
+        if not any(_value_eq(v, a) for a in params[k] if a != "" or v == ""):
+            return False
+    return all(k in args or "" in accepted for k, accepted in params.items())
+
+
+def ast_match(category: str, calls: list[tuple[str, dict[str, Any]]], question: dict[str, Any]) -> bool:
+    """Whether the calls answer the question (irrelevance: no call is right; parallel: any order)."""
+    if category == "irrelevance":
+        return not calls
+    gt = question.get("ground_truth") or []
+    if len(calls) != len(gt):
+        return False
+    functions = question["function"]
+    if category not in PARALLEL:
+        return call_matches(calls[0], gt[0], functions)
+    return any(
+        all(call_matches(c, g, functions) for c, g in zip(perm, gt, strict=True))
+        for perm in itertools.permutations(calls)
+    )
+
+
+def valid_calls(calls: list[tuple[str, Any]], question: dict[str, Any]) -> int:
+    """How many calls name a provided function and validate against its (JSON Schema) parameters."""
+    from edgeslm.decoding.schema import make_validator
+
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in tools_of(question)}
+    ok = 0
+    for name, args in calls:
+        if name in schemas and isinstance(args, dict) and make_validator(schemas[name]).is_valid(args):
+            ok += 1
+    return ok
+
+
+# ------------------------------------------------------------------------------------------ runners
+
+
+def named_choice(question: dict[str, Any]) -> dict[str, Any] | None:
+    """``tool_choice`` naming the function of the first ground-truth call (None without one)."""
+    gt = question.get("ground_truth") or []
+    if not gt:
+        return None
+    return {"type": "function", "function": {"name": next(iter(gt[0]))}}
+
+
+def run_edgeslm(model: Any, questions: list[tuple[str, dict[str, Any]]], max_tokens: int = 256,
+                tool_choice: str = "auto") -> list[dict]:
+    """Ask each question (greedy decoding); parallel calls allowed in the parallel categories."""
+    import edgeslm
+
+    out = []
+    for cat, q in questions:
+        t = time.perf_counter()
+        error = None
+        calls: list[tuple[str, dict[str, Any]]] = []
+        try:
+            choice: Any = named_choice(q) if tool_choice == "named" else tool_choice
+            r = model.chat(messages_of(q), tools=tools_of(q), tool_choice=choice,
+                           parallel_tool_calls=cat in PARALLEL, temperature=0, max_tokens=max_tokens)
+            calls = [(c.name, c.arguments) for c in r.tool_calls]
+        except edgeslm.ToolCallError as exc:
+            error = exc.message
+        out.append({"id": q["id"], "category": cat, "calls": calls, "error": error, "time_s": time.perf_counter() - t})
+    return out
+
+
+def _peer_worker(path: str, n_threads: int, jobs: list[dict[str, Any]], max_tokens: int, q: Any) -> None:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(path, n_ctx=4096, n_threads=n_threads, n_threads_batch=n_threads, verbose=False,
+                          chat_format="chatml-function-calling")
+    for i, job in enumerate(jobs):
+        rename = {t["function"]["name"]: re.sub(r"[^A-Za-z0-9_-]", "_", t["function"]["name"]) for t in job["tools"]}
+        back = {v: k for k, v in rename.items()}
+        tools = [{"type": "function", "function": {**t["function"], "name": rename[t["function"]["name"]]}}
+                 for t in job["tools"]]
+        choice = job["tool_choice"]
+        if isinstance(choice, dict):
+            choice = {"type": "function", "function": {"name": rename[choice["function"]["name"]]}}
+        t0 = time.perf_counter()
+        calls: list[Any] = []
+        malformed = 0
+        try:
+            r = llm.create_chat_completion(messages=job["messages"], tools=tools, tool_choice=choice,
+                                           temperature=0.0, max_tokens=max_tokens)
+            for c in r["choices"][0]["message"].get("tool_calls") or []:
+                name = back.get(c["function"]["name"], c["function"]["name"])
+                try:
+                    calls.append((name, json.loads(c["function"]["arguments"])))
+                except ValueError:
+                    calls.append((name, None))
+                    malformed += 1
+            err = None
+        except Exception as exc:  # the peer's own errors count as failed questions
+            err = f"{type(exc).__name__}: {exc}"[:200]
+        q.put((i, calls, err, time.perf_counter() - t0))
+    q.put(None)
+
+
+def run_peer(path: str, questions: list[tuple[str, dict[str, Any]]], n_threads: int = 2,
+             max_tokens: int = 256, tool_choice: str = "auto", timeout_s: float = 120.0) -> list[dict]:
+    """The peer in a child process, restarted after a crash or a question that runs past *timeout_s*
+    (its argument completions ignore ``max_tokens`` and can run to the end of the context); such a
+    question counts as an error, with *timeout_s* as its time (a lower bound)."""
+    import multiprocessing as mp
+
+    jobs = [{"messages": messages_of(q), "tools": tools_of(q),
+             "tool_choice": named_choice(q) if tool_choice == "named" else tool_choice} for _, q in questions]
+    ctx = mp.get_context("spawn")
+    res: dict[int, dict] = {}
+    start = 0
+    while start < len(jobs):
+        qu = ctx.Queue()
+        proc = ctx.Process(target=_peer_worker, args=(path, n_threads, jobs[start:], max_tokens, qu))
+        proc.start()
+        last = start - 1
+        done = False
+        timed_out = False
+        while True:
+            try:
+                item = qu.get(timeout=timeout_s + (60 if last < start else 0))  # first: + model load
+            except Exception:
+                timed_out = True
+                break
+            if item is None:
+                done = True
+                break
+            i, calls, err, dt = item
+            res[start + i] = {"calls": calls, "error": err, "time_s": dt}
+            last = start + i
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+        if done:
+            break
+        res[last + 1] = {"calls": [], "error": "timeout" if timed_out else "crash",
+                         "time_s": timeout_s if timed_out else None}
+        start = last + 2
+    out = []
+    for i, (cat, q) in enumerate(questions):
+        r = res.get(i, {"calls": [], "error": "not run", "time_s": None})
+        out.append({"id": q["id"], "category": cat, **r})
+    return out
+
+
+def _summary(rows: list[dict], questions: dict[str, dict]) -> dict[str, Any]:
+    by_cat: dict[str, Any] = {}
+    for cat in CATEGORIES:
+        rs = [r for r in rows if r["category"] == cat]
+        if not rs:
+            continue
+        emitted = sum(len(r["calls"]) for r in rs)
+        valid = sum(valid_calls(r["calls"], questions[r["id"]]) for r in rs)
+        correct = sum(ast_match(cat, [c for c in r["calls"] if isinstance(c[1], dict)], questions[r["id"]])
+                      and len([c for c in r["calls"] if not isinstance(c[1], dict)]) == 0 for r in rs)
+        times = [r["time_s"] for r in rs if r["time_s"] is not None]
+        by_cat[cat] = {
+            "questions": len(rs),
+            "with_calls": sum(1 for r in rs if r["calls"]),
+            "calls": emitted,
+            "valid_calls": valid,
+            "validity": (valid / emitted) if emitted else None,
+            "ast_accuracy": correct / len(rs),
+            "errors": sum(1 for r in rs if r["error"]),
+            "s_per_question": sum(times) / len(times) if times else None,
+            "median_s": statistics.median(times) if times else None,
+        }
+    all_times = [r["time_s"] for r in rows if r["time_s"] is not None]
+    emitted = sum(v["calls"] for v in by_cat.values())
+    valid = sum(v["valid_calls"] for v in by_cat.values())
+    return {"categories": by_cat, "calls": emitted, "valid_calls": valid,
+            "validity": valid / emitted if emitted else None,
+            "s_per_question": sum(all_times) / len(all_times) if all_times else None,
+            "median_s": statistics.median(all_times) if all_times else None,
+            "errors": [{"id": r["id"], "error": r["error"]} for r in rows if r["error"]][:20]}
+
+
+def bfcl_bench(model_ref: str = "smollm2-135m", *, per_category: int = 10, n_threads: int = 2,
+               peer: bool = True, max_tokens: int = 256, required: bool = True, peer_timeout_s: float = 120.0,
+               progress: Any = None) -> dict[str, Any]:
+    """Run edgeslm (and the peer) on *per_category* questions of each category, with
+    ``tool_choice="auto"``; with *required* also a pass with ``tool_choice="required"`` (a tiny model
+    seldom calls on its own: this pass measures the validity of many more calls)."""
+    import edgeslm
+
+    questions = [(cat, q) for cat in CATEGORIES for q in load(cat, per_category)]
+    by_id = {q["id"]: q for _, q in questions}
+    model = edgeslm.load(model_ref, n_ctx=4096, n_threads=n_threads)
+    try:  # warm up: tokenizer tables, grammar compiler
+        model.chat([{"role": "user", "content": "hi"}], tools=tools_of(questions[0][1]), max_tokens=16)
+    except edgeslm.ToolCallError:
+        pass
+    result: dict[str, Any] = {"model": model_ref, "per_category": per_category, "n_threads": n_threads}
+    report = progress or (lambda r: None)
+    named_qs = [(c, q) for c, q in questions if named_choice(q) is not None]
+    try:
+        result["edgeslm"] = _summary(run_edgeslm(model, questions, max_tokens), by_id)
+        report(result)
+        result["edgeslm_named"] = _summary(run_edgeslm(model, named_qs, max_tokens, tool_choice="named"), by_id)
+        report(result)
+        if required:
+            result["edgeslm_required"] = _summary(run_edgeslm(model, questions, max_tokens, "required"), by_id)
+            report(result)
+        path = model.path
+    finally:
+        model.close()
+    if peer:
+        theirs = run_peer(path, questions, n_threads, max_tokens, timeout_s=peer_timeout_s)
+        result["peer"] = {"name": "llama-cpp-python chatml-function-calling", **_summary(theirs, by_id)}
+        report(result)
+        theirs_named = run_peer(path, named_qs, n_threads, max_tokens, "named", peer_timeout_s)
+        result["peer_named"] = _summary(theirs_named, by_id)
+        for key, (x, y) in {"time_ratio_auto": ("edgeslm", "peer"),
+                            "time_ratio_named": ("edgeslm_named", "peer_named")}.items():
+            a, b = result[x]["s_per_question"], result[y]["s_per_question"]
+            result[key] = a / b if a and b else None
+    return result
+
+
+def table(result: dict[str, Any]) -> str:
+    """A plain-text table of the result."""
+    lines = [f"BFCL sample: {result['per_category']} per category, model {result['model']}",
+             f"{'category':<18} {'system':<17} {'calls':>5} {'valid':>7} {'AST acc':>8} {'s/question':>10} "
+             f"{'errors':>6}"]
+    for cat in CATEGORIES:
+        for sysname in SYSTEMS:
+            s = result.get(sysname, {}).get("categories", {}).get(cat)
+            if s is None:
+                continue
+            validity = "-" if s["validity"] is None else f"{100 * s['validity']:.0f}%"
+            spq = "-" if s["s_per_question"] is None else f"{s['s_per_question']:.2f}"
+            lines.append(f"{cat:<18} {sysname:<17} {s['calls']:>5} {validity:>7} {100 * s['ast_accuracy']:>7.0f}% "
+                         f"{spq:>10} {s['errors']:>6}")
+    for sysname in SYSTEMS:
+        s = result.get(sysname)
+        if s:
+            v = "-" if s["validity"] is None else f"{100 * s['validity']:.1f}%"
+            lines.append(f"{sysname}: {s['valid_calls']}/{s['calls']} valid calls ({v}), "
+                         f"{s['s_per_question']:.2f} s/question")
+    for key in ("time_ratio_auto", "time_ratio_named"):
+        if result.get(key) is not None:
+            lines.append(f"time per question, edgeslm / peer ({key[11:]}): {result[key]:.3f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--per-category", type=int, default=10)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--no-peer", action="store_true")
+    p.add_argument("--no-required", action="store_true", help="skip the tool_choice='required' pass")
+    p.add_argument("--peer-timeout", type=float, default=120.0, help="seconds per peer question")
+    p.add_argument("--json", default=None, help="also write the JSON result to this file")
+    args = p.parse_args(argv)
+    if corpus_path() is None:
+        print("shared/conformance/bfcl not found", file=sys.stderr)
+        return 2
+    def progress(partial: dict[str, Any]) -> None:
+        if args.json:
+            Path(args.json + ".partial").write_text(json.dumps(partial, indent=2))
+
+    result = bfcl_bench(args.model, per_category=args.per_category, n_threads=args.threads,
+                        peer=not args.no_peer, max_tokens=args.max_tokens, required=not args.no_required,
+                        peer_timeout_s=args.peer_timeout, progress=progress)
+    print(table(result))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

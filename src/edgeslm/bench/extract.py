@@ -1,0 +1,314 @@
+"""Extraction benchmarks on JSONSchemaBench: compliance, speed against llama-cpp-python's GBNF
+``response_format`` path, grammar overhead per token, and prefix-reuse time to first token."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+PROMPT = "Generate a realistic example object."
+
+
+def corpus_path() -> Path | None:
+    """``shared/conformance/jsonschemabench/schemas.jsonl`` beside the project, if present."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        p = parent / "shared" / "conformance" / "jsonschemabench" / "schemas.jsonl"
+        if p.is_file():
+            return p
+    return None
+
+
+def load_corpus(path: Path | None = None) -> list[dict[str, Any]]:
+    p = path or corpus_path()
+    if p is None:
+        raise FileNotFoundError("shared/conformance/jsonschemabench/schemas.jsonl not found")
+    with open(p, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def sample(rows: list[dict[str, Any]], n: int, *, max_schema_chars: int = 3000) -> list[dict[str, Any]]:
+    """A deterministic sample of *n* schemas (by hash of id) small enough to put in a prompt."""
+    rows = [r for r in rows if len(json.dumps(r["schema"])) <= max_schema_chars]
+    rows.sort(key=lambda r: hashlib.sha256(r["id"].encode()).hexdigest())
+    return rows[:n]
+
+
+def compliance(model: Any, rows: list[dict[str, Any]], *, max_tokens: int = 512) -> dict[str, Any]:
+    """Extract under each schema; count valid / failed / refused / skipped, and re-validate.
+
+    ``returned_invalid`` counts data that came back but does not validate: it must be 0.
+    """
+    import edgeslm
+    from edgeslm.decoding.schema import make_validator
+
+    counts: Counter[str] = Counter()
+    failures: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    tokens = 0
+    for r in rows:
+        schema = r["schema"]
+        try:
+            x = model.extract(PROMPT, schema, max_tokens=max_tokens, seed=0)
+        except edgeslm.ContextLengthError:
+            counts["skipped_context"] += 1
+            continue
+        except edgeslm.SchemaError as exc:
+            counts["refused"] += 1
+            failures.append({"id": r["id"], "kind": "refused", "why": exc.message[:200]})
+            continue
+        except edgeslm.ExtractionFailed as exc:
+            counts["extraction_failed"] += 1
+            failures.append({"id": r["id"], "kind": "failed", "why": exc.message[:200]})
+            continue
+        tokens += x.usage.completion_tokens
+        errs = list(make_validator(schema).iter_errors(x.data))
+        if errs:
+            counts["returned_invalid"] += 1
+            failures.append({"id": r["id"], "kind": "INVALID", "why": errs[0].message[:200]})
+        else:
+            counts["valid"] += 1
+            counts[f"attempts_{x.attempts}"] += 1
+    served = counts["valid"] + counts["extraction_failed"] + counts["returned_invalid"]
+    return {
+        "schemas": len(rows),
+        **dict(counts),
+        "served": served,
+        "failed_rate": round(counts["extraction_failed"] / served, 4) if served else None,
+        "wall_s": round(time.perf_counter() - t0, 2),
+        "completion_tokens": tokens,
+        "failures": failures,
+    }
+
+
+def _peer_extract(llm: Any, schema: dict[str, Any], system: str, max_tokens: int) -> tuple[str, float]:
+    t = time.perf_counter()
+    r = llm.create_chat_completion(
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": PROMPT}],
+        response_format={"type": "json_object", "schema": schema},
+        temperature=0.0,
+        max_tokens=max_tokens,
+    )
+    return r["choices"][0]["message"]["content"] or "", time.perf_counter() - t
+
+
+def _peer_worker(path: str, n_threads: int, jobs: list[tuple[dict[str, Any], str]], max_tokens: int, q: Any) -> None:
+    """Run the peer in a child process: its GBNF path can crash the process on some schemas."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(path, n_ctx=4096, n_threads=n_threads, n_threads_batch=n_threads, verbose=False)
+    for i, (schema, system) in enumerate(jobs):
+        text, dt = _peer_extract(llm, schema, system, max_tokens)
+        q.put((i, text, dt))
+    q.put(None)
+
+
+def peer_run(path: str, n_threads: int, jobs: list[tuple[dict[str, Any], str]], max_tokens: int) -> dict[int, Any]:
+    """Results of the peer per job index; a crash marks the job that killed it and restarts."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    out: dict[int, Any] = {}
+    start = 0
+    while start < len(jobs):
+        q = ctx.Queue()
+        proc = ctx.Process(target=_peer_worker, args=(path, n_threads, jobs[start:], max_tokens, q))
+        proc.start()
+        done = False
+        last = start - 1
+        idle = 0.0
+        while True:
+            try:
+                item = q.get(timeout=1.0)
+            except Exception:  # queue.Empty: still working, or dead?
+                idle += 1.0
+                if not proc.is_alive() or idle > 300:
+                    break
+                continue
+            idle = 0.0
+            if item is None:
+                done = True
+                break
+            i, text, dt = item
+            out[start + i] = (text, dt)
+            last = start + i
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+        if done:
+            break
+        out[last + 1] = ("<crash>", None)  # the job after the last answered one killed it
+        start = last + 2
+    return out
+
+
+def extraction_bench(model_ref: str = "smollm2-135m", *, quick: bool = False, n_threads: int = 2) -> dict[str, Any]:
+    """edgeslm extraction vs the llama-cpp-python GBNF peer on the same prompts and schemas."""
+    import edgeslm
+    from edgeslm.api.extract import extraction_messages, prepare_schema
+    from edgeslm.decoding.schema import make_validator
+
+    rows = sample(load_corpus(), 30 if quick else 120)
+    model = edgeslm.load(model_ref, n_ctx=4096, n_threads=n_threads)
+    max_tokens = 256
+    ours: list[dict[str, Any]] = []
+    jobs = []
+    for r in rows:
+        s = r["schema"]
+        try:
+            prepare_schema(s)
+        except edgeslm.SchemaError:
+            continue  # refused by edgeslm: not comparable
+        system = extraction_messages(PROMPT, s)[0]["content"]
+        jobs.append((s, system))
+    # edgeslm
+    for s, _system in jobs:
+        t = time.perf_counter()
+        try:
+            x = model.extract(PROMPT, s, max_tokens=max_tokens, seed=0)
+            ok = not list(make_validator(s).iter_errors(x.data))
+            ours.append({"ok": ok, "s": time.perf_counter() - t, "tokens": x.usage.completion_tokens,
+                         "forced": x.usage.forced_tokens, "ttft": x.usage.time_to_first_token_s})
+        except edgeslm.ExtractionFailed:
+            ours.append({"ok": False, "s": time.perf_counter() - t, "tokens": 0, "forced": 0, "ttft": None})
+    # unconstrained: same prompts, same number of tokens, to isolate the grammar's cost
+    ratio_unconstrained = []
+    for (s, _system), o in zip(jobs, ours, strict=False):
+        if not o["ok"] or o["tokens"] < 8:
+            continue
+        msgs = extraction_messages(PROMPT, s)
+        model.generate("x", max_tokens=1)  # cold cache, as for the constrained run
+        t = time.perf_counter()
+        r = model.chat(msgs, max_tokens=o["tokens"], temperature=0)
+        dt = time.perf_counter() - t
+        if r.usage.completion_tokens == o["tokens"]:
+            ratio_unconstrained.append(o["s"] / dt)
+    peer = peer_run(model.path, n_threads, jobs, max_tokens)
+    peer_valid = peer_invalid = peer_notjson = peer_crash = 0
+    peer_times = []
+    for i, (s, _system) in enumerate(jobs):
+        text, dt = peer.get(i, ("<crash>", None))
+        if text == "<crash>":
+            peer_crash += 1
+            continue
+        peer_times.append(dt)
+        try:
+            v = json.loads(text)
+        except ValueError:
+            peer_notjson += 1
+            continue
+        if list(make_validator(s).iter_errors(v)):
+            peer_invalid += 1
+        else:
+            peer_valid += 1
+    ours_time = sum(o["s"] for o in ours)
+    # compare wall time on the jobs both finished (the peer crashed on some)
+    both = [i for i in range(len(jobs)) if peer.get(i, ("<crash>", None))[1] is not None]
+    ratio_wall = sum(ours[i]["s"] for i in both) / max(1e-9, sum(peer[i][1] for i in both))
+    overhead = grammar_overhead(model)
+    ttft = prefix_reuse(model)
+    model.close()
+    return {
+        "schemas": len(jobs),
+        "edgeslm_valid": sum(o["ok"] for o in ours),
+        "edgeslm_failed": sum(not o["ok"] for o in ours),
+        "edgeslm_wall_s": round(ours_time, 2),
+        "peer_valid": peer_valid, "peer_schema_invalid": peer_invalid, "peer_not_json": peer_notjson,
+        "peer_crashes": peer_crash,
+        "peer_wall_s": round(sum(peer_times), 2),
+        "wall_ratio_edgeslm_over_peer": round(ratio_wall, 3),
+        "forced_token_share": round(sum(o["forced"] for o in ours) / max(1, sum(o["tokens"] for o in ours)), 3),
+        "constrained_over_unconstrained_p50": round(statistics.median(ratio_unconstrained), 3)
+        if ratio_unconstrained else None,
+        **overhead,
+        **ttft,
+    }
+
+
+def grammar_overhead(model: Any, n: int = 200) -> dict[str, Any]:
+    """Mask + sample cost per token (µs) for this model's vocabulary and for Gemma 3's 262k one."""
+    import numpy as np
+
+    from edgeslm.api.extract import prepare_schema
+    from edgeslm.decoding.constrain import GrammarConstraint
+    from edgeslm.decoding.sampling import Sampler, SamplingParams
+
+    out: dict[str, Any] = {}
+    schema = {"type": "object", "properties": {"notes": {"type": "string"}}, "required": ["notes"]}
+    plan = prepare_schema(schema, max_string=100000)
+    models = [("mask_us_per_token_" + model.name, model)]
+    try:
+        import edgeslm
+
+        models.append(("mask_us_per_token_gemma-3-270m", edgeslm.load("gemma-3-270m", n_ctx=512)))
+    except edgeslm.EdgeSLMError:
+        pass
+    for key, m in models:
+        eng = m._engine
+        tok = eng.constraint_tokenizer()
+        rng = np.random.default_rng(0)
+        logits = rng.standard_normal(eng.n_vocab).astype(np.float32)
+        c = GrammarConstraint(tok, plan.grammar)
+        sampler = Sampler(SamplingParams())
+        # enter the string value, then time free choices inside it
+        for t in eng.tokenize('{"notes":"', special=False):
+            c.consume(t)
+        letters = [t for t in eng.tokenize(" the quick brown fox jumps over a lazy dog", special=False)]
+        times = []
+        for i in range(n):
+            x = logits.copy()
+            t0 = time.perf_counter()
+            c.mask(x)
+            sampler.choose(x)
+            times.append(time.perf_counter() - t0)
+            c.consume(letters[i % len(letters)])
+        out[key] = round(statistics.median(times) * 1e6, 1)
+        if m is not model:
+            m.close()
+    t0 = time.perf_counter()
+    comp = []
+    from edgeslm.decoding.schema import check_schema
+
+    for r in sample(load_corpus(), 100):
+        check_schema.cache_clear() if hasattr(check_schema, "cache_clear") else None
+        t0 = time.perf_counter()
+        try:
+            prepare_schema(r["schema"])
+        except edgeslm.SchemaError:
+            continue
+        comp.append(time.perf_counter() - t0)
+    out["schema_compile_ms_p50"] = round(statistics.median(comp) * 1000, 2) if comp else None
+    return out
+
+
+def prefix_reuse(model: Any, reps: int = 5) -> dict[str, Any]:
+    """TTFT of the first and a second extraction that shares instructions and schema."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "customer": {"type": "string"}, "product": {"type": "string"},
+            "severity": {"enum": ["low", "medium", "high", "critical"]},
+            "summary": {"type": "string", "maxLength": 120},
+        },
+        "required": ["customer", "product", "severity", "summary"],
+    }
+    instructions = "You triage support tickets for ACME Corp. " * 20
+    firsts, seconds = [], []
+    for i in range(reps):
+        model.generate(f"evict {i}", max_tokens=1)
+        a = model.extract(f"Ticket {i}: Bob says the router X{i} reboots hourly.", schema,
+                          instructions=instructions, max_tokens=64)
+        b = model.extract(f"Ticket {i}b: Ann cannot log in to the portal.", schema,
+                          instructions=instructions, max_tokens=64)
+        firsts.append(a.usage.time_to_first_token_s)
+        seconds.append(b.usage.time_to_first_token_s)
+    return {
+        "ttft_first_ms": round(statistics.median(firsts) * 1000, 1),
+        "ttft_second_ms": round(statistics.median(seconds) * 1000, 1),
+        "ttft_second_over_first": round(statistics.median(seconds) / statistics.median(firsts), 3),
+    }

@@ -1,0 +1,120 @@
+"""The ``edgeslm`` command line: chat, extract, doctor, and the model-store verbs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ._errors import EdgeSLMError
+
+__all__ = ["main"]
+
+
+def _console(stderr: bool = False):  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    import edgeslm
+
+    return edgeslm.load(args.model, backend=args.backend, device=args.device, n_ctx=args.n_ctx)
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Answer one question (or read it from stdin), streaming the reply."""
+    question = " ".join(args.prompt) if args.prompt else sys.stdin.read()
+    messages = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    messages.append({"role": "user", "content": question})
+    out = _console()
+    with _load(args) as model:
+        last = None
+        for chunk in model.chat(
+            messages, max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed, stream=True
+        ):
+            if chunk.delta:
+                out.print(chunk.delta, end="", markup=False)
+            last = chunk
+        out.print()
+        if last is not None and last.usage is not None and args.verbose:
+            u = last.usage
+            _console(stderr=True).print(
+                f"[dim]{u.prompt_tokens} prompt + {u.completion_tokens} completion tokens, "
+                f"TTFT {u.time_to_first_token_s * 1000:.0f} ms, {u.decode_tokens_per_s:.1f} tok/s, "
+                f"finish={last.finish_reason}[/dim]"
+            )
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Show what this machine offers and how a model would run on it."""
+    from .runtime.hardware import detect
+
+    hw = detect()
+    out = _console()
+    out.print(f"[bold]Hardware[/bold]: {hw.summary()}")
+    out.print(f"CPU features: {', '.join(hw.cpu_features) or 'unknown'}")
+    out.print(f"llama.cpp GPU offload in this build: {hw.llama_gpu_offload}")
+    if args.model:
+        import edgeslm
+
+        out.print(f"[bold]Plan for {args.model}[/bold]:\n{edgeslm.plan(args.model)}")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "-m", default="smollm2-135m", help="catalog id, .gguf file or ONNX folder")
+    p.add_argument("--backend", default="auto", choices=["auto", "llama.cpp", "onnx"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "metal", "gpu"])
+    p.add_argument("--n-ctx", type=int, default=None, help="context window in tokens")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(prog="edgeslm", description="Small language models on your own device.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("chat", help="ask a model one question")
+    _common(p)
+    p.add_argument("prompt", nargs="*", help="the question (stdin when omitted)")
+    p.add_argument("--system", default=None, help="system message")
+    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--verbose", "-v", action="store_true", help="print token counts and speed")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("doctor", help="show hardware and how a model would run")
+    p.add_argument("--model", "-m", default=None)
+    p.set_defaults(func=cmd_doctor)
+
+    for mod in ("edgeslm.api.cli_extract", "edgeslm.store.cli"):
+        try:
+            import importlib
+
+            importlib.import_module(mod).register(sub)
+        except ImportError:
+            pass
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``edgeslm`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except EdgeSLMError as exc:
+        from rich.markup import escape
+
+        _console(stderr=True).print(f"[bold red]error:[/bold red] {escape(str(exc))}")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

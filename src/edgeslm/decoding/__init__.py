@@ -1,0 +1,1 @@
+"""edgeslm decoding layer."""

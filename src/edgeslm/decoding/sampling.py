@@ -1,0 +1,72 @@
+"""Token choice: greedy, or temperature / top-k / top-p sampling with a seeded generator."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Sampler", "SamplingParams"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How the next token is chosen. ``temperature == 0`` means greedy (argmax)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or not math.isfinite(self.temperature):
+            raise ValueError("temperature must be a finite number >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.top_k < 0:
+            raise ValueError("top_k must be >= 0 (0 disables it)")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+
+class Sampler:
+    """Chooses tokens from logits; deterministic for a given seed."""
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params
+        self._rng = np.random.default_rng(params.seed)
+
+    def choose(self, logits: np.ndarray) -> int:
+        """Return the chosen token id. ``logits`` may contain ``-inf`` for banned tokens."""
+        p = self.params
+        if p.greedy:
+            return int(np.argmax(logits))
+        if p.top_k and p.top_k < logits.shape[0]:
+            idx = np.argpartition(logits, -p.top_k)[-p.top_k :]
+        else:
+            idx = np.flatnonzero(np.isfinite(logits))
+        vals = logits[idx].astype(np.float64)
+        finite = np.isfinite(vals)
+        idx, vals = idx[finite], vals[finite]
+        if idx.size == 0:
+            return int(np.argmax(logits))
+        order = np.argsort(-vals)
+        idx, vals = idx[order], vals[order]
+        vals = (vals - vals[0]) / p.temperature
+        probs = np.exp(vals)
+        probs /= probs.sum()
+        if p.top_p < 1.0:
+            cut = int(np.searchsorted(np.cumsum(probs), p.top_p)) + 1
+            idx, probs = idx[:cut], probs[:cut]
+            probs = probs / probs.sum()
+        return int(idx[self._rng.choice(idx.size, p=probs)])
+
+
+def token_logprob(logits: np.ndarray, token: int) -> float:
+    """Natural-log probability of *token* under softmax(logits) (``-inf`` entries excluded)."""
+    m = float(np.max(logits))
+    z = np.exp(logits - m, dtype=np.float32)
+    return float(logits[token] - m - math.log(float(z.sum())))

@@ -1,0 +1,1 @@
+"""Runtime policy: hardware detection and the planner."""

@@ -1,0 +1,52 @@
+"""Model store: catalog, verified downloads into a local cache, offline resolution, file checks.
+
+Heavy dependencies (huggingface_hub, rich) are imported only when a function needs them.
+"""
+
+from __future__ import annotations
+
+from .bundled import BUNDLED, bundled_path
+from .catalog import (
+    CatalogEntry,
+    FileSpec,
+    ResolvedModel,
+    Variant,
+    get_entry,
+    list_entries,
+    load_catalog,
+    parse_hf_ref,
+    pull_command,
+    resolve,
+)
+from .download import CachedFile, cached_models, cached_path, cached_variant_path, pull, remove, verify_cache
+from .paths import cache_home, offline
+from .validate import GGUFInfo, ONNXInfo, validate_gguf, validate_model_file, validate_onnx_folder
+
+__all__ = [
+    "BUNDLED",
+    "CachedFile",
+    "CatalogEntry",
+    "FileSpec",
+    "GGUFInfo",
+    "ONNXInfo",
+    "ResolvedModel",
+    "Variant",
+    "bundled_path",
+    "cache_home",
+    "cached_models",
+    "cached_path",
+    "cached_variant_path",
+    "get_entry",
+    "list_entries",
+    "load_catalog",
+    "offline",
+    "parse_hf_ref",
+    "pull",
+    "pull_command",
+    "remove",
+    "resolve",
+    "validate_gguf",
+    "validate_model_file",
+    "validate_onnx_folder",
+    "verify_cache",
+]

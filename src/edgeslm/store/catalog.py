@@ -1,0 +1,466 @@
+"""The model catalog and the resolver that turns what a user typed into a local model path.
+
+The catalog is a data file, ``models/catalog.json`` in the repository, shipped in the wheel as
+``edgeslm/_catalog/catalog.json``. ``$EDGESLM_CATALOG`` may name an extra JSON file in the same
+format whose entries are added (or replace entries with the same id).
+
+:func:`resolve` accepts a local ``.gguf`` file, a local ONNX GenAI folder, a catalog id (with an
+optional ``quant`` / ``format``), a bundled test model id, ``hf://owner/repo/file.gguf`` and
+``hf://owner/repo/folder`` (``hf://owner/repo@revision/...`` pins a revision).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._errors import EdgeSLMError, ModelNotFoundError, OfflineError
+
+__all__ = [
+    "CHAT_FORMATS",
+    "TOOL_FORMATS",
+    "CatalogEntry",
+    "FileSpec",
+    "HFRef",
+    "ResolvedModel",
+    "Variant",
+    "catalog_path",
+    "get_entry",
+    "list_entries",
+    "load_catalog",
+    "parse_hf_ref",
+    "resolve",
+]
+
+CHAT_FORMATS = frozenset({"phi4", "gemma3", "llama3", "chatml", "generic"})
+TOOL_FORMATS = frozenset({"phi4", "hermes", "llama3", "gemma3", "generic"})
+FORMATS = frozenset({"gguf", "onnx"})
+SOURCES = frozenset({"hf", "bundled"})
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_DEFAULT_CTX = 4096
+_FILE_SUFFIXES = (".gguf", ".onnx", ".json", ".data", ".bin", ".model", ".txt")
+
+
+class CatalogError(EdgeSLMError):
+    """The catalog data file is malformed (a packaging bug, not a user error)."""
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One file of a variant: its name in the repository, size and SHA-256 when known."""
+
+    name: str
+    size: int | None = None
+    sha256: str | None = None
+    size_exact: bool = False
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One downloadable form of a model: a format (gguf/onnx), a quantization, where it lives."""
+
+    format: str
+    quant: str
+    source: str
+    repo: str | None
+    revision: str | None
+    files: tuple[FileSpec, ...] = ()
+    folder: str | None = None
+    device: str = "any"
+    gated: bool = False
+    default: bool = False
+    size_bytes: int | None = None
+    size_exact: bool = False
+    memory_estimate_bytes: int | None = None
+    package: str | None = None
+    notes: str | None = None
+
+    @property
+    def primary_file(self) -> FileSpec | None:
+        """The file an engine opens (the first shard of a split GGUF); None for folders."""
+        return self.files[0] if self.files else None
+
+    @property
+    def total_size(self) -> int | None:
+        if self.size_bytes is not None:
+            return self.size_bytes
+        sizes = [f.size for f in self.files]
+        return sum(sizes) if sizes and all(s is not None for s in sizes) else None  # type: ignore[misc]
+
+    @property
+    def label(self) -> str:
+        """Short human label, e.g. ``gguf Q4_K_M`` or ``onnx int4 (cuda)``."""
+        dev = f" ({self.device})" if self.device != "any" else ""
+        return f"{self.format} {self.quant}{dev}"
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """A model family member as the catalog describes it, with its variants."""
+
+    id: str
+    name: str
+    family: str
+    base_repo: str | None
+    license: str
+    gated: bool
+    parameters: int
+    context_length: int
+    chat_format: str
+    tool_format: str
+    kv_bytes_per_token: int
+    variants: tuple[Variant, ...]
+    aliases: tuple[str, ...] = ()
+    notes: str | None = None
+
+    @property
+    def bundled(self) -> bool:
+        return any(v.source == "bundled" for v in self.variants)
+
+    def variant(self, quant: str | None = None, format: str | None = None, device: str | None = None) -> Variant:
+        """Pick a variant by quantization / format / device; the catalog default when unspecified."""
+        cands = list(self.variants)
+        if format is not None:
+            cands = [v for v in cands if v.format == format.lower()]
+        if quant is not None:
+            cands = [v for v in cands if v.quant.lower() == quant.lower()]
+        if device is not None and device != "auto":
+            dev = [v for v in cands if v.device in (device, "any")]
+            cands = dev or cands
+        if not cands:
+            have = ", ".join(v.label for v in self.variants)
+            raise ModelNotFoundError(
+                f"{self.id} has no variant with format={format or 'any'} quant={quant or 'any'}",
+                hint=f"available variants: {have}",
+            )
+        for v in cands:
+            if v.default:
+                return v
+        gguf = [v for v in cands if v.format == "gguf"]
+        return (gguf or cands)[0]
+
+    def memory_estimate(self, variant: Variant, n_ctx: int = _DEFAULT_CTX) -> int | None:
+        """Bytes needed to run ``variant`` with ``n_ctx`` tokens of f16 KV cache (rough)."""
+        size = variant.total_size
+        if size is None:
+            return variant.memory_estimate_bytes
+        return int(size * 1.03 + self.kv_bytes_per_token * n_ctx + 150 * 2**20)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model lives on disk, and what the catalog knows about it (None for plain paths)."""
+
+    path: Path
+    entry: CatalogEntry | None = None
+    variant: Variant | None = None
+    source: str = "local"  # "local" | "bundled" | "cache" | "download"
+    format: str = field(default="gguf")
+
+
+# ------------------------------------------------------------------------------------ loading
+
+
+def catalog_path() -> Path:
+    """The shipped catalog file (wheel location first, then the source tree for editable installs)."""
+    import edgeslm
+
+    shipped = Path(edgeslm.__file__).parent / "_catalog" / "catalog.json"
+    if shipped.is_file():
+        return shipped
+    repo = Path(__file__).resolve().parents[3] / "models" / "catalog.json"
+    if repo.is_file():
+        return repo
+    raise CatalogError(
+        "the model catalog is missing from this installation",
+        hint="reinstall edgeslm (pip install --force-reinstall edgeslm)",
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: str, extra: str | None, mtimes: tuple[float, ...]) -> dict[str, CatalogEntry]:
+    entries: dict[str, CatalogEntry] = {}
+    for p in (path, extra):
+        if p is None:
+            continue
+        try:
+            data = json.loads(Path(p).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise CatalogError(f"cannot read the model catalog {p}: {e}", hint="fix or remove that file") from e
+        for raw in _models_of(data, p):
+            e = _parse_entry(raw, p)
+            entries[e.id] = e
+    # aliases must not shadow ids or each other
+    seen: dict[str, str] = {}
+    for e in entries.values():
+        for name in (e.id, *e.aliases):
+            if name in seen and seen[name] != e.id:
+                raise CatalogError(f"catalog name {name!r} is used by both {seen[name]} and {e.id}")
+            seen[name] = e.id
+    return entries
+
+
+def load_catalog() -> dict[str, CatalogEntry]:
+    """All catalog entries by id (validated; cached until the files change)."""
+    path = catalog_path()
+    extra = os.environ.get("EDGESLM_CATALOG") or None
+    mt = [path.stat().st_mtime]
+    if extra:
+        try:
+            mt.append(Path(extra).stat().st_mtime)
+        except OSError as e:
+            raise CatalogError(
+                f"EDGESLM_CATALOG names {extra}, which cannot be read", hint="fix the path or unset it"
+            ) from e
+    return _load(str(path), extra, tuple(mt))
+
+
+def list_entries() -> list[CatalogEntry]:
+    """Catalog entries in file order."""
+    return list(load_catalog().values())
+
+
+def get_entry(model_id: str) -> CatalogEntry:
+    """The catalog entry for an id or alias (case-insensitive)."""
+    cat = load_catalog()
+    key = model_id.strip().lower()
+    for e in cat.values():
+        if key == e.id.lower() or key in (a.lower() for a in e.aliases):
+            return e
+    import difflib
+
+    names = [n for e in cat.values() for n in (e.id, *e.aliases)]
+    close = difflib.get_close_matches(key, names, n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise ModelNotFoundError(
+        f"{model_id!r} is not a known model id, a .gguf file, or an ONNX GenAI folder",
+        hint=f"{hint}`edgeslm list` shows the catalog; a Hub file works as hf://owner/repo/file.gguf",
+    )
+
+
+def _models_of(data: Any, p: str) -> list[dict[str, Any]]:
+    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+        raise CatalogError(f"{p}: expected an object with a 'models' list")
+    return data["models"]
+
+
+def _req(d: dict[str, Any], key: str, typ: type | tuple[type, ...], where: str) -> Any:
+    if key not in d:
+        raise CatalogError(f"{where}: missing {key!r}")
+    v = d[key]
+    if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+        raise CatalogError(f"{where}: {key!r} has the wrong type ({type(v).__name__})")
+    return v
+
+
+def _parse_entry(raw: Any, p: str) -> CatalogEntry:
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{p}: every model must be an object")
+    mid = _req(raw, "id", str, p)
+    where = f"{p}: model {mid!r}"
+    variants = tuple(_parse_variant(v, f"{where} variant #{i}") for i, v in enumerate(raw.get("variants", [])))
+    if not variants:
+        raise CatalogError(f"{where}: no variants")
+    chat = _req(raw, "chat_format", str, where)
+    tool = _req(raw, "tool_format", str, where)
+    if chat not in CHAT_FORMATS:
+        raise CatalogError(f"{where}: chat_format {chat!r} not in {sorted(CHAT_FORMATS)}")
+    if tool not in TOOL_FORMATS:
+        raise CatalogError(f"{where}: tool_format {tool!r} not in {sorted(TOOL_FORMATS)}")
+    return CatalogEntry(
+        id=mid,
+        name=raw.get("name", mid),
+        family=_req(raw, "family", str, where),
+        base_repo=raw.get("base_repo"),
+        license=_req(raw, "license", str, where),
+        gated=bool(_req(raw, "gated", bool, where)),
+        parameters=_req(raw, "parameters", int, where),
+        context_length=_req(raw, "context_length", int, where),
+        chat_format=chat,
+        tool_format=tool,
+        kv_bytes_per_token=raw.get("kv_bytes_per_token", 0),
+        variants=variants,
+        aliases=tuple(raw.get("aliases", ())),
+        notes=raw.get("notes"),
+    )
+
+
+def _parse_variant(raw: Any, where: str) -> Variant:
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{where}: must be an object")
+    fmt = _req(raw, "format", str, where)
+    src = raw.get("source", "hf")
+    if fmt not in FORMATS:
+        raise CatalogError(f"{where}: format {fmt!r} not in {sorted(FORMATS)}")
+    if src not in SOURCES:
+        raise CatalogError(f"{where}: source {src!r} not in {sorted(SOURCES)}")
+    files = []
+    for f in raw.get("files", []):
+        name = _req(f, "name", str, where)
+        sha = f.get("sha256")
+        if sha is not None and not (isinstance(sha, str) and _SHA256.match(sha)):
+            raise CatalogError(f"{where}: sha256 of {name!r} must be 64 lowercase hex digits or null")
+        if ".." in name.split("/") or name.startswith("/"):
+            raise CatalogError(f"{where}: file name {name!r} must be relative")
+        files.append(FileSpec(name=name, size=f.get("size"), sha256=sha, size_exact=bool(f.get("size_exact"))))
+    repo = raw.get("repo")
+    folder = raw.get("folder")
+    if src == "hf":
+        if not (isinstance(repo, str) and _REPO.match(repo)):
+            raise CatalogError(f"{where}: 'repo' must be owner/name")
+        if not files and not folder:
+            raise CatalogError(f"{where}: a Hub variant needs 'files' or 'folder'")
+    elif not files:
+        raise CatalogError(f"{where}: a bundled variant needs its file")
+    return Variant(
+        format=fmt,
+        quant=_req(raw, "quant", str, where),
+        source=src,
+        repo=repo,
+        revision=raw.get("revision") or ("main" if src == "hf" else None),
+        files=tuple(files),
+        folder=folder,
+        device=raw.get("device", "any"),
+        gated=bool(raw.get("gated", False)),
+        default=bool(raw.get("default", False)),
+        size_bytes=raw.get("size_bytes"),
+        size_exact=bool(raw.get("size_exact", False)),
+        memory_estimate_bytes=raw.get("memory_estimate_bytes"),
+        package=raw.get("package"),
+        notes=raw.get("notes"),
+    )
+
+
+# ------------------------------------------------------------------------------------ resolving
+
+
+@dataclass(frozen=True)
+class HFRef:
+    """A parsed ``hf://owner/repo[@revision]/path`` reference."""
+
+    repo: str
+    revision: str
+    path: str
+
+    @property
+    def is_file(self) -> bool:
+        return self.path.lower().endswith(_FILE_SUFFIXES)
+
+    def __str__(self) -> str:
+        rev = "" if self.revision == "main" else f"@{self.revision}"
+        return f"hf://{self.repo}{rev}/{self.path}"
+
+
+def parse_hf_ref(ref: str) -> HFRef:
+    """Parse ``hf://owner/repo[@rev]/path/in/repo``."""
+    if not ref.startswith("hf://"):
+        raise ValueError(f"not an hf:// reference: {ref!r}")
+    parts = ref[5:].strip("/").split("/")
+    if len(parts) < 3 or not all(parts):
+        raise ModelNotFoundError(
+            f"{ref!r} does not name a file or folder in a Hub repository",
+            hint="use hf://owner/repo/file.gguf or hf://owner/repo/onnx-folder",
+        )
+    owner, name = parts[0], parts[1]
+    rev = "main"
+    if "@" in name:
+        name, rev = name.split("@", 1)
+    repo = f"{owner}/{name}"
+    path = "/".join(parts[2:])
+    if not _REPO.match(repo) or ".." in parts[2:] or not rev:
+        raise ModelNotFoundError(f"{ref!r} is not a valid Hub reference", hint="use hf://owner/repo/file.gguf")
+    return HFRef(repo=repo, revision=rev, path=path)
+
+
+def pull_command(ref: str, quant: str | None = None, format: str | None = None) -> str:
+    """The ``edgeslm pull`` command line that fetches ``ref``."""
+    cmd = f"edgeslm pull {ref}"
+    if quant:
+        cmd += f" --quant {quant}"
+    if format:
+        cmd += f" --format {format}"
+    return cmd
+
+
+def resolve(
+    ref: str | os.PathLike[str],
+    *,
+    quant: str | None = None,
+    format: str | None = None,
+    device: str | None = None,
+    download: bool = False,
+    progress: bool = True,
+    token: str | None = None,
+) -> ResolvedModel:
+    """Find the local path of a model; download it first when ``download`` is true and it is not cached.
+
+    Cached models resolve with no network access. When the model is not cached and ``download`` is
+    false (or the network is off), raise ModelNotFoundError / OfflineError naming the exact
+    ``edgeslm pull`` command.
+    """
+    from . import download as dl
+    from .bundled import BUNDLED, bundled_path
+    from .paths import offline
+
+    s = os.fspath(ref)
+    if isinstance(ref, os.PathLike) or _looks_like_path(s):
+        p = Path(s).expanduser()
+        if p.is_dir():
+            if not (p / "genai_config.json").is_file():
+                raise ModelNotFoundError(
+                    f"{p} is a folder without genai_config.json, so it is not an ONNX GenAI model",
+                    hint="pass a .gguf file or the folder that holds genai_config.json",
+                )
+            return ResolvedModel(path=p, source="local", format="onnx")
+        if p.is_file():
+            return ResolvedModel(path=p, source="local", format="onnx" if p.name == "genai_config.json" else "gguf")
+        raise ModelNotFoundError(f"no model file or folder at {p}", hint="check the path")
+
+    if s.startswith("hf://"):
+        h = parse_hf_ref(s)
+        cached = dl.cached_path(h.repo, h.revision, h.path)
+        fmt = "gguf" if h.path.lower().endswith(".gguf") else "onnx"
+        if cached is not None:
+            return ResolvedModel(path=cached, source="cache", format=fmt)
+        _no_download_check(s, None, None, download, offline())
+        path = dl.pull(s, progress=progress, token=token)
+        return ResolvedModel(path=path, source="download", format=fmt)
+
+    entry = get_entry(s)
+    variant = entry.variant(quant, format, device)
+    if variant.source == "bundled":
+        bid = entry.id if entry.id in BUNDLED else s
+        return ResolvedModel(path=bundled_path(bid), entry=entry, variant=variant, source="bundled")
+    cached = dl.cached_variant_path(variant)
+    if cached is not None:
+        return ResolvedModel(path=cached, entry=entry, variant=variant, source="cache", format=variant.format)
+    _no_download_check(entry.id, variant.quant if quant or format else None, format, download, offline())
+    path = dl.pull(
+        entry.id, quant=variant.quant, format=variant.format, device=variant.device, progress=progress, token=token
+    )
+    return ResolvedModel(path=path, entry=entry, variant=variant, source="download", format=variant.format)
+
+
+def _no_download_check(ref: str, quant: str | None, format: str | None, download: bool, is_offline: bool) -> None:
+    cmd = pull_command(ref, quant, format)
+    if is_offline:
+        raise OfflineError(
+            f"{ref} is not in the local cache and offline mode is on (EDGESLM_OFFLINE / HF_HUB_OFFLINE)",
+            hint=f"on a machine with network access run `{cmd}` (or unset EDGESLM_OFFLINE and HF_HUB_OFFLINE)",
+        )
+    if not download:
+        raise ModelNotFoundError(f"{ref} is not in the local cache", hint=f"download it with `{cmd}`")
+
+
+def _looks_like_path(s: str) -> bool:
+    if s.startswith("hf://"):
+        return False
+    if s.lower().endswith((".gguf", "genai_config.json")) or os.sep in s or s.startswith((".", "~", "/")):
+        return True
+    return "/" in s or Path(s).exists()

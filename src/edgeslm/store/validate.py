@@ -1,0 +1,576 @@
+"""Check a model file before any engine sees it.
+
+A GGUF file is parsed in pure Python, header and metadata only (the tensors are never read):
+a damaged or hostile file must give a :class:`~edgeslm.CorruptModelError` here, not a crash in
+native code. An ONNX GenAI folder is checked for a readable ``genai_config.json``, the files it
+names, and external-data paths that stay inside the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._errors import CorruptModelError, ModelNotFoundError
+
+__all__ = ["GGUFInfo", "ONNXInfo", "validate_gguf", "validate_model_file", "validate_onnx_folder"]
+
+GGUF_MAGIC = b"GGUF"
+GGUF_DEFAULT_ALIGNMENT = 32
+GGML_MAX_DIMS = 4
+GGML_MAX_NAME = 64  # including the terminating NUL in ggml
+INT64_MAX = (1 << 63) - 1
+# Arrays up to this many elements are kept in the returned metadata; longer ones are summarised.
+MAX_KEPT_ARRAY = 256
+
+# ggml tensor type -> (block size, bytes per block); types removed from ggml are absent on purpose.
+GGML_TYPE_SIZES: dict[int, tuple[int, int]] = {
+    0: (1, 4),
+    1: (1, 2),
+    2: (32, 18),
+    3: (32, 20),
+    6: (32, 22),
+    7: (32, 24),
+    8: (32, 34),
+    9: (32, 40),
+    10: (256, 84),
+    11: (256, 110),
+    12: (256, 144),
+    13: (256, 176),
+    14: (256, 210),
+    15: (256, 292),
+    16: (256, 66),
+    17: (256, 74),
+    18: (256, 98),
+    19: (256, 50),
+    20: (32, 18),
+    21: (256, 110),
+    22: (256, 82),
+    23: (256, 136),
+    24: (1, 1),
+    25: (1, 2),
+    26: (1, 4),
+    27: (1, 8),
+    28: (1, 8),
+    29: (256, 56),
+    30: (1, 2),
+    34: (256, 54),
+    35: (256, 66),
+    39: (32, 17),
+}
+
+# GGUF value types
+T_UINT8, T_INT8, T_UINT16, T_INT16, T_UINT32, T_INT32, T_FLOAT32, T_BOOL = range(8)
+T_STRING, T_ARRAY, T_UINT64, T_INT64, T_FLOAT64 = range(8, 13)
+_SCALAR_FMT = {
+    T_UINT8: "<B",
+    T_INT8: "<b",
+    T_UINT16: "<H",
+    T_INT16: "<h",
+    T_UINT32: "<I",
+    T_INT32: "<i",
+    T_FLOAT32: "<f",
+    T_BOOL: "<B",
+    T_UINT64: "<Q",
+    T_INT64: "<q",
+    T_FLOAT64: "<d",
+}
+_TYPE_NAMES = {
+    T_UINT8: "u8",
+    T_INT8: "i8",
+    T_UINT16: "u16",
+    T_INT16: "i16",
+    T_UINT32: "u32",
+    T_INT32: "i32",
+    T_FLOAT32: "f32",
+    T_BOOL: "bool",
+    T_STRING: "string",
+    T_ARRAY: "array",
+    T_UINT64: "u64",
+    T_INT64: "i64",
+    T_FLOAT64: "f64",
+}
+
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+
+@dataclass
+class GGUFInfo:
+    """What the header of a valid GGUF file says."""
+
+    path: Path
+    version: int
+    tensor_count: int
+    kv_count: int
+    alignment: int
+    data_offset: int
+    file_size: int
+    metadata: dict[str, Any]
+    array_lengths: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def architecture(self) -> str | None:
+        v = self.metadata.get("general.architecture")
+        return v if isinstance(v, str) else None
+
+    @property
+    def chat_template(self) -> str | None:
+        v = self.metadata.get("tokenizer.chat_template")
+        return v if isinstance(v, str) else None
+
+    @property
+    def context_length(self) -> int | None:
+        v = self.metadata.get(f"{self.architecture}.context_length")
+        return int(v) if isinstance(v, int) and not isinstance(v, bool) else None
+
+    @property
+    def name(self) -> str | None:
+        v = self.metadata.get("general.name")
+        return v if isinstance(v, str) else None
+
+    @property
+    def vocab_size(self) -> int | None:
+        return self.array_lengths.get("tokenizer.ggml.tokens")
+
+
+@dataclass
+class ONNXInfo:
+    """What a valid ONNX GenAI folder holds."""
+
+    path: Path
+    config: dict[str, Any]
+    model_files: list[str]
+    external_data: list[str]
+
+    @property
+    def context_length(self) -> int | None:
+        v = self.config.get("model", {}).get("context_length")
+        return v if isinstance(v, int) else None
+
+    @property
+    def model_type(self) -> str | None:
+        v = self.config.get("model", {}).get("type")
+        return v if isinstance(v, str) else None
+
+
+def validate_model_file(path: str | os.PathLike[str]) -> GGUFInfo | ONNXInfo:
+    """Check a ``.gguf`` file or an ONNX GenAI folder; raise CorruptModelError if it is damaged."""
+    p = Path(path)
+    if p.is_dir():
+        return validate_onnx_folder(p)
+    if not p.is_file():
+        raise ModelNotFoundError(f"no model file at {p}", hint="check the path, or pull the model first")
+    with open(p, "rb") as f:
+        head = f.read(4)
+    if head == GGUF_MAGIC or p.suffix.lower() == ".gguf":
+        return validate_gguf(p)
+    if p.name == "genai_config.json":
+        return validate_onnx_folder(p.parent)
+    raise CorruptModelError(
+        f"{p} is neither a GGUF file nor an ONNX GenAI folder",
+        hint="pass a .gguf file, a folder holding genai_config.json, or a catalog id",
+    )
+
+
+# --------------------------------------------------------------------------------------------- GGUF
+
+
+class _Bad(Exception):
+    """Internal: a structural problem, turned into CorruptModelError with the file name."""
+
+
+class _Reader:
+    __slots__ = ("buf", "off", "size")
+
+    def __init__(self, buf: Any, size: int) -> None:
+        self.buf = buf
+        self.size = size
+        self.off = 0
+
+    def need(self, n: int, what: str) -> None:
+        if n < 0 or self.off + n > self.size:
+            raise _Bad(f"{what} at byte {self.off} needs {n} bytes but the file ends at byte {self.size}")
+
+    def u32(self, what: str) -> int:
+        self.need(4, what)
+        v = _U32.unpack_from(self.buf, self.off)[0]
+        self.off += 4
+        return v
+
+    def u64(self, what: str) -> int:
+        self.need(8, what)
+        v = _U64.unpack_from(self.buf, self.off)[0]
+        self.off += 8
+        return v
+
+    def raw_string(self, what: str) -> bytes:
+        n = self.u64(f"length of {what}")
+        self.need(n, what)
+        b = self.buf[self.off : self.off + n]
+        self.off += n
+        return bytes(b)
+
+    def skip_strings(self, count: int, what: str, unique: bool = False) -> None:
+        """Skip ``count`` strings, checking every length (the hot loop for large vocabularies).
+
+        With ``unique``, also refuse duplicates (llama.cpp aborts on a vocabulary with duplicates).
+        """
+        buf, off, size, unpack = self.buf, self.off, self.size, _U64.unpack_from
+        seen: set[bytes] = set()
+        add = seen.add
+        for i in range(count):
+            if off + 8 > size:
+                self.off = off
+                raise _Bad(f"{what}[{i}]: string length at byte {off} runs past the end of the file")
+            n = unpack(buf, off)[0]
+            start = off + 8
+            off = start + n
+            if off > size:
+                raise _Bad(f"{what}[{i}]: string of {n} bytes runs past the end of the file")
+            if unique:
+                add(buf[start:off])
+        if unique and len(seen) != count:
+            raise _Bad(f"{what} holds duplicate entries ({count - len(seen)} duplicates)")
+        self.off = off
+
+
+def validate_gguf(path: str | os.PathLike[str]) -> GGUFInfo:
+    """Parse and check a GGUF header, metadata and tensor table without reading tensor data."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except OSError as e:
+        raise ModelNotFoundError(f"cannot read {p}: {e}", hint="check the path and its permissions") from e
+    if size < 24:
+        raise _corrupt(p, f"the file is only {size} bytes, too small to be a GGUF model")
+    with open(p, "rb") as f:
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            try:
+                return _parse_gguf(p, mm, size)
+            except _Bad as e:
+                raise _corrupt(p, str(e)) from None
+
+
+def _corrupt(p: Path, why: str) -> CorruptModelError:
+    return CorruptModelError(
+        f"{p.name} is not a valid GGUF model: {why}",
+        hint="the file is damaged or was not written by a GGUF converter; delete it and download it again "
+        "(`edgeslm verify` finds damaged files in the cache, `edgeslm pull <model>` fetches a fresh copy)",
+    )
+
+
+def _parse_gguf(p: Path, buf: Any, size: int) -> GGUFInfo:
+    r = _Reader(buf, size)
+    magic = bytes(buf[0:4])
+    if magic != GGUF_MAGIC:
+        raise _Bad(f"bad magic {magic!r} (expected b'GGUF')")
+    r.off = 4
+    version = r.u32("version")
+    if version not in (2, 3):
+        if version == 1:
+            raise _Bad("GGUF version 1 is no longer supported; convert the model again with a current llama.cpp")
+        if struct.unpack("<I", struct.pack(">I", version))[0] in (2, 3):
+            raise _Bad("the file is big-endian GGUF, which this machine cannot load")
+        raise _Bad(f"unsupported GGUF version {version} (expected 2 or 3)")
+    n_tensors = r.u64("tensor count")
+    n_kv = r.u64("metadata count")
+    # Each tensor info takes at least 24 bytes, each key/value at least 13: reject absurd counts early.
+    if n_tensors * 24 > size or n_tensors > INT64_MAX // 512:
+        raise _Bad(f"tensor count {n_tensors} cannot fit in a file of {size} bytes")
+    if n_kv * 13 > size:
+        raise _Bad(f"metadata count {n_kv} cannot fit in a file of {size} bytes")
+
+    metadata: dict[str, Any] = {}
+    array_lengths: dict[str, int] = {}
+    array_types: dict[str, int] = {}
+    types: dict[str, int] = {}
+    for i in range(n_kv):
+        key_b = r.raw_string(f"key #{i}")
+        key = key_b.decode("utf-8", errors="replace")
+        if not key_b:
+            raise _Bad(f"metadata key #{i} is empty")
+        if key in metadata:
+            raise _Bad(f"duplicate metadata key {key!r}")
+        vtype = r.u32(f"type of {key!r}")
+        types[key] = vtype
+        if vtype == T_ARRAY:
+            etype = r.u32(f"element type of {key!r}")
+            count = r.u64(f"length of {key!r}")
+            array_types[key] = etype
+            array_lengths[key] = count
+            metadata[key] = _read_array(r, key, etype, count)
+        else:
+            metadata[key] = _read_value(r, key, vtype)
+
+    # Keys that llama.cpp reads with type assertions (a wrong type aborts the process there).
+    alignment = GGUF_DEFAULT_ALIGNMENT
+    if "general.alignment" in metadata:
+        if types["general.alignment"] != T_UINT32:
+            raise _Bad("general.alignment must be a u32")
+        alignment = metadata["general.alignment"]
+        if alignment <= 0 or alignment & (alignment - 1):
+            raise _Bad(f"general.alignment {alignment} is not a power of two")
+    _check_known_keys(metadata, types, array_types, array_lengths)
+
+    # Tensor infos
+    names: set[str] = set()
+    tensors: list[tuple[str, int, int]] = []  # (name, offset, nbytes)
+    for i in range(n_tensors):
+        name_b = r.raw_string(f"name of tensor #{i}")
+        name = name_b.decode("utf-8", errors="replace")
+        if len(name_b) >= GGML_MAX_NAME:
+            raise _Bad(f"tensor #{i} name is {len(name_b)} bytes long (limit {GGML_MAX_NAME - 1})")
+        if name in names:
+            raise _Bad(f"duplicate tensor name {name!r}")
+        names.add(name)
+        n_dims = r.u32(f"dimension count of tensor {name!r}")
+        if n_dims > GGML_MAX_DIMS:
+            raise _Bad(f"tensor {name!r} has {n_dims} dimensions (at most {GGML_MAX_DIMS})")
+        r.need(8 * n_dims, f"shape of tensor {name!r}")
+        dims = struct.unpack_from(f"<{n_dims}Q", buf, r.off)
+        r.off += 8 * n_dims
+        n_elems = 1
+        for d in dims:
+            if d <= 0 or d > INT64_MAX:
+                raise _Bad(f"tensor {name!r} has an invalid dimension {d}")
+            n_elems *= d
+            if n_elems > INT64_MAX:
+                raise _Bad(f"tensor {name!r} shape {list(dims)} overflows")
+        ttype = r.u32(f"type of tensor {name!r}")
+        if ttype not in GGML_TYPE_SIZES:
+            raise _Bad(f"tensor {name!r} has unknown type {ttype}")
+        block, type_size = GGML_TYPE_SIZES[ttype]
+        if dims and dims[0] % block:
+            raise _Bad(f"tensor {name!r}: first dimension {dims[0]} is not a multiple of block size {block}")
+        offset = r.u64(f"offset of tensor {name!r}")
+        nbytes = n_elems // block * type_size
+        tensors.append((name, offset, nbytes))
+
+    data_offset = (r.off + alignment - 1) // alignment * alignment
+    if tensors and data_offset > size:
+        raise _Bad(f"tensor data should start at byte {data_offset} but the file has {size} bytes")
+    expected = 0
+    for name, offset, nbytes in tensors:
+        if offset % alignment:
+            raise _Bad(f"tensor {name!r} offset {offset} is not aligned to {alignment} bytes")
+        if offset != expected:
+            raise _Bad(f"tensor {name!r} has offset {offset}, expected {expected}")
+        end = data_offset + offset + nbytes
+        if end > size:
+            raise _Bad(f"tensor {name!r} data ends at byte {end} but the file has {size} bytes (truncated download?)")
+        expected = offset + (nbytes + alignment - 1) // alignment * alignment
+
+    return GGUFInfo(
+        path=p,
+        version=version,
+        tensor_count=n_tensors,
+        kv_count=n_kv,
+        alignment=alignment,
+        data_offset=data_offset,
+        file_size=size,
+        metadata=metadata,
+        array_lengths=array_lengths,
+    )
+
+
+def _read_value(r: _Reader, key: str, vtype: int) -> Any:
+    if vtype == T_STRING:
+        return r.raw_string(f"value of {key!r}").decode("utf-8", errors="replace")
+    fmt = _SCALAR_FMT.get(vtype)
+    if fmt is None:
+        raise _Bad(f"metadata {key!r} has unknown value type {vtype}")
+    n = struct.calcsize(fmt)
+    r.need(n, f"value of {key!r}")
+    v = struct.unpack_from(fmt, r.buf, r.off)[0]
+    r.off += n
+    if vtype == T_BOOL:
+        if v > 1:
+            raise _Bad(f"metadata {key!r} is a bool with value {v}")
+        return bool(v)
+    return v
+
+
+def _read_array(r: _Reader, key: str, etype: int, count: int) -> Any:
+    if etype == T_ARRAY:
+        raise _Bad(f"metadata {key!r} is a nested array, which GGUF readers do not support")
+    if etype == T_STRING:
+        if count * 8 > r.size - r.off:
+            raise _Bad(f"array {key!r} claims {count} strings, more than the file can hold")
+        unique = key == "tokenizer.ggml.tokens"
+        if count <= MAX_KEPT_ARRAY:
+            raw = [r.raw_string(f"{key}[{i}]") for i in range(count)]
+            if unique and len(set(raw)) != count:
+                raise _Bad(f"{key} holds duplicate entries")
+            return [b.decode("utf-8", errors="replace") for b in raw]
+        r.skip_strings(count, key, unique)
+        return None
+    fmt = _SCALAR_FMT.get(etype)
+    if fmt is None:
+        raise _Bad(f"array {key!r} has unknown element type {etype}")
+    n = struct.calcsize(fmt)
+    r.need(count * n, f"array {key!r} of {count} elements")
+    if count <= MAX_KEPT_ARRAY:
+        vals = list(struct.unpack_from(f"<{count}{fmt[1]}", r.buf, r.off))
+        r.off += count * n
+        return [bool(v) for v in vals] if etype == T_BOOL else vals
+    r.off += count * n
+    return None
+
+
+_INT_TYPES = {T_UINT8, T_INT8, T_UINT16, T_INT16, T_UINT32, T_INT32, T_UINT64, T_INT64}
+
+
+def _check_known_keys(
+    md: dict[str, Any], types: dict[str, int], array_types: dict[str, int], array_lengths: dict[str, int]
+) -> None:
+    """Check the keys llama.cpp reads with hard type assertions or unchecked indexing."""
+    arch = md.get("general.architecture")
+    split_no = md.get("split.no")
+    if isinstance(split_no, int) and split_no > 0 and "general.architecture" not in md:
+        return  # a later shard of a split model: its metadata lives in the first shard
+    if "general.architecture" not in md:
+        raise _Bad("the general.architecture key is missing, so no engine knows how to run this model")
+    if types["general.architecture"] != T_STRING or not arch:
+        raise _Bad("general.architecture must be a non-empty string")
+    if "tokenizer.ggml.tokens" in md:
+        if types["tokenizer.ggml.tokens"] != T_ARRAY or array_types.get("tokenizer.ggml.tokens") != T_STRING:
+            raise _Bad("tokenizer.ggml.tokens must be an array of strings")
+        n_vocab = array_lengths["tokenizer.ggml.tokens"]
+        if n_vocab == 0:
+            raise _Bad("tokenizer.ggml.tokens is empty")
+        for k, t in (("tokenizer.ggml.scores", T_FLOAT32), ("tokenizer.ggml.token_type", T_INT32)):
+            if k in md:
+                if types[k] != T_ARRAY or array_types.get(k) != t:
+                    raise _Bad(f"{k} must be an array of {_TYPE_NAMES[t]}")
+                if array_lengths[k] != n_vocab:
+                    raise _Bad(f"{k} has {array_lengths[k]} entries but the vocabulary has {n_vocab} tokens")
+        if "tokenizer.ggml.merges" in md and (
+            types["tokenizer.ggml.merges"] != T_ARRAY or array_types.get("tokenizer.ggml.merges") != T_STRING
+        ):
+            raise _Bad("tokenizer.ggml.merges must be an array of strings")
+        for k, v in md.items():
+            if k.startswith("tokenizer.ggml.") and k.endswith("_token_id"):
+                if types[k] not in _INT_TYPES:
+                    raise _Bad(f"{k} must be an integer")
+                if not (-1 <= v < n_vocab):
+                    raise _Bad(f"{k} = {v} is outside the vocabulary of {n_vocab} tokens")
+    if "tokenizer.chat_template" in md and types["tokenizer.chat_template"] != T_STRING:
+        raise _Bad("tokenizer.chat_template must be a string")
+    if isinstance(arch, str):
+        for suffix in ("context_length", "block_count", "embedding_length"):
+            k = f"{arch}.{suffix}"
+            if k in md:
+                if types[k] not in _INT_TYPES:
+                    raise _Bad(f"{k} must be an integer")
+                if md[k] <= 0:
+                    raise _Bad(f"{k} = {md[k]} must be positive")
+
+
+# --------------------------------------------------------------------------------------------- ONNX
+
+
+def validate_onnx_folder(path: str | os.PathLike[str]) -> ONNXInfo:
+    """Check an ONNX GenAI folder: config, the files it names, external data kept inside the folder."""
+    root = Path(path)
+    cfg_path = root / "genai_config.json"
+    hint = "download the folder again with `edgeslm pull`, or re-export it with onnxruntime_genai.models.builder"
+    if not cfg_path.is_file():
+        raise ModelNotFoundError(
+            f"{root} has no genai_config.json, so it is not an ONNX GenAI model folder",
+            hint="pass a .gguf file or a folder written by onnxruntime_genai.models.builder",
+        )
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptModelError(f"{cfg_path} cannot be parsed: {e}", hint=hint) from e
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise CorruptModelError(f"{cfg_path} has no 'model' section", hint=hint)
+
+    referenced: list[str] = []
+    _collect_filenames(config["model"], referenced)
+    if not any(f.endswith(".onnx") for f in referenced):
+        raise CorruptModelError(f"{cfg_path} names no .onnx model file", hint=hint)
+    model_files: list[str] = []
+    external: list[str] = []
+    for name in referenced:
+        target = _inside(root, name, f"genai_config.json names {name!r}", hint)
+        if not target.is_file():
+            raise CorruptModelError(f"{root.name}: genai_config.json names {name!r}, which is missing", hint=hint)
+        model_files.append(name)
+        if name.endswith(".onnx"):
+            for loc in _external_data_locations(target):
+                ext = _inside(target.parent, loc, f"{name} references external data {loc!r}", hint)
+                if not ext.is_file():
+                    raise CorruptModelError(f"{name} needs external data {loc!r}, which is missing", hint=hint)
+                if loc not in external:
+                    external.append(loc)
+    return ONNXInfo(path=root, config=config, model_files=model_files, external_data=external)
+
+
+def _collect_filenames(node: Any, out: list[str]) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "filename" and isinstance(v, str):
+                if v not in out:
+                    out.append(v)
+            else:
+                _collect_filenames(v, out)
+    elif isinstance(node, list):
+        for v in node:
+            _collect_filenames(v, out)
+
+
+def _inside(root: Path, rel: str, what: str, hint: str) -> Path:
+    """``root / rel`` if it stays inside ``root``; refuse absolute paths and ``..``."""
+    parts = rel.replace("\\", "/").split("/")
+    if (
+        not rel
+        or "\x00" in rel
+        or rel.startswith(("/", "\\"))
+        or (len(rel) > 1 and rel[1] == ":")
+        or ".." in parts
+        or os.path.isabs(rel)
+    ):
+        raise CorruptModelError(f"{what}: the path must be relative and stay inside the folder", hint=hint)
+    target = (root / rel).resolve()
+    if not target.is_relative_to(root.resolve()):
+        raise CorruptModelError(f"{what}: the path leaves the model folder", hint=hint)
+    return target
+
+
+_LOCATION_TAG = b"\x0a\x08location\x12"
+
+
+def _external_data_locations(onnx_file: Path) -> list[str]:
+    """External-data ``location`` values in an ONNX file (a scan of the protobuf bytes).
+
+    TensorProto.external_data is a list of StringStringEntryProto(key=1, value=2); the entry for
+    the key "location" is encoded as ``0a 08 'location' 12 <varint len> <value>``.
+    """
+    out: list[str] = []
+    if onnx_file.stat().st_size == 0:
+        raise CorruptModelError(f"{onnx_file.name} is empty", hint="download the model folder again")
+    with open(onnx_file, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        pos = mm.find(_LOCATION_TAG)
+        while pos != -1:
+            i = pos + len(_LOCATION_TAG)
+            n, shift = 0, 0
+            while i < len(mm) and shift < 64:
+                b = mm[i]
+                i += 1
+                n |= (b & 0x7F) << shift
+                shift += 7
+                if not b & 0x80:
+                    break
+            if 0 < n <= 4096 and i + n <= len(mm):
+                loc = mm[i : i + n].decode("utf-8", errors="replace")
+                if loc not in out:
+                    out.append(loc)
+            pos = mm.find(_LOCATION_TAG, pos + 1)
+    return out

@@ -1,0 +1,184 @@
+"""Structured extraction on the real bundled models: every returned object validates."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from enum import Enum
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, Field
+
+import edgeslm
+from edgeslm.decoding.schema import make_validator
+
+TICKET = "Hi, this is Dana Reyes. Since this morning the checkout page of our web shop returns error 502. Urgent!"
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "age": {"type": "integer", "minimum": 0, "maximum": 130},
+        "city": {"type": "string"},
+    },
+    "required": ["name", "age", "city"],
+}
+
+
+class Severity(str, Enum):
+    low = "low"
+    medium = "medium"
+    high = "high"
+
+
+class Ticket(BaseModel):
+    customer: str
+    product: str = Field(description="the product or page affected")
+    severity: Severity
+    error_code: int | None = None
+
+
+def test_pydantic_class_gives_validated_instance(smollm2) -> None:
+    x = smollm2.extract(TICKET, Ticket)
+    assert isinstance(x, edgeslm.Extraction)
+    assert isinstance(x.data, Ticket)
+    assert isinstance(x.data.severity, Severity)
+    assert 0.0 < x.confidence <= 1.0
+    assert x.escalated is False
+    assert x.usage.completion_tokens > 0 and x.usage.forced_tokens > 0
+    assert x.support.level == "exact"
+    d = x.to_dict()
+    assert d["data"]["customer"] == x.data.customer
+
+
+def test_dict_schema_gives_valid_compact_json(smollm2) -> None:
+    x = smollm2.extract("John Smith is 42 years old and lives in Boston.", PERSON)
+    assert not list(make_validator(PERSON).iter_errors(x.data))
+    assert x.raw == json.dumps(x.data, separators=(",", ":"), ensure_ascii=False)
+    assert set(x.data) == {"name", "age", "city"}  # unnamed keys are not invented
+
+
+def test_greedy_extraction_is_reproducible(smollm2) -> None:
+    a = smollm2.extract("Maria, aged 31, moved to Lisbon last year.", PERSON)
+    smollm2.generate("something else", max_tokens=3)
+    b = smollm2.extract("Maria, aged 31, moved to Lisbon last year.", PERSON)
+    assert a.data == b.data and a.raw == b.raw
+
+
+def test_forced_tokens_carry_no_confidence(smollm2) -> None:
+    schema = {"type": "object", "properties": {"kind": {"const": "invoice"}, "ok": {"const": True}},
+              "required": ["kind", "ok"]}
+    x = smollm2.extract("anything", schema)
+    assert x.data == {"kind": "invoice", "ok": True}
+    assert x.usage.forced_tokens == x.usage.completion_tokens
+    assert x.confidence == 1.0
+
+
+def test_relaxed_schema_is_served_and_validated(smollm2) -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "tags": {"type": "array", "items": {"type": "string", "maxLength": 12}, "uniqueItems": True,
+                     "minItems": 1, "maxItems": 4},
+            "code": {"type": "string", "not": {"const": "none"}},
+        },
+        "required": ["tags", "code"],
+    }
+    support = edgeslm.check_schema(schema)
+    assert support.level == "relaxed"
+    assert any("uniqueItems" in u for u in support.unenforced)
+    assert any("not" in u for u in support.unenforced)
+    for text in ["Tag this: red, green, blue. Code AB12.", "Tags: alpha, beta. Code X9."]:
+        x = smollm2.extract(text, schema)
+        assert not list(make_validator(schema).iter_errors(x.data))
+        assert x.support.level == "relaxed"
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "nonsense"},
+        {"$ref": "https://example.com/schema.json"},
+        {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}},
+        False,
+    ],
+)
+def test_unservable_schema_is_a_clear_error(smollm2, schema) -> None:
+    with pytest.raises(edgeslm.SchemaError) as e:
+        smollm2.extract("text", schema)
+    assert e.value.hint
+
+
+def test_not_a_schema_type_error(smollm2) -> None:
+    with pytest.raises(edgeslm.SchemaError):
+        smollm2.extract("text", 42)
+
+
+def test_extraction_failed_carries_last_output_and_errors(smollm2) -> None:
+    schema = {"type": "object", "properties": {"story": {"type": "string", "minLength": 200}}, "required": ["story"]}
+    with pytest.raises(edgeslm.ExtractionFailed) as e:
+        smollm2.extract("Write a story.", schema, max_tokens=12, retries=1)
+    err = e.value
+    assert err.attempts == 2
+    assert err.last_output.startswith('{"story":"')
+    assert err.errors and "cut off" in err.errors[0]
+    assert isinstance(err, edgeslm.EdgeSLMError)
+
+
+def test_examples_and_instructions(smollm2) -> None:
+    schema = {"type": "object", "properties": {"sentiment": {"enum": ["positive", "negative"]}},
+              "required": ["sentiment"]}
+    x = smollm2.extract(
+        "I hate waiting, this is awful.", schema,
+        instructions="Classify the sentiment of the review.",
+        examples=[("Great product, love it!", {"sentiment": "positive"}),
+                  {"input": "Broke after a day.", "output": {"sentiment": "negative"}}],
+    )
+    assert x.data["sentiment"] in ("positive", "negative")
+
+
+def test_shared_prefix_is_reused(smollm2) -> None:
+    instructions = "You extract people from HR notes for ACME. " * 10
+    smollm2.generate("reset the cache", max_tokens=1)
+    a = smollm2.extract("Note: Ann Lee, 29, Paris.", PERSON, instructions=instructions)
+    b = smollm2.extract("Note: Bo Chan, 51, Oslo.", PERSON, instructions=instructions)
+    assert a.usage.reused_prompt_tokens < 10
+    # everything but the last user message is shared
+    assert b.usage.reused_prompt_tokens >= b.usage.prompt_tokens - 20
+
+
+def test_response_format_json_schema(smollm2) -> None:
+    rf = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}
+    r = smollm2.chat([{"role": "user", "content": "Invent a person as JSON."}], response_format=rf, max_tokens=80)
+    assert not list(make_validator(PERSON).iter_errors(json.loads(r.text)))
+    chunks = list(smollm2.chat([{"role": "user", "content": "Invent a person."}], response_format=rf,
+                               max_tokens=80, stream=True))
+    assert json.loads("".join(c.delta for c in chunks))
+    r = smollm2.chat([{"role": "user", "content": "Any JSON object"}], response_format={"type": "json_object"},
+                     max_tokens=40)
+    assert isinstance(json.loads(r.text), dict)
+    with pytest.raises(edgeslm.SchemaError):
+        smollm2.chat([{"role": "user", "content": "x"}], response_format={"type": "yaml"})
+
+
+def test_gemma_large_vocabulary(gemma) -> None:
+    x = gemma.extract("John Smith is 42 years old and lives in Boston.", PERSON)
+    assert not list(make_validator(PERSON).iter_errors(x.data))
+
+
+def test_cli_extract(tmp_path: Path) -> None:
+    schema = tmp_path / "s.json"
+    schema.write_text(json.dumps(PERSON))
+    out = subprocess.run(
+        [sys.executable, "-m", "edgeslm", "extract", "-m", "smollm2-135m", "-s", str(schema), "--compact", "-"],
+        input="Maria, aged 31, moved to Lisbon.", capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert not list(make_validator(PERSON).iter_errors(json.loads(out.stdout)))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    out = subprocess.run([sys.executable, "-m", "edgeslm", "extract", "-s", str(bad), "-"], input="x",
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "schema" in out.stderr

@@ -1,0 +1,398 @@
+"""Downloads against a real HTTP server on 127.0.0.1 that speaks the Hub's protocol, with faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+
+from edgeslm import _errors as E
+from edgeslm.store import download as dl
+from edgeslm.store.catalog import resolve
+from edgeslm.store.files import sha256_file
+
+from ._store_fakehub import TOKEN, FakeHub, Fault, make_gguf
+
+REPO_ID = "acme/tiny-GGUF"
+FILE = "tiny-Q4_K_M.gguf"
+REF = f"hf://{REPO_ID}/{FILE}"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A fake Hub serving a small synthetic GGUF, with HF_ENDPOINT and EDGESLM_HOME pointed at tmp."""
+    server = FakeHub()
+    gguf = make_gguf(tmp_path / "src.gguf", n_vocab=2000, n_tensors=24)  # ~110 KB
+    server.add(REPO_ID, {FILE: gguf.read_bytes()})
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("EDGESLM_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("EDGESLM_DOWNLOAD_RETRIES", "3")
+    for v in ("EDGESLM_OFFLINE", "HF_HUB_OFFLINE", "HF_TOKEN"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setattr(dl, "RETRY_WAIT", 0.01)
+    yield server
+    server.close()
+
+
+def _home() -> Path:
+    return Path(os.environ["EDGESLM_HOME"])
+
+
+def _leftovers() -> list[Path]:
+    """Files that must never survive a failed pull: partials, temp files."""
+    home = _home()
+    return [p for p in home.rglob("*") if p.is_file() and (p.suffix in (".partial", ".tmp") or "partial" in p.parts)]
+
+
+def _assert_cache_clean() -> None:
+    """Everything in the model cache is a verified file (or a manifest)."""
+    assert _leftovers() == []
+    hub_dir = _home() / "hub"
+    if hub_dir.exists():
+        for p in hub_dir.rglob("*"):
+            if p.is_file() and p.name != dl.MANIFEST:
+                assert any(c.path == p for c in dl.cached_models()), f"unverified file in cache: {p}"
+
+
+def test_pull_verifies_and_caches(hub: FakeHub) -> None:
+    path = dl.pull(REF, progress=False)
+    assert path.is_file()
+    assert sha256_file(path) == hub.sha256(REPO_ID, FILE)
+    (cf,) = dl.cached_models()
+    assert cf.verified_by == "sha256" and cf.commit is not None
+    # second pull: served from the cache, no network
+    assert dl.pull(REF, progress=False) == path
+    assert hub.gets[f"{REPO_ID}/{FILE}"] == 1
+    assert hub.heads[f"{REPO_ID}/{FILE}"] == 1
+    _assert_cache_clean()
+
+
+def test_progress_bar_runs(hub: FakeHub) -> None:
+    assert dl.pull(REF, progress=True).is_file()
+
+
+def test_truncated_body_is_resumed(hub: FakeHub) -> None:
+    hub.repos[REPO_ID].faults[FILE] = Fault(truncate_at=40_000, times=1)
+    path = dl.pull(REF, progress=False)
+    assert sha256_file(path) == hub.sha256(REPO_ID, FILE)
+    assert hub.gets[f"{REPO_ID}/{FILE}"] == 2  # the second request resumed with Range
+    _assert_cache_clean()
+
+
+def test_connection_dropped_mid_file_is_resumed(hub: FakeHub) -> None:
+    hub.repos[REPO_ID].faults[FILE] = Fault(drop_at=70_000, times=2)
+    path = dl.pull(REF, progress=False)
+    assert sha256_file(path) == hub.sha256(REPO_ID, FILE)
+    _assert_cache_clean()
+
+
+def test_connection_always_dropped_fails_cleanly(hub: FakeHub) -> None:
+    hub.repos[REPO_ID].faults[FILE] = Fault(truncate_at=50_000, times=-1)
+    with pytest.raises(E.DownloadError) as ei:
+        dl.pull(REF, progress=False)
+    assert "edgeslm pull" in str(ei.value)
+    assert not (_home() / "hub" / REPO_ID / "main" / FILE).exists()
+    _assert_cache_clean()
+
+
+def test_flipped_byte_is_quarantined_and_downloaded_again(hub: FakeHub) -> None:
+    hub.repos[REPO_ID].faults[FILE] = Fault(flip_at=12_345, times=1)
+    path = dl.pull(REF, progress=False)
+    assert sha256_file(path) == hub.sha256(REPO_ID, FILE)
+    quarantined = list((_home() / "quarantine").iterdir())
+    assert len(quarantined) == 1 and quarantined[0].stat().st_size == path.stat().st_size
+    assert hub.gets[f"{REPO_ID}/{FILE}"] == 2
+    _assert_cache_clean()
+
+
+def test_always_corrupt_gives_clear_error(hub: FakeHub) -> None:
+    hub.repos[REPO_ID].faults[FILE] = Fault(flip_at=99, times=-1)
+    with pytest.raises(E.CorruptModelError) as ei:
+        dl.pull(REF, progress=False)
+    assert "twice" in ei.value.message and ei.value.hint
+    assert not (_home() / "hub" / REPO_ID / "main" / FILE).exists()
+    _assert_cache_clean()
+
+
+def test_slow_server_and_stall_past_timeout(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGESLM_DOWNLOAD_TIMEOUT", "0.5")
+    hub.repos[REPO_ID].faults[FILE] = Fault(chunk_delay=0.02, stall_at=65_536, stall_s=1.5, times=1)
+    path = dl.pull(REF, progress=False)
+    assert sha256_file(path) == hub.sha256(REPO_ID, FILE)
+    assert hub.gets[f"{REPO_ID}/{FILE}"] >= 2  # the stalled request timed out and was resumed
+    _assert_cache_clean()
+
+
+def test_404_file_and_repo(hub: FakeHub) -> None:
+    with pytest.raises(E.ModelNotFoundError) as ei:
+        dl.pull(f"hf://{REPO_ID}/nope.gguf", progress=False)
+    assert "nope.gguf" in str(ei.value)
+    with pytest.raises(E.ModelNotFoundError):
+        dl.pull("hf://acme/missing-repo/x.gguf", progress=False)
+    _assert_cache_clean()
+
+
+def test_gated_repo_needs_token(hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # no saved token from the machine
+    hub.add("google/gated-GGUF", {FILE: hub.repos[REPO_ID].files[FILE]}, gated=True)
+    ref = f"hf://google/gated-GGUF/{FILE}"
+    with pytest.raises(E.GatedModelError) as ei:
+        dl.pull(ref, progress=False)
+    msg = str(ei.value)
+    assert "huggingface-cli login" in msg and "HF_TOKEN" in msg and "licence" in msg
+    assert isinstance(ei.value, E.DownloadError)
+    assert dl.pull(ref, progress=False, token=TOKEN).is_file()
+    _assert_cache_clean()
+
+
+def test_disk_full_before_any_byte(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(dl.shutil, "disk_usage", lambda p: Usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(E.DiskFullError) as ei:
+        dl.pull(REF, progress=False)
+    assert "EDGESLM_HOME" in str(ei.value)
+    assert hub.gets[f"{REPO_ID}/{FILE}"] == 0
+    _assert_cache_clean()
+
+
+def test_offline_resolution_with_sockets_blocked(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = dl.pull(REF, progress=False)
+    from huggingface_hub.utils import close_session
+
+    close_session()  # drop pooled keep-alive connections: every request now needs connect()
+
+    def no_network(*a: object, **k: object) -> None:
+        raise OSError("network blocked by test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket.socket, "connect_ex", no_network)
+    r = resolve(REF, download=True)
+    assert r.path == path and r.source == "cache"
+    assert dl.pull(REF, progress=False) == path
+    # not cached + network blocked -> OfflineError naming the pull command
+    with pytest.raises(E.OfflineError) as ei:
+        resolve(f"hf://{REPO_ID}/other.gguf", download=True)
+    assert "edgeslm pull hf://acme/tiny-GGUF/other.gguf" in str(ei.value)
+
+
+@pytest.mark.parametrize("var", ["EDGESLM_OFFLINE", "HF_HUB_OFFLINE"])
+def test_offline_env_not_cached(hub: FakeHub, monkeypatch: pytest.MonkeyPatch, var: str) -> None:
+    monkeypatch.setenv(var, "1")
+    with pytest.raises(E.OfflineError) as ei:
+        resolve(REF, download=True)
+    assert f"edgeslm pull {REF}" in str(ei.value)
+    assert hub.heads[f"{REPO_ID}/{FILE}"] == 0
+
+
+def test_resolve_without_download_names_the_command(hub: FakeHub) -> None:
+    with pytest.raises(E.ModelNotFoundError) as ei:
+        resolve(REF)
+    assert f"edgeslm pull {REF}" in str(ei.value)
+    r = resolve(REF, download=True, progress=False)
+    assert r.source == "download" and r.path.is_file()
+
+
+def test_interrupted_partial_is_resumed(hub: FakeHub) -> None:
+    """A partial left by a killed process is picked up by the next pull (Range from its end)."""
+    data = hub.repos[REPO_ID].files[FILE]
+    assert isinstance(data, bytes)
+    key = dl._key(REPO_ID, "main", FILE)
+    part_dir = _home() / "partial"
+    part_dir.mkdir(parents=True)
+    (part_dir / f"{key}-{hub.sha256(REPO_ID, FILE)}.partial").write_bytes(data[:30_000])
+    (part_dir / f"{key}-deadbeef.partial").write_bytes(b"stale")  # an older version: discarded
+    path = dl.pull(REF, progress=False)
+    assert sha256_file(path) == hub.sha256(REPO_ID, FILE)
+    _assert_cache_clean()
+
+
+def test_catalog_pull_checks_pinned_sha(hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    size = len(hub.repos[REPO_ID].files[FILE])  # type: ignore[arg-type]
+    good = hub.sha256(REPO_ID, FILE)
+
+    def entry(mid: str, sha: str) -> dict:
+        return {
+            "id": mid,
+            "family": "llama",
+            "license": "apache-2.0",
+            "gated": False,
+            "parameters": 1,
+            "context_length": 256,
+            "chat_format": "chatml",
+            "tool_format": "generic",
+            "kv_bytes_per_token": 1,
+            "variants": [
+                {
+                    "format": "gguf",
+                    "quant": "Q4_K_M",
+                    "source": "hf",
+                    "repo": REPO_ID,
+                    "revision": "main",
+                    "files": [{"name": FILE, "size": size, "size_exact": True, "sha256": sha}],
+                    "default": True,
+                }
+            ],
+        }
+
+    cat = tmp_path / "extra.json"
+    cat.write_text(json.dumps({"models": [entry("tiny-test", good), entry("tiny-pinned-wrong", "0" * 64)]}))
+    monkeypatch.setenv("EDGESLM_CATALOG", str(cat))
+    with pytest.raises(E.ModelNotFoundError) as ei:
+        resolve("tiny-test")
+    assert "edgeslm pull tiny-test" in str(ei.value)
+    r = resolve("tiny-test", download=True, progress=False)
+    assert r.entry is not None and r.entry.id == "tiny-test" and r.variant is not None
+    assert sha256_file(r.path) == good
+    assert resolve("tiny-test").source == "cache"
+    with pytest.raises(E.DownloadError):
+        dl.pull("tiny-pinned-wrong", progress=False)
+    assert dl.remove("tiny-test") == [r.path]
+    assert not r.path.exists()
+    _assert_cache_clean()
+
+
+def test_verify_cache_finds_damage(hub: FakeHub) -> None:
+    path = dl.pull(REF, progress=False)
+    assert all(ok for _, ok, _ in dl.verify_cache())
+    with open(path, "r+b") as f:
+        f.seek(5000)
+        b = f.read(1)
+        f.seek(5000)
+        f.write(bytes([b[0] ^ 1]))
+    bad = [(p, reason) for p, ok, reason in dl.verify_cache() if not ok]
+    assert bad and bad[0][0] == path and "SHA-256" in bad[0][1]
+
+
+def test_onnx_folder_pull(hub: FakeHub) -> None:
+    cfg = {"model": {"type": "llama", "context_length": 2048, "decoder": {"filename": "model.onnx"}}}
+    onnx = b"\x08\x07" + b"x" * 3000 + b"\x0a\x08location\x12\x0fmodel.onnx.data"
+    hub.add(
+        "acme/tiny-onnx",
+        {
+            "cpu-int4/genai_config.json": json.dumps(cfg).encode(),
+            "cpu-int4/model.onnx": onnx,
+            "cpu-int4/model.onnx.data": b"\0" * 10_000,
+            "cpu-int4/tokenizer.json": b"{}",
+            "README.md": b"hi",
+        },
+    )
+    path = dl.pull("hf://acme/tiny-onnx/cpu-int4", progress=False)
+    assert sorted(os.listdir(path)) == ["genai_config.json", "model.onnx", "model.onnx.data", "tokenizer.json"]
+    r = resolve("hf://acme/tiny-onnx/cpu-int4")
+    assert r.path == path and r.format == "onnx" and r.source == "cache"
+    verified = {c.filename: c.verified_by for c in dl.cached_models()}
+    assert verified["cpu-int4/tokenizer.json"] == "git-sha1" and verified["cpu-int4/model.onnx"] == "sha256"
+    assert len(dl.remove("hf://acme/tiny-onnx/cpu-int4")) == 4
+    _assert_cache_clean()
+
+
+def test_onnx_folder_escaping_external_data_is_refused(hub: FakeHub) -> None:
+    cfg = {"model": {"decoder": {"filename": "model.onnx"}}}
+    onnx = b"x" * 100 + b"\x0a\x08location\x12\x0b../evil.bin"
+    hub.add("acme/evil-onnx", {"m/genai_config.json": json.dumps(cfg).encode(), "m/model.onnx": onnx})
+    with pytest.raises(E.CorruptModelError):
+        dl.pull("hf://acme/evil-onnx/m", progress=False)
+    assert dl.cached_path("acme/evil-onnx", "main", "m") is None
+
+
+_CHILD = """
+import sys
+from edgeslm.store.download import pull
+print(pull(sys.argv[1], progress=False))
+"""
+
+
+def test_four_processes_pull_the_same_model(hub: FakeHub) -> None:
+    hub.repos[REPO_ID].faults[FILE] = Fault(chunk_delay=0.3, times=-1)  # slow: they all overlap
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CHILD, REF], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], [e for _, e in outs]
+    paths = {o.strip() for o, _ in outs}
+    assert len(paths) == 1
+    path = Path(paths.pop())
+    assert sha256_file(path) == hub.sha256(REPO_ID, FILE)
+    assert hub.gets[f"{REPO_ID}/{FILE}"] == 1  # one download, three waited and reused it
+    assert len(dl.cached_models()) == 1
+    _assert_cache_clean()
+
+
+@pytest.mark.slow
+def test_pull_real_model_end_to_end(hub: FakeHub, smollm2_path: Path) -> None:
+    """The real 98 MB SmolLM2 GGUF through the full path: HEAD, GET, hash, validate, move."""
+    hub.add("HuggingFaceTB/SmolLM2-135M-Instruct-GGUF", {"SmolLM2-135M-Instruct.Q4_1.gguf": smollm2_path})
+    hub.repos["HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"].faults["SmolLM2-135M-Instruct.Q4_1.gguf"] = Fault(
+        drop_at=50_000_000, times=1
+    )
+    path = dl.pull("hf://HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/SmolLM2-135M-Instruct.Q4_1.gguf", progress=False)
+    assert sha256_file(path) == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+    from edgeslm.store.validate import validate_model_file
+
+    info = validate_model_file(path)
+    assert info.architecture == "llama"  # type: ignore[union-attr]
+    _assert_cache_clean()
+
+
+def test_cli_pull_list_verify_rm(hub: FakeHub, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from edgeslm.store import cli
+
+    parser = argparse.ArgumentParser(prog="edgeslm")
+    cli.register(parser.add_subparsers(dest="command"))
+
+    def run(*argv: str) -> int:
+        args = parser.parse_args(list(argv))
+        return args.func(args)
+
+    assert run("pull", REF, "--no-progress") == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert path.is_file()
+    assert run("list", "--cached") == 0
+    assert FILE in capsys.readouterr().out
+    assert run("verify") == 0
+    with open(path, "r+b") as f:
+        f.write(b"XXXX")
+    assert run("verify") == 1
+    assert run("rm", REF) == 0
+    assert not path.exists()
+    assert dl.cached_models() == []
+
+
+def test_ctrl_c_keeps_partial_and_next_pull_resumes(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = {"n": 0}
+    real_task = dl._Progress.task
+
+    def interrupting_task(self: dl._Progress, name: str, total: int | None):
+        def advance(n: int) -> None:
+            seen["n"] += max(n, 0)
+            if seen["n"] > 60_000:
+                raise KeyboardInterrupt
+
+        return advance
+
+    hub.repos[REPO_ID].faults[FILE] = Fault(chunk_delay=0.01, times=1)  # small chunks reach the callback
+    monkeypatch.setattr(dl._Progress, "task", interrupting_task)
+    monkeypatch.setattr(dl, "CHUNK", 16 * 1024)
+    with pytest.raises(KeyboardInterrupt):
+        dl.pull(REF, progress=False)
+    partials = list((_home() / "partial").glob("*.partial"))
+    assert len(partials) == 1 and 0 < partials[0].stat().st_size < len(hub.repos[REPO_ID].files[FILE])
+    assert not (_home() / "hub" / REPO_ID / "main" / FILE).exists()
+    monkeypatch.setattr(dl._Progress, "task", real_task)
+    path = dl.pull(REF, progress=False)
+    assert sha256_file(path) == hub.sha256(REPO_ID, FILE)
+    assert hub.gets[f"{REPO_ID}/{FILE}"] == 2
+    _assert_cache_clean()

@@ -1,0 +1,369 @@
+"""GGUF header / ONNX folder validation, including a seeded fuzz run over the real small model."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgeslm import _errors as E
+from edgeslm.store.validate import GGUFInfo, validate_gguf, validate_model_file, validate_onnx_folder
+
+from ._store_fakehub import make_gguf
+
+N_LOAD = int(os.environ.get("EDGESLM_FUZZ_LOADS", "6"))  # survivors loaded by llama.cpp
+
+
+@pytest.fixture
+def small_gguf(tmp_path: Path) -> Path:
+    return make_gguf(tmp_path / "small.gguf", n_vocab=100, n_tensors=3)
+
+
+def _patch(src: Path, dst: Path, offset: int, data: bytes) -> Path:
+    b = bytearray(src.read_bytes())
+    b[offset : offset + len(data)] = data
+    dst.write_bytes(bytes(b))
+    return dst
+
+
+def test_valid_small_gguf(small_gguf: Path) -> None:
+    info = validate_model_file(small_gguf)
+    assert isinstance(info, GGUFInfo)
+    assert info.architecture == "llama" and info.context_length == 256 and info.tensor_count == 3
+    assert info.vocab_size == 100 and info.chat_template and info.version == 3
+
+
+@pytest.mark.parametrize(
+    ("offset", "data", "needle"),
+    [
+        (0, b"GGUX", "magic"),
+        (4, struct.pack("<I", 1), "version 1"),
+        (4, struct.pack("<I", 7), "version 7"),
+        (4, struct.pack(">I", 3), "big-endian"),
+        (8, struct.pack("<Q", 10**12), "tensor count"),
+        (16, struct.pack("<Q", 10**12), "metadata count"),
+        (24, struct.pack("<Q", 2**63), "key #0"),  # length of the first key
+    ],
+)
+def test_header_corruptions(small_gguf: Path, tmp_path: Path, offset: int, data: bytes, needle: str) -> None:
+    bad = _patch(small_gguf, tmp_path / "bad.gguf", offset, data)
+    with pytest.raises(E.CorruptModelError) as ei:
+        validate_gguf(bad)
+    assert needle in str(ei.value) and ei.value.hint
+
+
+def test_truncated_file(small_gguf: Path, tmp_path: Path) -> None:
+    raw = small_gguf.read_bytes()
+    for cut in (0, 3, 10, 100, 1000, len(raw) - 1):
+        p = tmp_path / f"cut{cut}.gguf"
+        p.write_bytes(raw[:cut])
+        with pytest.raises(E.CorruptModelError):
+            validate_gguf(p)
+
+
+def _tensor_info_offsets(path: Path) -> list[tuple[int, int]]:
+    """(position of n_dims, position of the offset field) for each tensor info."""
+    info = validate_gguf(path)
+    raw = path.read_bytes()
+    # walk back from the data section: parse the tensor infos from where the kv block ends
+    pos = 24
+    for _ in range(info.kv_count):
+        (n,) = struct.unpack_from("<Q", raw, pos)
+        pos += 8 + n
+        (t,) = struct.unpack_from("<I", raw, pos)
+        pos += 4
+        pos = _skip_value(raw, pos, t)
+    out = []
+    for _ in range(info.tensor_count):
+        (n,) = struct.unpack_from("<Q", raw, pos)
+        pos += 8 + n
+        nd_pos = pos
+        (nd,) = struct.unpack_from("<I", raw, pos)
+        pos += 4 + 8 * nd + 4
+        out.append((nd_pos, pos))
+        pos += 8
+    return out
+
+
+_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+def _skip_value(raw: bytes, pos: int, t: int) -> int:
+    if t == 8:
+        (n,) = struct.unpack_from("<Q", raw, pos)
+        return pos + 8 + n
+    if t == 9:
+        et, cnt = struct.unpack_from("<IQ", raw, pos)
+        pos += 12
+        for _ in range(cnt):
+            pos = _skip_value(raw, pos, et)
+        return pos
+    return pos + _SIZES[t]
+
+
+def test_tensor_info_checks(small_gguf: Path, tmp_path: Path) -> None:
+    (nd0, off0), (_, off1), _ = _tensor_info_offsets(small_gguf)
+    cases = [
+        (nd0, struct.pack("<I", 5), "dimensions"),
+        (nd0 + 4, struct.pack("<Q", 0), "invalid dimension"),
+        (nd0 + 4 + 16, struct.pack("<I", 4), "unknown type"),  # type 4 (Q4_2) was removed from ggml
+        (off1, struct.pack("<Q", 8), "not aligned"),
+        (off1, struct.pack("<Q", 1 << 40), "offset"),
+        (off0, struct.pack("<Q", 64), "expected 0"),
+    ]
+    for pos, data, needle in cases:
+        bad = _patch(small_gguf, tmp_path / "t.gguf", pos, data)
+        with pytest.raises(E.CorruptModelError) as ei:
+            validate_gguf(bad)
+        assert needle in str(ei.value), (needle, str(ei.value))
+
+
+def test_wrong_typed_alignment_and_vocab_mismatch(tmp_path: Path) -> None:
+    import gguf
+    import numpy as np
+
+    def write(name: str, fn) -> Path:
+        p = tmp_path / name
+        w = gguf.GGUFWriter(str(p), "llama")
+        fn(w)
+        w.add_tensor("t", np.zeros((32,), dtype=np.float32))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        return p
+
+    p = write("align.gguf", lambda w: w.add_string("general.alignment", "32"))
+    with pytest.raises(E.CorruptModelError, match=r"general\.alignment must be a u32"):
+        validate_gguf(p)
+    p = write("align3.gguf", lambda w: w.add_uint32("general.alignment", 3))
+    with pytest.raises(E.CorruptModelError, match="power of two"):
+        validate_gguf(p)
+
+    def vocab(w):
+        w.add_token_list(["a", "b", "c"])
+        w.add_token_scores([0.0, 1.0])
+
+    with pytest.raises(E.CorruptModelError, match="scores has 2 entries"):
+        validate_gguf(write("vocab.gguf", vocab))
+
+    def bos(w):
+        w.add_token_list(["a", "b", "c"])
+        w.add_bos_token_id(7)
+
+    with pytest.raises(E.CorruptModelError, match="outside the vocabulary"):
+        validate_gguf(write("bos.gguf", bos))
+
+
+def test_not_a_model(tmp_path: Path) -> None:
+    p = tmp_path / "x.bin"
+    p.write_bytes(b"hello world" * 10)
+    with pytest.raises(E.CorruptModelError):
+        validate_model_file(p)
+    with pytest.raises(E.ModelNotFoundError):
+        validate_model_file(tmp_path / "missing.gguf")
+
+
+@pytest.mark.parametrize("bundled", ["smollm2-135m", "gemma-3-270m"])
+def test_real_models_validate_fast(bundled: str) -> None:
+    from edgeslm.store.bundled import bundled_path
+
+    try:
+        path = bundled_path(bundled)
+    except E.ModelNotFoundError as e:
+        pytest.skip(f"bundled model {bundled} not installed: {e.message}")
+    t = time.perf_counter()
+    info = validate_model_file(path)
+    dt = time.perf_counter() - t
+    assert isinstance(info, GGUFInfo)
+    assert info.architecture in ("llama", "gemma3")
+    assert info.vocab_size and info.vocab_size >= 49152
+    assert dt < 1.0, f"validation took {dt:.2f}s"
+
+
+# ------------------------------------------------------------------------------------ ONNX
+
+
+def _onnx_folder(root: Path, location: str = "model.onnx.data", cfg: dict | None = None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = cfg or {"model": {"type": "phi3", "context_length": 4096, "decoder": {"filename": "model.onnx"}}}
+    (root / "genai_config.json").write_text(json.dumps(cfg))
+    loc = location.encode()
+    (root / "model.onnx").write_bytes(b"\x08\x07" + b"\x0a\x08location\x12" + bytes([len(loc)]) + loc + b"\0" * 10)
+    (root / "model.onnx.data").write_bytes(b"\0" * 100)
+    (root / "tokenizer.json").write_text("{}")
+    return root
+
+
+def test_onnx_folder_ok(tmp_path: Path) -> None:
+    info = validate_onnx_folder(_onnx_folder(tmp_path / "m"))
+    assert info.model_files == ["model.onnx"] and info.external_data == ["model.onnx.data"]
+    assert info.context_length == 4096
+    assert validate_model_file(tmp_path / "m").path == tmp_path / "m"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("loc", ["../evil.bin", "/etc/passwd", "sub/../../x", "C:\\windows\\x", "a/../../b"])
+def test_onnx_external_data_must_stay_inside(tmp_path: Path, loc: str) -> None:
+    with pytest.raises(E.CorruptModelError, match="external data"):
+        validate_onnx_folder(_onnx_folder(tmp_path / "m", location=loc))
+
+
+def test_onnx_config_problems(tmp_path: Path) -> None:
+    root = _onnx_folder(tmp_path / "a")
+    (root / "genai_config.json").write_text("{not json")
+    with pytest.raises(E.CorruptModelError, match="cannot be parsed"):
+        validate_onnx_folder(root)
+    root = _onnx_folder(tmp_path / "b", cfg={"model": {"decoder": {"filename": "../model.onnx"}}})
+    with pytest.raises(E.CorruptModelError, match="relative"):
+        validate_onnx_folder(root)
+    root = _onnx_folder(tmp_path / "c", cfg={"model": {"decoder": {"filename": "missing.onnx"}}})
+    with pytest.raises(E.CorruptModelError, match="missing"):
+        validate_onnx_folder(root)
+    root = _onnx_folder(tmp_path / "d")
+    (root / "model.onnx.data").unlink()
+    with pytest.raises(E.CorruptModelError, match="missing"):
+        validate_onnx_folder(root)
+    with pytest.raises(E.ModelNotFoundError):
+        validate_onnx_folder(tmp_path / "nowhere")
+
+
+# ------------------------------------------------------------------------------------ fuzz
+
+
+def _mutants(header: bytes, data_offset: int, fields: list[int], n: int, seed: int = 20240607):
+    """Yield (description, mutated header bytes, size delta) for ``n`` seeded mutations."""
+    rnd = random.Random(seed)
+    for i in range(n):
+        kind = i % 7
+        b = bytearray(header)
+        if kind == 0:  # flip bytes in the first 4 KB
+            for _ in range(rnd.randint(1, 4)):
+                b[rnd.randrange(4096)] ^= 1 << rnd.randrange(8)
+            yield f"flip4k#{i}", bytes(b), 0
+        elif kind == 1:  # random byte anywhere in the metadata / tensor table
+            b[rnd.randrange(data_offset)] = rnd.randrange(256)
+            yield f"byte#{i}", bytes(b), 0
+        elif kind == 2:  # corrupt a length / count / offset field
+            pos = rnd.choice(fields)
+            val = rnd.choice([0, 1, 2**63, 2**64 - 1, rnd.randrange(1 << 32), rnd.randrange(1 << 20)])
+            b[pos : pos + 8] = struct.pack("<Q", val)
+            yield f"len#{i}@{pos}={val}", bytes(b), 0
+        elif kind == 3:  # corrupt a value-type / element-type / n_dims field (u32)
+            pos = rnd.choice(fields) + 8
+            b[pos : pos + 4] = struct.pack("<I", rnd.choice([9, 12, 13, 255, 2**31, rnd.randrange(16)]))
+            yield f"type#{i}@{pos}", bytes(b), 0
+        elif kind == 4:  # truncate (header region or a little past it)
+            cut = rnd.randrange(data_offset + 4096)
+            yield f"trunc#{i}@{cut}", bytes(b[:cut]), None
+        elif kind == 5:  # insert or delete a few bytes in the header
+            pos = rnd.randrange(24, data_offset)
+            if rnd.random() < 0.5:
+                del b[pos : pos + rnd.randint(1, 16)]
+            else:
+                b[pos:pos] = bytes(rnd.randrange(256) for _ in range(rnd.randint(1, 16)))
+            yield f"indel#{i}@{pos}", bytes(b), len(b) - len(header)
+        else:  # overwrite a run with random bytes in the first 64 KB
+            pos = rnd.randrange(min(65536, data_offset))
+            run = rnd.randint(1, 32)
+            b[pos : pos + run] = bytes(rnd.randrange(256) for _ in range(run))
+            yield f"run#{i}@{pos}", bytes(b), 0
+
+
+def _length_fields(raw: bytes, kv_count: int) -> list[int]:
+    """Positions of the u64 length/count fields in the metadata block (keys, strings, arrays)."""
+    out = [8, 16]
+    pos = 24
+    for _ in range(kv_count):
+        out.append(pos)
+        (n,) = struct.unpack_from("<Q", raw, pos)
+        pos += 8 + n
+        (t,) = struct.unpack_from("<I", raw, pos)
+        pos += 4
+        if t == 8:
+            out.append(pos)
+        elif t == 9:
+            out.append(pos + 4)
+            if len(out) < 200:
+                (et,) = struct.unpack_from("<I", raw, pos)
+                if et == 8:  # a few string lengths inside the array
+                    p2 = pos + 12
+                    for _ in range(3):
+                        out.append(p2)
+                        (m,) = struct.unpack_from("<Q", raw, p2)
+                        p2 += 8 + m
+        pos = _skip_value(raw, pos, t)
+    return out
+
+
+@pytest.mark.slow
+def test_fuzz_gguf_headers_from_real_model(smollm2_path: Path, tmp_path: Path) -> None:
+    """600 mutated headers of the real SmolLM2 file: each validates or raises CorruptModelError."""
+    info = validate_gguf(smollm2_path)
+    size = info.file_size
+    with open(smollm2_path, "rb") as f:
+        header = f.read(info.data_offset + 8192)
+    fields = _length_fields(header, info.kv_count) + [p for p, _ in _tensor_positions(header, info)]
+    work = tmp_path / "mutant.gguf"
+    counts = {"ok": 0, "corrupt": 0}
+    valid: list[tuple[str, bytes, int | None]] = []
+    for desc, mutated, delta in _mutants(header, info.data_offset, fields, 600):
+        with open(work, "wb") as f:
+            f.write(mutated)
+            if delta is not None:  # same layout: sparse tail up to the original size (+/- shift)
+                f.truncate(size + delta)
+        try:
+            validate_model_file(work)
+        except E.CorruptModelError as e:
+            assert e.hint, desc
+            counts["corrupt"] += 1
+        else:
+            counts["ok"] += 1
+            valid.append((desc, mutated, delta))
+    assert counts["ok"] + counts["corrupt"] == 600
+    assert counts["corrupt"] > 300, counts
+    # Load a handful of the survivors with llama.cpp in a subprocess: none may crash the process.
+    pytest.importorskip("llama_cpp")
+    rnd = random.Random(7)
+    for desc, mutated, delta in rnd.sample(valid, min(N_LOAD, len(valid))):
+        p = tmp_path / "survivor.gguf"
+        with open(p, "wb") as f:
+            f.write(mutated)
+            f.truncate(size + (delta or 0))
+        code = (
+            "import sys, llama_cpp\n"
+            "try:\n"
+            "    llama_cpp.Llama(model_path=sys.argv[1], vocab_only=True, verbose=False)\n"
+            "except Exception as e:\n"
+            "    print('refused:', e)\n"
+        )
+        r = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, f"{desc}: llama.cpp died with {r.returncode}: {r.stderr[-500:]}"
+
+
+def _tensor_positions(header: bytes, info: GGUFInfo) -> list[tuple[int, int]]:
+    pos = 24
+    for _ in range(info.kv_count):
+        (n,) = struct.unpack_from("<Q", header, pos)
+        pos += 8 + n
+        (t,) = struct.unpack_from("<I", header, pos)
+        pos += 4
+        pos = _skip_value(header, pos, t)
+    out = []
+    for _ in range(info.tensor_count):
+        name_pos = pos
+        (n,) = struct.unpack_from("<Q", header, pos)
+        pos += 8 + n
+        (nd,) = struct.unpack_from("<I", header, pos)
+        out.append((name_pos, pos))
+        out.append((pos + 4, pos))  # first dimension
+        pos += 4 + 8 * nd + 4
+        out.append((pos, pos))  # offset
+        pos += 8
+    return out
