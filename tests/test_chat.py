@@ -89,12 +89,18 @@ def test_generate_plain_text_on_base_model(gemma) -> None:
 
 
 def test_sampling_parameters_validated(smollm2) -> None:
-    with pytest.raises(ValueError):
-        smollm2.chat(Q, temperature=-1)
-    with pytest.raises(ValueError):
-        smollm2.chat(Q, top_p=0)
-    with pytest.raises(ValueError):
-        smollm2.chat(Q, max_tokens=0)
+    for bad in ({"temperature": -1}, {"top_p": 0}, {"top_k": -1}, {"max_tokens": 0}):
+        with pytest.raises(edgeslm.InvalidRequestError) as e:
+            smollm2.chat(Q, **bad)
+        assert isinstance(e.value, ValueError) and e.value.hint
+
+
+def test_empty_prompt_is_a_clear_error_not_stale_logits(smollm2, gemma) -> None:
+    smollm2.generate("The capital of France is", max_tokens=2, temperature=0)  # leaves logits behind
+    with pytest.raises(edgeslm.InvalidRequestError, match="empty"):
+        smollm2.generate("", max_tokens=4)
+    # Gemma adds a BOS token, so an empty prompt is a real (one-token) prompt
+    assert gemma.generate("", max_tokens=2, temperature=0).usage.prompt_tokens == 1
 
 
 def test_context_overflow_is_a_clear_error(smollm2) -> None:
@@ -145,6 +151,24 @@ def test_breaking_out_of_a_stream_stops_and_model_stays_usable(smollm2) -> None:
     s = smollm2.chat([{"role": "user", "content": "Tell me a long story."}], max_tokens=200, stream=True)
     next(s)
     assert smollm2.chat(Q, max_tokens=16, temperature=0).text == expected
+    with pytest.raises(StopIteration):
+        next(s)
+
+
+def test_close_with_an_open_stream_of_the_same_thread(smollm2_path) -> None:
+    m = edgeslm.load(str(smollm2_path), n_ctx=512)
+    s = m.chat(Q, max_tokens=50, stream=True)
+    next(s)
+    done = threading.Event()
+    threading.Thread(target=lambda: (m.close(), done.set()), daemon=True).start()
+    assert not done.wait(0.5)  # another thread waits for the stream to end...
+    s.close()
+    assert done.wait(30) and m.closed
+    m = edgeslm.load(str(smollm2_path), n_ctx=512)
+    s = m.chat(Q, max_tokens=50, stream=True)
+    next(s)
+    m.close()  # ...the thread that owns the stream closes it instead of deadlocking on itself
+    assert m.closed
     with pytest.raises(StopIteration):
         next(s)
 

@@ -127,6 +127,49 @@ def test_extraction_failed_carries_last_output_and_errors(smollm2) -> None:
     assert isinstance(err, edgeslm.EdgeSLMError)
 
 
+def test_validation_failure_after_retries_lists_the_errors(smollm2) -> None:
+    # the grammar cannot enforce uniqueItems, and no array of two or more 1s is unique
+    schema = {"type": "array", "items": {"const": 1}, "minItems": 2, "uniqueItems": True}
+    assert edgeslm.check_schema(schema).level == "relaxed"
+    with pytest.raises(edgeslm.ExtractionFailed) as e:
+        smollm2.extract("ones", schema, retries=2)
+    assert e.value.attempts == 3
+    assert json.loads(e.value.last_output)[:2] == [1, 1]
+    assert any("non-unique" in err for err in e.value.errors), e.value.errors
+
+
+def test_a_value_cut_off_by_max_tokens_is_never_returned(smollm2) -> None:
+    # "12" of "123456789" parses as an integer; it must count as cut off, not as an answer
+    with pytest.raises(edgeslm.ExtractionFailed) as e:
+        smollm2.extract("The number is 123456789.", {"type": "integer"}, max_tokens=2, retries=1)
+    assert "cut off" in e.value.errors[0]
+    x = smollm2.extract("The number is 123456789.", {"type": "integer"}, max_tokens=16)
+    assert x.data == 123456789
+
+
+def test_forced_tokens_are_evaluated_in_batches(smollm2) -> None:
+    schema = {"type": "object", "properties": {"customer_name": {"type": "string"},
+                                               "customer_email_address": {"type": "string"}},
+              "required": ["customer_name", "customer_email_address"]}
+    engine = smollm2._engine
+    calls: list[int] = []
+    real_eval = engine.eval
+
+    def counting_eval(tokens):
+        calls.append(len(tokens))
+        return real_eval(tokens)
+
+    engine.eval = counting_eval
+    try:
+        x = smollm2.extract("Dana Reyes, dana@example.com", schema, retries=0)
+    finally:
+        del engine.eval
+    assert x.usage.forced_tokens >= 8
+    decode_calls = calls[2:]  # after the prompt (a batch, then its last token)
+    assert len(decode_calls) < x.usage.completion_tokens - x.usage.forced_tokens // 2
+    assert max(decode_calls) > 2  # a chosen token plus the tokens it forces, in one call
+
+
 def test_examples_and_instructions(smollm2) -> None:
     schema = {"type": "object", "properties": {"sentiment": {"enum": ["positive", "negative"]}},
               "required": ["sentiment"]}

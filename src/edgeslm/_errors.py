@@ -3,6 +3,7 @@
 Hierarchy::
 
     EdgeSLMError
+    ├── InvalidRequestError       a bad argument value (also a ValueError)
     ├── ModelNotFoundError        unknown catalog id, missing file, bundled model not installed
     ├── CorruptModelError         a model file failed its header / hash checks
     ├── BackendUnavailableError   the engine for a backend is not installed or cannot run here
@@ -32,6 +33,7 @@ __all__ = [
     "ExtractionFailed",
     "GatedModelError",
     "GenerationError",
+    "InvalidRequestError",
     "ModelClosedError",
     "ModelNotFoundError",
     "OfflineError",
@@ -52,6 +54,10 @@ class EdgeSLMError(Exception):
         self.message = message
         self.hint = hint
         super().__init__(f"{message}\nHint: {hint}" if hint else message)
+
+
+class InvalidRequestError(EdgeSLMError, ValueError):
+    """An argument has a value that cannot work (``max_tokens=0``, an empty prompt...)."""
 
 
 class ModelNotFoundError(EdgeSLMError):

@@ -221,7 +221,10 @@ def constrained_json(
     if constraint.on:
         conf = min(conf, 0.5)  # the model did not finish by itself: say so
     text = b"".join(pieces).decode("utf-8", errors="replace")
-    return Attempt(text, constraint.accepting(), constraint.on, conf, stats)
+    # complete: the grammar ended it, or the model chose to stop where the grammar allows. A value
+    # cut off by max_tokens can still parse ("12" of "123456789"), so accepting() is not enough.
+    complete = constraint.accepting() and (constraint.done() or not stats.hit_limit)
+    return Attempt(text, complete, constraint.on, conf, stats)
 
 
 def run_extraction(
@@ -230,26 +233,27 @@ def run_extraction(
     plan: ExtractionPlan,
     *,
     max_tokens: int,
-    temperature: float,
-    seed: int | None,
+    sampling: SamplingParams,
     retries: int | None,
 ) -> tuple[Any, Attempt, int, list[GenStats]]:
     """Attempt up to ``1 + retries`` times; return (data, attempt, attempts, all stats).
 
-    ``retries=None`` picks 2 for schemas the grammar enforces exactly (only a cut-off can fail)
-    and 5 for relaxed ones (validation of unenforced keywords can fail).
+    The first attempt uses *sampling*; retries sample (temperature at least 0.7) so they explore
+    what greedy decoding could not. ``retries=None`` picks 2 for schemas the grammar enforces
+    exactly (only a cut-off can fail) and 5 for relaxed ones (validation of unenforced keywords can fail).
     """
     if retries is None:
         retries = 2 if plan.support.exact else 5
     errors: list[str] = []
     last: Attempt | None = None
     all_stats: list[GenStats] = []
+    seed = sampling.seed
     for i in range(retries + 1):
         if i == 0:
-            params = SamplingParams(temperature=temperature, seed=seed)
-        else:  # retries sample, so they explore what greedy decoding could not
-            params = SamplingParams(temperature=max(temperature, 0.7), top_p=0.95, top_k=40,
-                                    seed=None if seed is None else seed + i)
+            params = sampling
+        else:
+            params = SamplingParams(temperature=max(sampling.temperature, 0.7), top_p=min(sampling.top_p, 0.95),
+                                    top_k=sampling.top_k or 40, seed=None if seed is None else seed + i)
         att = constrained_json(engine, prompt, plan, max_tokens=max_tokens, params=params)
         all_stats.append(att.stats)
         last = att

@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .._errors import ModelClosedError, SchemaError, TemplateError, ToolCallError
+from .._errors import InvalidRequestError, ModelClosedError, SchemaError, TemplateError, ToolCallError
 from ..backends.base import Backend
 from ..decoding.loop import GenStats, generate_steps, stream_text
 from ..decoding.sampling import Sampler, SamplingParams
@@ -53,7 +53,10 @@ class Model:
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
-        """Free the model's memory. Safe to call twice; later calls raise ``ModelClosedError``."""
+        """Free the model's memory. Safe to call twice; later calls raise ``ModelClosedError``.
+
+        An unfinished stream of the calling thread is closed first."""
+        self._end_own_stream()
         with self._lock:
             if self._engine is not None:
                 self._engine.close()
@@ -80,17 +83,20 @@ class Model:
         state = "closed" if self.closed else f"{self.backend}/{self.device}"
         return f"<edgeslm.Model {self.name!r} {state}>"
 
-    def _acquire(self) -> Backend:
-        me = threading.get_ident()
-        if self._owner == me and self._open_stream is not None:
+    def _end_own_stream(self) -> None:
+        """Close an unfinished stream opened by this thread: waiting for its lock would deadlock."""
+        if self._owner == threading.get_ident() and self._open_stream is not None:
             stale = self._open_stream()
             if stale is not None:
-                stale.close()  # an unfinished stream of this thread: end it, do not deadlock
+                stale.close()
+
+    def _acquire(self) -> Backend:
+        self._end_own_stream()
         self._lock.acquire()
         if self._engine is None:
             self._lock.release()
             raise ModelClosedError(f"model {self.name!r} is closed", hint="load it again with edgeslm.load()")
-        self._owner = me
+        self._owner = threading.get_ident()
         return self._engine
 
     def _release(self) -> None:
@@ -205,9 +211,14 @@ class Model:
             return self._chat_tools(messages, tools, tool_choice, parallel_tool_calls, max_tokens,
                                     SamplingParams(temperature, top_p, top_k, seed), stop, stream)
         schema = _response_schema(response_format)
-        if schema is not None:
-            return self._chat_json(messages, schema, max_tokens, temperature, seed, stream)
         params = SamplingParams(temperature, top_p, top_k, seed)
+        if schema is not None:
+            if _stops(stop):
+                raise InvalidRequestError(
+                    "stop strings cannot be combined with a JSON response_format",
+                    hint="the grammar ends the JSON itself; drop stop=",
+                )
+            return self._chat_json(messages, schema, max_tokens, params, stream)
         stops = _stops(stop) + (self.template.stop if self.template else [])
 
         def prompt(engine: Backend) -> list[int]:
@@ -222,7 +233,7 @@ class Model:
         from .tools import collect, plan_tools, tool_reply
 
         if max_tokens < 1:
-            raise ValueError("max_tokens must be >= 1")
+            raise InvalidRequestError("max_tokens must be >= 1", hint="ask for at least one token")
         plan = plan_tools(tools, tool_choice, parallel, self.tool_format)
         stops = _stops(stop) + (self.template.stop if self.template else [])
         if plan.mode == "none":  # answer in text: the tools are not offered
@@ -258,7 +269,8 @@ class Model:
         from .tools import run_tools
 
         if chat_kwargs.get("stream"):
-            raise ValueError("run_tools does not stream; use chat(..., tools=..., stream=True) per round")
+            raise InvalidRequestError("run_tools does not stream",
+                                      hint="use chat(..., tools=..., stream=True) for each round")
         return run_tools(self, messages, tools, max_rounds=max_rounds, tool_choice=tool_choice, **chat_kwargs)
 
     def generate(
@@ -305,26 +317,27 @@ class Model:
 
         plan = prepare_schema(schema)
         msgs = extraction_messages(text, plan.schema, instructions, examples)
-        data, attempt, attempts, usage = self._extract_run(msgs, plan, max_tokens, temperature, seed, retries)
+        params = SamplingParams(temperature=temperature, seed=seed)
+        data, attempt, attempts, usage = self._extract_run(msgs, plan, max_tokens, params, retries)
         return Extraction(
             data=data, confidence=attempt.confidence, raw=attempt.text, usage=usage,
             attempts=attempts, escalated=False, support=plan.support,
         )
 
     def _extract_run(
-        self, messages: Sequence[Message], plan: Any, max_tokens: int | None, temperature: float,
-        seed: int | None, retries: int | None,
+        self, messages: Sequence[Message], plan: Any, max_tokens: int | None, params: SamplingParams,
+        retries: int | None,
     ) -> tuple[Any, Any, int, Usage]:
         from .extract import run_extraction
 
         if retries is not None and retries < 0:
-            raise ValueError("retries must be >= 0")
+            raise InvalidRequestError("retries must be >= 0", hint="pass retries=0 for a single attempt")
         engine = self._acquire()
         try:
             prompt = self._prompt_tokens(engine, self._chat_segments(engine, messages))
             budget = max_tokens or max(1, min(2048, engine.n_ctx - len(prompt)))
             data, attempt, attempts, stats = run_extraction(
-                engine, prompt, plan, max_tokens=budget, temperature=temperature, seed=seed, retries=retries
+                engine, prompt, plan, max_tokens=budget, sampling=params, retries=retries
             )
         finally:
             self._release()
@@ -335,23 +348,22 @@ class Model:
         return data, attempt, attempts, usage
 
     def _chat_json(
-        self, messages: Sequence[Message], schema: Any, max_tokens: int, temperature: float,
-        seed: int | None, stream: bool,
+        self, messages: Sequence[Message], schema: Any, max_tokens: int, params: SamplingParams, stream: bool,
     ) -> Any:
         from .extract import prepare_schema
 
         plan = prepare_schema(schema)
-        _, attempt, _, usage = self._extract_run(messages, plan, max_tokens, temperature, seed, None)
+        _, attempt, _, usage = self._extract_run(messages, plan, max_tokens, params, None)
         result = ChatResult(text=attempt.text, finish_reason="stop", usage=usage, model=self.name)
         if not stream:
             return result
-        chunks = [ChatChunk(result.text, model=self.name, id=result.id),
-                  ChatChunk("", "stop", usage, model=self.name, id=result.id)]
-        return iter(chunks)
+        # only validated JSON is ever shown, so the stream yields the whole object at once
+        return ChatStream(iter([ChatChunk(result.text, model=self.name, id=result.id),
+                                ChatChunk("", "stop", usage, model=self.name, id=result.id)]))
 
     def _run(self, prompt_fn: Any, params: SamplingParams, max_tokens: int, stops: list[str], stream: bool) -> Any:
         if max_tokens < 1:
-            raise ValueError("max_tokens must be >= 1")
+            raise InvalidRequestError("max_tokens must be >= 1", hint="ask for at least one token")
         if stream:
             holder: list[weakref.ref[ChatStream]] = []
             s = ChatStream(self._stream(prompt_fn, params, max_tokens, stops, holder))

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .._errors import ContextLengthError
+from .._errors import ContextLengthError, InvalidRequestError
 from ..backends.base import Backend
 from .sampling import Sampler, token_logprob
 
@@ -101,7 +101,13 @@ def prefill(backend: Backend, tokens: Sequence[int]) -> int:
 
 
 def check_fits(backend: Backend, n_prompt: int) -> None:
-    """Raise :class:`ContextLengthError` when a prompt leaves no room to generate."""
+    """Raise :class:`ContextLengthError` when a prompt leaves no room to generate, and
+    :class:`InvalidRequestError` for an empty one (there would be no logits to start from)."""
+    if n_prompt == 0:
+        raise InvalidRequestError(
+            "the prompt is empty (no tokens, and this model adds no BOS token)",
+            hint="pass some text to continue from",
+        )
     if n_prompt >= backend.n_ctx:
         raise ContextLengthError(
             f"the prompt is {n_prompt} tokens but the context window is {backend.n_ctx} tokens",

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._errors import InvalidRequestError
+
 __all__ = ["Sampler", "SamplingParams"]
 
 
@@ -21,11 +23,11 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if self.temperature < 0 or not math.isfinite(self.temperature):
-            raise ValueError("temperature must be a finite number >= 0")
+            raise InvalidRequestError("temperature must be a finite number >= 0", hint="0 is greedy; 0.7 is usual")
         if not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
+            raise InvalidRequestError("top_p must be in (0, 1]", hint="1.0 disables nucleus sampling")
         if self.top_k < 0:
-            raise ValueError("top_k must be >= 0 (0 disables it)")
+            raise InvalidRequestError("top_k must be >= 0", hint="0 disables top-k")
 
     @property
     def greedy(self) -> bool:
