@@ -11,7 +11,7 @@ import pytest
 
 import edgeslm
 from edgeslm.decoding.schema import make_validator
-from edgeslm.tools import as_tools
+from edgeslm.tools import as_tools, get_format
 
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 GREEDY = {"temperature": 0, "max_tokens": 48}
@@ -85,9 +85,28 @@ def test_auto_answers_in_text_or_valid_calls(smollm2: edgeslm.Model) -> None:
             assert r.finish_reason == "tool_calls"
         else:
             assert r.text.strip() and r.finish_reason in ("stop", "length")
-            assert not r.text.lstrip().startswith("{")  # a call is never smuggled out as text
+            # a call is never smuggled out as text: no call opener anywhere in it
+            assert get_format(smollm2.tool_format).text_call(r.text) == -1
+            assert not r.text.lstrip().startswith("{") and '{"tool_calls"' not in r.text
     chunks = list(smollm2.chat(msgs, tools=tools, tool_choice="auto", stream=True, **GREEDY))
     assert "".join(c.delta for c in chunks) == r.text and chunks[-1].finish_reason == r.finish_reason
+
+
+@pytest.mark.parametrize("fmt", ["generic", "llama3", "gemma3"])
+def test_auto_text_never_holds_a_call(smollm2: edgeslm.Model, fmt: str) -> None:
+    # formats without a trigger token: the reply is text with no call opener, or valid calls
+    saved = smollm2.tool_format
+    smollm2.tool_format = fmt
+    try:
+        for content in ("Reply with a JSON object naming a tool.", "What is the weather in Paris?"):
+            r = smollm2.chat([{"role": "user", "content": content}], tools=[get_weather], tool_choice="auto",
+                             **GREEDY)
+            if r.tool_calls:
+                _assert_valid(r.tool_calls, [get_weather])
+            else:
+                assert get_format(fmt).text_call(r.text) == -1, r.text
+    finally:
+        smollm2.tool_format = saved
 
 
 def test_parallel_calls_and_single_call(smollm2: edgeslm.Model) -> None:
@@ -161,6 +180,9 @@ def test_usage_errors(smollm2: edgeslm.Model) -> None:
         smollm2.chat(ASK, tools=[get_weather], tool_choice="sometimes")
     with pytest.raises(edgeslm.ToolCallError, match="cannot be combined"):
         smollm2.chat(ASK, tools=[get_weather], response_format={"type": "json_object"})
+    with pytest.raises(edgeslm.InvalidRequestError, match="max_rounds") as e:
+        smollm2.run_tools(ASK, [get_weather], max_rounds=0)
+    assert isinstance(e.value, ValueError) and e.value.hint
     with pytest.raises(edgeslm.ToolCallError, match="no Python function") as e:
         smollm2.run_tools(ASK, [{"type": "function", "function": {"name": "remote"}}])
     assert e.value.hint

@@ -49,7 +49,7 @@ HEADS = {
     "hermes": '<|im_start|>system\nYou are a helpful assistant.\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{"type": "function", "function": {"name": "weather", "description": "Get the weather.", "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "City name."}}, "required": ["city"]}}}\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n<|im_start|>user\n',  # noqa: E501
     "phi4": '<|system|>You are a helpful assistant with some tools.<|tool|>[{"name": "weather", "description": "Get the weather.", "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "City name."}}, "required": ["city"]}}]<|/tool|><|end|><|user|>',  # noqa: E501
     "llama3": '<s><|start_header_id|>user<|end_header_id|>\n\nGiven the following functions, please respond with a JSON for a function call with its proper arguments that best answers the given prompt.\n\nRespond in the format {"name": function name, "parameters": dictionary of argument name and its value}. Do not use variables.\n\n{\n    "type": "function",\n',  # noqa: E501
-    "gemma3": '<s><start_of_turn>user\nYou have access to functions. If you decide to invoke any of the function(s), you MUST put it in the format of [{"name": function name, "arguments": dictionary of argument name and its value}, ...]\nYou SHOULD NOT include any other text in the response if you call a function.\n{"name": "weather", "description": "Get the weather.", "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "City name."}}, "required": ["city"]}}\n\n',  # noqa: E501
+    "gemma3": '<s><start_of_turn>user\nYou have access to functions. If you decide to invoke any of the function(s), you MUST put it in the JSON format of [{"name": function name, "arguments": dictionary of argument name and its value}, ...]\nYou SHOULD NOT include any other text in the response if you call a function.\n{"name": "weather", "description": "Get the weather.", "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "City name."}}, "required": ["city"]}}\n\n',  # noqa: E501
 }
 
 
@@ -185,3 +185,71 @@ def test_text_cannot_smuggle_a_call(smollm2: edgeslm.Model) -> None:
         assert not _accepts(smollm2, g, f'ok {fmt.trigger}{{"name": "weather", "arguments": {{"city": 1}}}}')
     g = plan_tools([weather], "auto", True, get_format("generic")).grammar(smollm2._engine, required=False)
     assert not _accepts(smollm2, g, '{"tool_calls": [{"name": "nope"')
+
+
+# Formats without a trigger: a call (here to an unknown function) placed inside text, which parse
+# would not see. The auto grammar must reject each (the opener may not appear anywhere in text).
+SMUGGLED = {
+    "generic": ['Sure. {"tool_calls": [{"name": "nope", "arguments": {}}]}',
+                'Sure.\n{ "tool_calls" : [{"name": "nope", "arguments": {}}]}', 'a {"tool_calls"'],
+    "llama3": ['ok {"name": "nope", "parameters": {}}', 'ok\n{\n  "name": "nope", "parameters": {}}',
+               'Calling now: {"name"'],
+    "gemma3": ['Calling now:\n[{"name": "nope", "arguments": {}}]', 'x [ {\n"name": "nope"}]',
+               "Calling now: [nope(city='Oslo')]", "Sure: [weather(city='Oslo')]", "see [get_time()]",
+               "see [ mod.f( x = 1)]"],
+}
+# Text that merely has braces, brackets or parentheses stays text in every format.
+HARMLESS = ["It is sunny.", "", "Use {x} or [1, 2] here.", 'JSON like {"city": "Oslo"} is fine.',
+            "See [the docs](https://x.org) and f(x).", "a [f(x) for x in y]\nend", "tool_calls: name"]
+
+
+@pytest.mark.parametrize("name", sorted(SMUGGLED))
+def test_text_without_a_trigger_cannot_hold_a_call(smollm2: edgeslm.Model, name: str) -> None:
+    from edgeslm.api.tools import plan_tools
+
+    fmt = get_format(name)
+    engine = smollm2._engine
+    for parallel in (True, False):
+        g = plan_tools([weather, add], "auto", parallel, fmt).grammar(engine, required=False)
+        for text in SMUGGLED[name]:
+            assert not _accepts(smollm2, g, text), text
+            assert fmt.text_call(text) >= 0, text
+            with pytest.raises(edgeslm.ToolCallError) as e:  # never read back as text
+                fmt.parse(text)
+            assert e.value.hint
+        for text in HARMLESS:
+            assert _accepts(smollm2, g, text), text
+            assert fmt.text_call(text) == -1 and fmt.parse(text) == (text, [])
+        # a well-formed call is still accepted and read back
+        mark = Markup()
+        calls = [("weather", {"city": "Oslo"}), ("add", {"a": 1, "b": 2})][: 2 if parallel else 1]
+        good = mark.plain(fmt.render_calls(calls, mark))
+        assert _accepts(smollm2, g, good), good
+        assert fmt.parse(good) == ("", calls)
+
+
+def test_text_call_positions() -> None:
+    assert get_format("generic").text_call('ab {"tool_calls": []}') == 3
+    assert get_format("llama3").text_call('x{"name"') == 1 and get_format("llama3").text_call('{"nam') == -1
+    assert get_format("gemma3").text_call("[f(x) for x in y]") == -1
+    assert get_format("gemma3").text_call("ab [f(a=1)]") == 3
+    assert get_format("hermes").text_call("a <tool_call>") == 2 and get_format("phi4").text_call("a") == -1
+    # "\u00a0" is not JSON whitespace: what follows it is text for the grammar and for call_start
+    assert get_format("generic").call_start('\u00a0{"a": 1}') == -1
+    assert get_format("generic").call_start(' \n{"tool_calls"') == 2
+
+
+def test_gemma3_pythonic_calls_are_never_dropped() -> None:
+    fmt = get_format("gemma3")
+    for reply in ("[weather(city='Oslo')]", "Sure. [weather(city='Oslo')]"):
+        with pytest.raises(edgeslm.ToolCallError, match="malformed gemma3 tool call"):
+            fmt.parse(reply)
+
+
+def test_a_text_answer_holding_a_call_is_an_error() -> None:
+    from edgeslm.api.tools import _check_text
+
+    _check_text(get_format("gemma3"), "It is sunny [1, 2].")
+    with pytest.raises(edgeslm.ToolCallError, match="inside its text") as e:
+        _check_text(get_format("llama3"), 'ok {"name": "nope", "parameters": {}}')
+    assert e.value.hint

@@ -4,9 +4,10 @@
 How one ``chat(..., tools=...)`` runs:
 
 1. The conversation is rendered in the model's native tool format (:mod:`edgeslm.tools.formats`).
-2. The reply is decoded under an llguidance grammar: free text or calls (``auto``), calls only
-   (``required``, or one named function). Inside a call the name is one of the tools and the
-   arguments follow that tool's JSON Schema, so a call is well-formed by construction.
+2. The reply is decoded under an llguidance grammar: free text or calls (``auto``; the text cannot
+   hold a call's opening), calls only (``required``, or one named function). Inside a call the name
+   is one of the tools and the arguments follow that tool's JSON Schema, so a call is well-formed
+   by construction.
 3. Every call's arguments are validated against the tool's *original* schema (the grammar may only
    approximate a relaxed schema). A call that is cut off, or does not validate, is generated again
    with sampling from where the calls began; when no attempt succeeds, :class:`ToolCallError` is
@@ -23,7 +24,7 @@ from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .._errors import EdgeSLMError, SchemaError, ToolCallError
+from .._errors import EdgeSLMError, InvalidRequestError, SchemaError, ToolCallError
 from ..decoding.loop import GenStats, generate_steps
 from ..decoding.sampling import Sampler, SamplingParams
 from ..tools.formats import ToolFormat, get_format
@@ -294,6 +295,16 @@ def _check_calls(plan: ToolPlan, out: _Outcome) -> tuple[str, list[ToolCall], li
     return content, calls, errors
 
 
+def _check_text(fmt: ToolFormat, text: str) -> None:
+    """A text answer must hold no call (the ``auto`` grammar excludes one): never drop it silently."""
+    at = fmt.text_call(text)
+    if at >= 0:
+        raise ToolCallError(
+            f"the {fmt.name} reply holds a tool call inside its text: {text[at:at + 200]!r}",
+            hint="use tool_choice='required' to force a proper call, or another tool_format=",
+        )
+
+
 def tool_reply(
     model: Model, messages: Sequence[Message], plan: ToolPlan, params: SamplingParams, max_tokens: int,
     stops: list[str], holder: list[Any], retries: int | None = None,
@@ -311,6 +322,7 @@ def tool_reply(
                                           plan.fmt, stops), model.name, cid)
         all_stats = [out.stats]
         if out.call_at < 0:
+            _check_text(plan.fmt, out.text)
             usage = _usage(out.stats)
             finish = "length" if out.stats.hit_limit and not out.stop_hit else "stop"
             yield ChatChunk("", finish, usage, model=model.name, id=cid)
@@ -392,7 +404,8 @@ def run_tools(
 ) -> ToolRun:
     """Ask, execute the calls, feed the results back; repeat until an answer or ``max_rounds``."""
     if max_rounds < 1:
-        raise ValueError("max_rounds must be >= 1")
+        raise InvalidRequestError(f"max_rounds must be >= 1, not {max_rounds}",
+                                  hint="max_rounds=1 asks the model once and runs its calls")
     tool_list = as_tools(tools)
     if not tool_list:
         raise ToolCallError("run_tools needs at least one tool", hint="pass tools=[a_python_function, ...]")

@@ -15,6 +15,11 @@ A :class:`ToolFormat` does three things for one family:
 Formats (``tool_format``): ``generic`` (``{"tool_calls": [...]}``), ``hermes`` (Qwen 2.5,
 ``<tool_call>`` blocks), ``phi4`` (``<|tool_call|>[...]<|/tool_call|>``), ``llama3``
 (``{"name": .., "parameters": ..}``, ``ipython`` results) and ``gemma3`` (a JSON list of calls).
+
+Formats without a trigger token (``generic``, ``llama3``, ``gemma3``) decide at the first character:
+a reply is either calls or text, and in ``auto`` the text may not contain a call's opening anywhere
+(:attr:`ToolFormat.call_patterns`), just as trigger formats' text may not contain their trigger. So
+a call cannot hide inside text, and :meth:`ToolFormat.parse` raises on one that does.
 """
 
 from __future__ import annotations
@@ -84,6 +89,13 @@ def _regex_lit(text: str) -> str:
     return re.escape(text).replace("/", "\\/")
 
 
+#: JSON whitespace, as a regex both Python and llguidance read alike (unlike ``\s``).
+_JSON_SPACE = " \t\r\n"
+_WS = r"[ \t\r\n]*"
+#: ``{"name"``: the start of a JSON call object.
+_NAME_OBJ = r"\{" + _WS + r'"name"'
+
+
 @dataclass(frozen=True)
 class ToolFormat:
     """The generic format; subclasses override the prompt wording and markup."""
@@ -97,6 +109,9 @@ class ToolFormat:
     args_key: str = "arguments"
     trigger: str | None = None  # set when free text may come before the calls (they start at it)
     specials: tuple[str, ...] = ()  # markup that is one control token in the family's vocabulary
+    #: Without a trigger: regexes (Python and llguidance syntax alike) of a call's opening, which
+    #: ``auto`` text may not contain anywhere. ``generic``: ``{"tool_calls"``.
+    call_patterns: tuple[str, ...] = (r"\{" + _WS + r'"tool_calls"',)
 
     # ------------------------------------------------------------------ prompt
     def instructions(self, tools: Sequence[Any]) -> str:
@@ -221,12 +236,20 @@ class ToolFormat:
                       lit(self.call_close) if self.call_close else ""]
             lines.append(f"call_{i}: " + " ".join(p for p in pieces if p))
             lines.append(f"args_{i}: %json {json.dumps(schema, ensure_ascii=False)}")
+        lines.append(self._text_lexeme())
+        return "\n".join(lines) + "\n"
+
+    def _text_lexeme(self) -> str:
+        """The ``TEXT`` lexeme of ``auto``: any text without the trigger; without a trigger, text
+        that neither starts with the opener nor holds a call's opening (``call_patterns``) anywhere."""
         if self.trigger:
             t = _regex_lit(self.trigger)
-            lines.append(f"TEXT: /(.|\\n)*/ & ~/(.|\\n)*{t}(.|\\n)*/")
-        else:
-            lines.append(f"TEXT: /(\\s*[^{_regex_lit(self.opener)}\\s](.|\\n)*)?/")
-        return "\n".join(lines) + "\n"
+            return f"TEXT: /(.|\\n)*/ & ~/(.|\\n)*{t}(.|\\n)*/"
+        text = f"/({_WS}[^{_regex_lit(self.opener)} \\t\\r\\n](.|\\n)*)?/"
+        if not self.call_patterns:
+            return f"TEXT: {text}"
+        calls = "|".join(p.replace("/", "\\/") for p in self.call_patterns)
+        return f"TEXT: {text} & ~/(.|\\n)*({calls})(.|\\n)*/"
 
     @property
     def opener(self) -> str:
@@ -240,15 +263,29 @@ class ToolFormat:
         if self.trigger:
             i = text.find(self.trigger)
             return i if i >= 0 else None
-        s = text.lstrip()
+        s = text.lstrip(_JSON_SPACE)  # the grammar's whitespace, not str.isspace()
         if not s:
             return None
         return len(text) - len(s) if s[0] == self.opener else -1
+
+    def text_call(self, text: str) -> int:
+        """Where a call opens inside *text* read as a text answer (the trigger, or a match of
+        ``call_patterns``), or -1. The ``auto`` grammar makes this -1 for every reply it allows."""
+        if self.trigger:
+            return text.find(self.trigger)
+        found = [m.start() for p in self.call_patterns if (m := re.search(p, text))]
+        return min(found, default=-1)
 
     def parse(self, text: str) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
         """``(content, [(name, arguments)])`` from a reply; raises :class:`ToolCallError` on malformed calls."""
         start = self.call_start(text)
         if start is None or start < 0:
+            at = self.text_call(text)
+            if at >= 0:  # never dropped as text: a call there is malformed
+                raise ToolCallError(
+                    f"malformed {self.name} tool call: a call inside text: {text[at:at + 200]!r}",
+                    hint="this reply was not produced under the tool grammar",
+                )
             return text, []
         content, block = text[:start].strip(), text[start:]
         try:
@@ -322,6 +359,7 @@ class HermesFormat(ToolFormat):
     call_close: str = "\n</tool_call>"
     sep: str = "\n"
     trigger: str | None = "<tool_call>"
+    call_patterns: tuple[str, ...] = ()
     specials: tuple[str, ...] = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
 
     def system_with_tools(self, system: str | None, tools: Sequence[Any], mark: Markup) -> str:
@@ -350,6 +388,7 @@ class Phi4Format(ToolFormat):
     block_open: str = "<|tool_call|>["
     block_close: str = "]<|/tool_call|>"
     trigger: str | None = "<|tool_call|>"
+    call_patterns: tuple[str, ...] = ()
     specials: tuple[str, ...] = ("<|tool|>", "<|/tool|>", "<|tool_call|>", "<|/tool_call|>")
 
     def system_with_tools(self, system: str | None, tools: Sequence[Any], mark: Markup) -> str:
@@ -370,6 +409,7 @@ class Llama3Format(ToolFormat):
     block_close: str = ""
     sep: str = "; "
     args_key: str = "parameters"
+    call_patterns: tuple[str, ...] = (_NAME_OBJ,)
 
     def add_tools(self, msgs: list[Message], tools: Sequence[Any], mark: Markup) -> list[Message]:
         listing = "\n\n".join(json.dumps(t.to_openai(), indent=4, ensure_ascii=False) for t in tools)
@@ -393,18 +433,28 @@ class Llama3Format(ToolFormat):
 @dataclass(frozen=True)
 class Gemma3Format(ToolFormat):
     """Gemma 3 (no tool tokens): functions described in the prompt, calls as a JSON list,
-    results as a ```` ```tool_output ```` block in a user turn."""
+    results as a ```` ```tool_output ```` block in a user turn.
+
+    Gemma's other reply form, the Python-style ``[func(arg=value, ...)]``, is not produced: the prompt
+    asks for the JSON list and the grammar writes only it (each call's arguments checked by the tool's
+    JSON Schema). ``auto`` text may hold neither ``[{"name"`` nor ``[func(`` / ``[func(arg=``, and
+    :meth:`parse` raises on either, so such a call is never returned as text.
+    """
 
     name: str = "gemma3"
     block_open: str = "["
     block_close: str = "]"
+    call_patterns: tuple[str, ...] = (
+        r"\[" + _WS + _NAME_OBJ,
+        r"\[" + _WS + r"[A-Za-z_][A-Za-z0-9_.]*" + _WS + r"\(" + _WS + r"(\)|[A-Za-z_][A-Za-z0-9_]*" + _WS + "=)",
+    )
 
     def system_with_tools(self, system: str | None, tools: Sequence[Any], mark: Markup) -> str:
         listing = "\n".join(_dumps(t.spec()) for t in tools)
         head = f"{system}\n\n" if system else ""
         return (
             f"{head}You have access to functions. If you decide to invoke any of the function(s), you MUST put "
-            'it in the format of [{"name": function name, "arguments": dictionary of argument name and its '
+            'it in the JSON format of [{"name": function name, "arguments": dictionary of argument name and its '
             'value}, ...]\nYou SHOULD NOT include any other text in the response if you call a function.\n'
             f"{listing}"
         )
