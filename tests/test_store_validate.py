@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import struct
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 from edgeslm import _errors as E
 from edgeslm.store.validate import GGUFInfo, validate_gguf, validate_model_file, validate_onnx_folder
 
-from ._store_fakehub import make_gguf
+from ._store_fakehub import make_gguf, make_onnx
 
 N_LOAD = int(os.environ.get("EDGESLM_FUZZ_LOADS", "6"))  # survivors loaded by llama.cpp
 
@@ -191,13 +192,65 @@ def test_real_models_validate_fast(bundled: str) -> None:
 # ------------------------------------------------------------------------------------ ONNX
 
 
-def _onnx_folder(root: Path, location: str = "model.onnx.data", cfg: dict | None = None) -> Path:
+def _vint(n: int, pad: int = 0) -> bytes:
+    """Protobuf varint of ``n``; ``pad`` extra bytes make it non-minimal (still valid protobuf)."""
+    out = bytearray()
+    while True:
+        out.append(n & 0x7F)
+        n >>= 7
+        if not n:
+            break
+    for _ in range(pad):
+        out.append(0)
+    for i in range(len(out) - 1):
+        out[i] |= 0x80
+    return bytes(out)
+
+
+def _field(no: int, payload: bytes, pad: int = 0) -> bytes:
+    """A length-delimited protobuf field (wire type 2)."""
+    return _vint(no << 3 | 2, pad) + _vint(len(payload), pad) + payload
+
+
+def _hostile_model(location: str, where: str, pad: int = 0) -> bytes:
+    """A valid ONNX model with an EXTERNAL tensor whose external_data entry has its value before its key.
+
+    ``where`` puts the tensor in an initializer, a Constant node attribute, a sparse initializer or
+    the subgraph of an If node; ``pad`` writes the tags and lengths as non-minimal varints.
+    """
+    onnx = pytest.importorskip("onnx")
+    from onnx import AttributeProto, ModelProto, NodeProto, SparseTensorProto, TensorProto
+
+    entry = _field(2, location.encode(), pad) + _field(1, b"location", pad)  # value first, then key
+    t = TensorProto(name="w", dims=[4, 4], data_type=TensorProto.FLOAT, data_location=TensorProto.EXTERNAL)
+    tensor = t.SerializeToString() + _field(13, entry, pad)
+    if where == "initializer":
+        graph = _field(5, tensor, pad)
+    elif where == "attribute":
+        attr = AttributeProto(name="value", type=AttributeProto.TENSOR).SerializeToString() + _field(5, tensor, pad)
+        graph = _field(1, NodeProto(op_type="Constant", output=["w"]).SerializeToString() + _field(5, attr, pad))
+    elif where == "sparse":
+        sparse = SparseTensorProto(dims=[4, 4]).SerializeToString() + _field(1, tensor, pad)
+        graph = _field(15, sparse, pad)
+    else:  # a subgraph: If(cond).then_branch holds the tensor
+        body = _field(2, b"then") + _field(5, tensor, pad)
+        attr = AttributeProto(name="then_branch", type=AttributeProto.GRAPH).SerializeToString() + _field(6, body)
+        graph = _field(1, NodeProto(op_type="If", input=["c"], output=["y"]).SerializeToString() + _field(5, attr))
+    model = ModelProto(ir_version=8).SerializeToString() + _field(7, _field(2, b"g") + graph, pad)
+    # The onnx package (the protobuf runtime) reads this file and sees the hostile location.
+    parsed = onnx.load_model_from_string(model)
+    assert f'value: "{location}"' in str(parsed)
+    return model
+
+
+def _onnx_folder(
+    root: Path, location: str | None = "model.onnx.data", cfg: dict | None = None, model: bytes | None = None
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     cfg = cfg or {"model": {"type": "phi3", "context_length": 4096, "decoder": {"filename": "model.onnx"}}}
     (root / "genai_config.json").write_text(json.dumps(cfg))
-    loc = location.encode()
-    (root / "model.onnx").write_bytes(b"\x08\x07" + b"\x0a\x08location\x12" + bytes([len(loc)]) + loc + b"\0" * 10)
-    (root / "model.onnx.data").write_bytes(b"\0" * 100)
+    (root / "model.onnx").write_bytes(model if model is not None else make_onnx(location))
+    (root / "model.onnx.data").write_bytes(b"\0" * 64)
     (root / "tokenizer.json").write_text("{}")
     return root
 
@@ -207,12 +260,78 @@ def test_onnx_folder_ok(tmp_path: Path) -> None:
     assert info.model_files == ["model.onnx"] and info.external_data == ["model.onnx.data"]
     assert info.context_length == 4096
     assert validate_model_file(tmp_path / "m").path == tmp_path / "m"  # type: ignore[union-attr]
+    import onnx
+
+    onnx.checker.check_model(str(tmp_path / "m" / "model.onnx"))  # a valid model, external data included
+    assert onnx.load(str(tmp_path / "m" / "model.onnx")).graph.initializer[0].raw_data == b"\0" * 64
+    inline = _onnx_folder(tmp_path / "inline", model=make_onnx(external=False))
+    assert validate_onnx_folder(inline).external_data == []
 
 
 @pytest.mark.parametrize("loc", ["../evil.bin", "/etc/passwd", "sub/../../x", "C:\\windows\\x", "a/../../b"])
 def test_onnx_external_data_must_stay_inside(tmp_path: Path, loc: str) -> None:
     with pytest.raises(E.CorruptModelError, match="external data"):
         validate_onnx_folder(_onnx_folder(tmp_path / "m", location=loc))
+
+
+@pytest.mark.parametrize("pad", [0, 1], ids=["minimal", "non-minimal-varints"])
+@pytest.mark.parametrize("where", ["initializer", "attribute", "sparse", "subgraph"])
+def test_onnx_swapped_entry_fields_cannot_hide_a_location(tmp_path: Path, where: str, pad: int) -> None:
+    """value-before-key entries, in every place a tensor can live, are found by the protobuf walk."""
+    (tmp_path / "evil.bin").write_bytes(b"\0" * 64)
+    root = _onnx_folder(tmp_path / "m", model=_hostile_model("../evil.bin", where, pad))
+    with pytest.raises(E.CorruptModelError, match=re.escape("external data '../evil.bin'")) as ei:
+        validate_onnx_folder(root)
+    assert ei.value.hint
+    # the same file shape with a harmless location is accepted: the walk reads it, it does not guess
+    ok = _onnx_folder(tmp_path / "ok", model=_hostile_model("model.onnx.data", where, pad))
+    assert validate_onnx_folder(ok).external_data == ["model.onnx.data"]
+
+
+def test_onnx_external_tensor_without_location_or_graph(tmp_path: Path) -> None:
+    with pytest.raises(E.CorruptModelError, match="names no location"):
+        validate_onnx_folder(_onnx_folder(tmp_path / "a", location=None))
+    for name, junk in [("nograph", b"\x08\x07"), ("truncated", make_onnx()[:-5]), ("text", b"hello world")]:
+        with pytest.raises(E.CorruptModelError, match="not a valid ONNX model"):
+            validate_onnx_folder(_onnx_folder(tmp_path / name, model=junk))
+
+
+def test_onnx_external_data_symlink_out_of_the_folder(tmp_path: Path) -> None:
+    (tmp_path / "outside.bin").write_bytes(b"\0" * 64)
+    root = _onnx_folder(tmp_path / "m", location="weights.bin")
+    (root / "weights.bin").symlink_to(tmp_path / "outside.bin")
+    with pytest.raises(E.CorruptModelError, match="leaves the model folder"):
+        validate_onnx_folder(root)
+
+
+def test_onnx_walk_is_fast_on_a_large_model(tmp_path: Path) -> None:
+    """An 86 MB model.onnx with its weights inline: the walk skips tensor bytes by length."""
+    onnx = pytest.importorskip("onnx")
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.zeros(86 * 2**20 // 4, np.float32), "w")
+    nodes = [helper.make_node("Identity", ["x"], [f"y{i}"]) for i in range(2000)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    graph = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info("y0", TensorProto.FLOAT, [1])], [w])
+    root = tmp_path / "big"
+    _onnx_folder(root, model=b"")
+    onnx.save_model(helper.make_model(graph), root / "model.onnx")
+    assert (root / "model.onnx").stat().st_size > 86 * 10**6
+    t = time.perf_counter()
+    assert validate_onnx_folder(root).external_data == []
+    assert time.perf_counter() - t < 1.0
+
+
+def test_onnx_real_genai_model_if_built() -> None:
+    """The SmolLM2 ONNX GenAI export of tests/onnx_model.py, when an earlier run built it."""
+    from .onnx_model import cache_root
+
+    built = sorted(cache_root().glob("onnx-smollm2-*/.complete"))
+    if not built:
+        pytest.skip("the ONNX test model is not built (python tests/onnx_model.py builds it)")
+    info = validate_onnx_folder(built[-1].parent)
+    assert info.model_files[0] == "model.onnx" and info.external_data == ["model.onnx.data"]
 
 
 def test_onnx_config_problems(tmp_path: Path) -> None:

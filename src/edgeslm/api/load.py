@@ -47,8 +47,9 @@ def load(
     from ..runtime.planner import plan_for_path
     from ..store import resolve, validate_model_file
 
+    reason = None
     if quant is None:
-        quant = _planned_quant(model)
+        quant, reason = _planned_quant(model, n_ctx)
     resolved = resolve(model, quant=quant, download=True if download is None else download)
     path = Path(resolved.path)
     info = validate_model_file(path)  # header checks: a hostile file never reaches the engine
@@ -62,6 +63,9 @@ def load(
         context_length=(entry.context_length if entry else None) or getattr(info, "context_length", None),
         n_layers=_n_layers(info),
     )
+    if reason and entry is not None:  # a cached variant was preferred to the planner's pick
+        plan.variant = f"{entry.id}:{quant}"
+        plan.why.insert(0, reason)
     name = entry.id if entry is not None else path.name
     engine: Any
     if plan.backend == "llama.cpp":
@@ -111,20 +115,22 @@ def _template(engine: Any, override: str | None) -> ChatTemplate | None:
     return template
 
 
-def _planned_quant(ref: str | os.PathLike[str]) -> str | None:
-    """For a catalog id with several variants, the quantization the planner picks for this machine."""
+def _planned_quant(ref: str | os.PathLike[str], n_ctx: int | None = None) -> tuple[str | None, str | None]:
+    """For a catalog id with several variants: the quantization :func:`edgeslm.plan` picks here
+    (a cached variant that fits wins over a download), and the reason when the cache decided it."""
     from ..store import get_entry
 
     text = os.fspath(ref)
     if Path(text).expanduser().exists() or "://" in text:
-        return None
+        return None, None
     try:
         entry = get_entry(text)
     except ModelNotFoundError:
-        return None
+        return None, None
     if len(entry.variants) < 2:
-        return None
-    from .plan import plan
+        return None, None
+    from .plan import CACHED_NOTE, plan
 
-    variant = plan(text).variant
-    return variant.split(":", 1)[1] if variant and ":" in variant else None
+    planned = plan(text, n_ctx=n_ctx)
+    quant = planned.variant.split(":", 1)[1] if planned.variant and ":" in planned.variant else None
+    return quant, next((w for w in planned.why if CACHED_NOTE in w), None)

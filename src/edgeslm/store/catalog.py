@@ -18,8 +18,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
-from .._errors import EdgeSLMError, ModelNotFoundError, OfflineError
+from .._errors import EdgeSLMError, InvalidRequestError, ModelNotFoundError, OfflineError
 
 __all__ = [
     "CHAT_FORMATS",
@@ -35,6 +36,7 @@ __all__ = [
     "load_catalog",
     "parse_hf_ref",
     "resolve",
+    "safe_revision",
 ]
 
 CHAT_FORMATS = frozenset({"phi4", "gemma3", "llama3", "chatml", "generic"})
@@ -45,6 +47,9 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _DEFAULT_CTX = 4096
 _FILE_SUFFIXES = (".gguf", ".onnx", ".json", ".data", ".bin", ".model", ".txt")
+_HF_FORMS = "hf://owner/repo/file.gguf, hf://owner/repo/folder, or hf://owner/repo@revision/file.gguf"
+# Hub revisions that contain '/' and are written unquoted in an hf:// reference: refs/pr/<n>, refs/convert/<x>.
+_SLASHED_REFS = ("pr", "convert")
 
 
 class CatalogError(EdgeSLMError):
@@ -306,8 +311,8 @@ def _parse_variant(raw: Any, where: str) -> Variant:
         sha = f.get("sha256")
         if sha is not None and not (isinstance(sha, str) and _SHA256.match(sha)):
             raise CatalogError(f"{where}: sha256 of {name!r} must be 64 lowercase hex digits or null")
-        if ".." in name.split("/") or name.startswith("/"):
-            raise CatalogError(f"{where}: file name {name!r} must be relative")
+        if not _safe_repo_path(name):
+            raise CatalogError(f"{where}: file name {name!r} must be a relative path inside the repository")
         files.append(FileSpec(name=name, size=f.get("size"), sha256=sha, size_exact=bool(f.get("size_exact"))))
     repo = raw.get("repo")
     folder = raw.get("folder")
@@ -316,8 +321,12 @@ def _parse_variant(raw: Any, where: str) -> Variant:
             raise CatalogError(f"{where}: 'repo' must be owner/name")
         if not files and not folder:
             raise CatalogError(f"{where}: a Hub variant needs 'files' or 'folder'")
+        if folder is not None and not (isinstance(folder, str) and _safe_repo_path(folder.strip("/"))):
+            raise CatalogError(f"{where}: folder {folder!r} must be a relative path inside the repository")
     elif not files:
         raise CatalogError(f"{where}: a bundled variant needs its file")
+    if raw.get("revision") is not None and not safe_revision(raw["revision"]):
+        raise CatalogError(f"{where}: revision {raw['revision']!r} is not a valid Hub revision")
     return Variant(
         format=fmt,
         quant=_req(raw, "quant", str, where),
@@ -357,10 +366,20 @@ class HFRef:
         return f"hf://{self.repo}{rev}/{self.path}"
 
 
+def safe_revision(rev: object) -> bool:
+    """True for a revision that is safe as a cache folder name: a branch, tag, commit or ``refs/pr/1``.
+
+    Refuses empty, ``.`` and ``..`` segments, backslashes and control characters.
+    """
+    if not isinstance(rev, str) or not rev or "\\" in rev or any(ord(c) < 32 or ord(c) == 127 for c in rev):
+        return False
+    return all(seg not in ("", ".", "..") for seg in rev.split("/"))
+
+
 def parse_hf_ref(ref: str) -> HFRef:
-    """Parse ``hf://owner/repo[@rev]/path/in/repo``."""
-    if not ref.startswith("hf://"):
-        raise ValueError(f"not an hf:// reference: {ref!r}")
+    """Parse ``hf://owner/repo[@rev]/path/in/repo`` (``rev`` may be ``refs/pr/1`` or URL-quoted)."""
+    if not isinstance(ref, str) or not ref.startswith("hf://"):
+        raise InvalidRequestError(f"not an hf:// reference: {ref!r}", hint=f"use {_HF_FORMS}")
     parts = ref[5:].strip("/").split("/")
     if len(parts) < 3 or not all(parts):
         raise ModelNotFoundError(
@@ -368,14 +387,28 @@ def parse_hf_ref(ref: str) -> HFRef:
             hint="use hf://owner/repo/file.gguf or hf://owner/repo/onnx-folder",
         )
     owner, name = parts[0], parts[1]
+    rest = parts[2:]
     rev = "main"
     if "@" in name:
         name, rev = name.split("@", 1)
+        if rev == "refs" and len(rest) >= 3 and rest[0] in _SLASHED_REFS:
+            rev, rest = f"refs/{rest[0]}/{rest[1]}", rest[2:]
+        rev = unquote(rev)
     repo = f"{owner}/{name}"
-    path = "/".join(parts[2:])
-    if not _REPO.match(repo) or ".." in parts[2:] or not rev:
-        raise ModelNotFoundError(f"{ref!r} is not a valid Hub reference", hint="use hf://owner/repo/file.gguf")
+    path = "/".join(rest)
+    if not _REPO.match(repo) or not safe_revision(rev) or not _safe_repo_path(path):
+        raise ModelNotFoundError(
+            f"{ref!r} is not a valid Hub reference",
+            hint=f"use {_HF_FORMS}; the path and revision must not contain '..', '.' or backslashes",
+        )
     return HFRef(repo=repo, revision=rev, path=path)
+
+
+def _safe_repo_path(path: str) -> bool:
+    """A relative path inside a repository: no empty, ``.`` or ``..`` segments, backslashes or NULs."""
+    if not path or "\\" in path or "\x00" in path or path.startswith("/"):
+        return False
+    return all(seg not in ("", ".", "..") for seg in path.split("/"))
 
 
 def pull_command(ref: str, quant: str | None = None, format: str | None = None) -> str:

@@ -39,10 +39,11 @@ from .._errors import (
     DownloadError,
     EdgeSLMError,
     GatedModelError,
+    InvalidRequestError,
     ModelNotFoundError,
     OfflineError,
 )
-from .catalog import FileSpec, Variant, get_entry, list_entries, parse_hf_ref, pull_command
+from .catalog import FileSpec, Variant, get_entry, list_entries, parse_hf_ref, pull_command, safe_revision
 from .files import file_lock, sha256_file
 from .paths import cache_home, offline
 
@@ -95,12 +96,43 @@ def hub_root() -> Path:
 
 
 def _repo_dir(repo: str, revision: str) -> Path:
+    if not safe_revision(revision):
+        raise InvalidRequestError(
+            f"{revision!r} is not a valid Hub revision",
+            hint="use a branch or tag name, a commit hash, or refs/pr/<number>",
+        )
     owner, name = repo.split("/", 1)
     return hub_root() / owner / name / quote(revision, safe="")
 
 
+def _in_repo_path(path: object, folder: str | None = None) -> bool:
+    """True for a relative path inside a repository (and inside ``folder`` when given).
+
+    Refuses absolute paths, backslashes, NULs and empty, ``.`` or ``..`` segments.
+    """
+    if not isinstance(path, str) or not path or path.startswith("/") or "\\" in path or "\x00" in path:
+        return False
+    if (len(path) > 1 and path[1] == ":") or any(seg in ("", ".", "..") for seg in path.split("/")):
+        return False
+    return folder is None or path == folder or path.startswith(folder + "/")
+
+
+def _unsafe_listing(what: str, path: object) -> DownloadError:
+    return DownloadError(
+        f"the Hub endpoint {_endpoint()} gave the path {path!r} for {what}, which is not a relative path "
+        "inside it; nothing was downloaded",
+        hint="HF_ENDPOINT points at a server that is not a faithful Hub mirror: unset HF_ENDPOINT "
+        "or point it at a trusted mirror, then pull again",
+    )
+
+
 def _key(*parts: str) -> str:
     return hashlib.sha1("\0".join(parts).encode()).hexdigest()[:24]
+
+
+def _lock_path(repo: str, revision: str, path: str, *, is_folder: bool) -> Path:
+    """The lock of one cached file or folder; pull and remove must use the same one."""
+    return cache_home() / "locks" / f"{_key(repo, revision, path.strip('/') + '/' if is_folder else path)}.lock"
 
 
 def _read_manifest(d: Path) -> dict[str, Any]:
@@ -335,9 +367,11 @@ def _pull_file(
 ) -> Path:
     """Download one file under its lock, verify it, and move it into place."""
     d = _repo_dir(repo, revision)
+    if not _in_repo_path(filename):
+        raise _unsafe_listing(repo, filename)
     final = d / filename
     key = _key(repo, revision, filename)
-    with file_lock(cache_home() / "locks" / f"{key}.lock"):
+    with file_lock(_lock_path(repo, revision, filename, is_folder=False)):
         cached = cached_path(repo, revision, filename, spec.sha256 if spec else None)
         if cached is not None:  # another process finished it while we waited
             return cached
@@ -421,7 +455,7 @@ def _pull_folder(repo: str, revision: str, folder: str, *, token: str | None, ba
     folder = folder.strip("/")
     d = _repo_dir(repo, revision)
     what = f"{repo}/{folder}"
-    with file_lock(cache_home() / "locks" / f"{_key(repo, revision, folder + '/')}.lock"):
+    with file_lock(_lock_path(repo, revision, folder, is_folder=True)):
         cached = cached_path(repo, revision, folder)
         if cached is not None:
             return cached
@@ -431,6 +465,9 @@ def _pull_folder(repo: str, revision: str, folder: str, *, token: str | None, ba
         files = [f for f in items if hasattr(f, "blob_id")]
         if not files:
             raise ModelNotFoundError(f"{what} holds no files", hint="check the folder name")
+        for f in files:  # all checked before any byte is written
+            if not _in_repo_path(f.path, folder):
+                raise _unsafe_listing(what, f.path)
         todo = [f for f in files if cached_path(repo, revision, f.path) is None]
         _check_disk(d, sum(f.size or 0 for f in todo), what)
         for f in todo:
@@ -698,24 +735,24 @@ def verify_cache() -> list[tuple[Path, bool, str]]:
 
 def remove(ref: str, quant: str | None = None, format: str | None = None) -> list[Path]:
     """Delete a cached model (every cached variant of a catalog id unless quant/format narrow it)."""
-    targets: list[tuple[str, str, str]] = []  # (repo, revision, path-or-folder)
+    targets: list[tuple[str, str, str, bool]] = []  # (repo, revision, path-or-folder, is_folder)
     if ref.startswith("hf://"):
         h = parse_hf_ref(ref)
-        targets.append((h.repo, h.revision, h.path.strip("/")))
+        targets.append((h.repo, h.revision, h.path.strip("/"), not h.is_file))  # as pull() treats it
     else:
         entry = get_entry(ref)
         variants = [entry.variant(quant, format)] if (quant or format) else list(entry.variants)
         for v in variants:
             if v.source == "hf" and v.repo:
                 if v.folder:
-                    targets.append((v.repo, v.revision or "main", v.folder.strip("/")))
-                targets.extend((v.repo, v.revision or "main", f.name) for f in v.files)
+                    targets.append((v.repo, v.revision or "main", v.folder.strip("/"), True))
+                targets.extend((v.repo, v.revision or "main", f.name, False) for f in v.files)
     removed: list[Path] = []
-    for repo, rev, path in targets:
+    for repo, rev, path, is_folder in targets:
         d = _repo_dir(repo, rev)
         if not (d / MANIFEST).exists():
             continue
-        with file_lock(cache_home() / "locks" / f"{_key(repo, rev, path)}.lock"), _manifest(d) as man:
+        with file_lock(_lock_path(repo, rev, path, is_folder=is_folder)), _manifest(d) as man:
             names = [path] if path in man["files"] else []
             folder = man["folders"].pop(path, None)
             if folder is not None:

@@ -9,7 +9,21 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["file_lock", "sha256_file"]
+from .._errors import DownloadError
+
+__all__ = ["LockTimeoutError", "file_lock", "sha256_file"]
+
+
+class LockTimeoutError(DownloadError, TimeoutError):
+    """Another process held a model's lock for longer than the timeout (also a TimeoutError)."""
+
+
+def _lock_timeout(p: Path, timeout: float) -> LockTimeoutError:
+    return LockTimeoutError(
+        f"timed out after {timeout:.0f} s waiting for the lock {p}",
+        hint="another edgeslm process is downloading or removing the same model: wait for it to finish and "
+        f"try again; if no other edgeslm process is running, delete the stale lock file {p}",
+    )
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -26,7 +40,10 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike[str], timeout: float = 3600.0) -> Iterator[None]:
-    """Exclusive lock across processes (``fcntl.flock``; ``msvcrt`` on Windows)."""
+    """Exclusive lock across processes (``fcntl.flock``; ``msvcrt`` on Windows).
+
+    Raises :class:`LockTimeoutError` when the lock is still held after ``timeout`` seconds.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
@@ -41,7 +58,7 @@ def file_lock(path: str | os.PathLike[str], timeout: float = 3600.0) -> Iterator
                     break
                 except OSError:
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"timed out waiting for lock {p}") from None
+                        raise _lock_timeout(p, timeout) from None
                     time.sleep(0.1)
         else:
             import fcntl
@@ -52,7 +69,7 @@ def file_lock(path: str | os.PathLike[str], timeout: float = 3600.0) -> Iterator
                     break
                 except BlockingIOError:
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"timed out waiting for lock {p}") from None
+                        raise _lock_timeout(p, timeout) from None
                     time.sleep(0.05)
         yield
     finally:
