@@ -31,7 +31,18 @@ def test_cli_error_is_friendly() -> None:
     assert "error" in out.stderr and "Traceback" not in out.stderr
 
 
-@pytest.mark.parametrize("verb", ["chat", "doctor"])
+@pytest.mark.parametrize("verb", ["chat", "doctor", "extract", "pull", "list", "rm", "verify", "bench"])
 def test_cli_help(verb: str) -> None:
     out = subprocess.run([sys.executable, "-m", "edgeslm", verb, "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "usage" in out.stdout
+
+
+def test_cli_extract_unreadable_input_is_friendly(tmp_path) -> None:
+    schema = tmp_path / "s.json"
+    schema.write_text('{"type": "object"}')
+    out = subprocess.run(
+        [sys.executable, "-m", "edgeslm", "extract", "--schema", str(schema), str(tmp_path / "missing.txt")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2
+    assert "cannot read the input" in out.stderr and "Traceback" not in out.stderr

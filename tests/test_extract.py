@@ -170,6 +170,17 @@ def test_forced_tokens_are_evaluated_in_batches(smollm2) -> None:
     assert max(decode_calls) > 2  # a chosen token plus the tokens it forces, in one call
 
 
+def test_closing_a_model_frees_its_cached_grammars(smollm2_path) -> None:
+    from edgeslm.decoding import constrain
+
+    m = edgeslm.load(str(smollm2_path), n_ctx=512)
+    m.extract("Ann, 30, Oslo", PERSON, max_tokens=32, retries=0)
+    tok_id = id(m._engine.constraint_tokenizer())
+    assert any(k[0] == tok_id for k in constrain._PROTOS) and tok_id in constrain._TOKENIZERS
+    m.close()
+    assert not any(k[0] == tok_id for k in constrain._PROTOS) and tok_id not in constrain._TOKENIZERS
+
+
 def test_examples_and_instructions(smollm2) -> None:
     schema = {"type": "object", "properties": {"sentiment": {"enum": ["positive", "negative"]}},
               "required": ["sentiment"]}

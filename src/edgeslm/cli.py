@@ -66,6 +66,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run the benchmark (``python -m edgeslm.bench``) with the remaining arguments."""
+    from .bench.__main__ import main as bench_main
+
+    rest = args.bench_args
+    return bench_main(rest[1:] if rest[:1] == ["--"] else rest)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", default="smollm2-135m", help="catalog id, .gguf file or ONNX folder")
     p.add_argument("--backend", default="auto", choices=["auto", "llama.cpp", "onnx"])
@@ -92,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", "-m", default=None)
     p.set_defaults(func=cmd_doctor)
 
+    p = sub.add_parser("bench", help="measure speed, schema compliance and tool calls here (python -m edgeslm.bench)",
+                       add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of python -m edgeslm.bench")
+    p.set_defaults(func=cmd_bench)
+
     for mod in ("edgeslm.api.cli_extract", "edgeslm.store.cli"):
         try:
             import importlib
@@ -104,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``edgeslm`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # every option belongs to the benchmark's own parser
+        argv[1:1] = ["--"]
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

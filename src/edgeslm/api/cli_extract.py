@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from .._errors import SchemaError
+from .._errors import InvalidRequestError, SchemaError
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -22,8 +22,12 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if args.input in (None, "-"):
         text = sys.stdin.read()
     else:
-        with open(args.input, encoding="utf-8") as f:
-            text = f.read()
+        try:
+            with open(args.input, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidRequestError(f"cannot read the input {args.input}: {exc}",
+                                      hint="pass a UTF-8 text file, or - to read standard input") from exc
     with edgeslm.load(args.model, backend=args.backend, device=args.device, n_ctx=args.n_ctx) as model:
         x = model.extract(text, schema, instructions=args.instructions, max_tokens=args.max_tokens)
     out: Any = x.to_dict() if args.full else x.data

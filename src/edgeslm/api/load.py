@@ -77,7 +77,7 @@ def load(
 
         engine = OnnxGenAIBackend(path, n_ctx=plan.n_ctx, device=plan.device, n_threads=n_threads)
     else:  # pragma: no cover - the planner only returns known backends
-        raise ModelNotFoundError(f"no backend for {path}")
+        raise ModelNotFoundError(f"no backend for {path}", hint="pass a .gguf file or an ONNX GenAI folder")
     engine.plan = plan
     try:
         template = _template(engine, chat_template)

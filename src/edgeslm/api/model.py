@@ -59,6 +59,9 @@ class Model:
         self._end_own_stream()
         with self._lock:
             if self._engine is not None:
+                from ..decoding.constrain import forget_tokenizer
+
+                forget_tokenizer(getattr(self._engine, "_lltok", None))  # its cached grammars too
                 self._engine.close()
                 self._engine = None
 

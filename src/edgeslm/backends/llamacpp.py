@@ -202,7 +202,7 @@ class LlamaCppBackend(Backend):
     # ------------------------------------------------------------------ KV cache
     def eval(self, tokens: Sequence[int]) -> None:
         if self._ctx is None:
-            raise GenerationError("the model is closed")
+            raise GenerationError("the model is closed", hint="load it again with edgeslm.load()")
         lib = self._lib
         if len(self._tokens) + len(tokens) > self.n_ctx:
             raise GenerationError(

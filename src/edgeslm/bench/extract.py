@@ -191,6 +191,7 @@ def extraction_bench(model_ref: str = "smollm2-135m", *, quick: bool = False, n_
     peer = peer_run(model.path, n_threads, jobs, max_tokens)
     peer_valid = peer_invalid = peer_notjson = peer_crash = 0
     peer_times = []
+    peer_ok: set[int] = set()
     for i, (s, _system) in enumerate(jobs):
         text, dt = peer.get(i, ("<crash>", None))
         if text == "<crash>":
@@ -206,6 +207,10 @@ def extraction_bench(model_ref: str = "smollm2-135m", *, quick: bool = False, n_
             peer_invalid += 1
         else:
             peer_valid += 1
+            peer_ok.add(i)
+    # like for like: the schemas where both returned valid data
+    both_ok = [i for i in sorted(peer_ok) if ours[i]["ok"]]
+    ratio_both = sum(ours[i]["s"] for i in both_ok) / max(1e-9, sum(peer[i][1] for i in both_ok))
     ours_time = sum(o["s"] for o in ours)
     # compare wall time on the jobs both finished (the peer crashed on some)
     both = [i for i in range(len(jobs)) if peer.get(i, ("<crash>", None))[1] is not None]
@@ -222,6 +227,10 @@ def extraction_bench(model_ref: str = "smollm2-135m", *, quick: bool = False, n_
         "peer_crashes": peer_crash,
         "peer_wall_s": round(sum(peer_times), 2),
         "wall_ratio_edgeslm_over_peer": round(ratio_wall, 3),
+        "both_valid": len(both_ok),
+        "wall_ratio_where_both_valid": round(ratio_both, 3) if both_ok else None,
+        "s_per_valid_edgeslm": round(ours_time / max(1, sum(o["ok"] for o in ours)), 3),
+        "s_per_valid_peer": round(sum(peer_times) / max(1, peer_valid), 3),
         "forced_token_share": round(sum(o["forced"] for o in ours) / max(1, sum(o["tokens"] for o in ours)), 3),
         "constrained_over_unconstrained_p50": round(statistics.median(ratio_unconstrained), 3)
         if ratio_unconstrained else None,

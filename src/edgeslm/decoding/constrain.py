@@ -6,6 +6,7 @@ Build the grammar with :func:`edgeslm.decoding.schema.grammar_for`; build the to
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,10 +34,11 @@ def _matcher(
                 hint="build grammars with edgeslm.decoding.schema.grammar_for(), which checks the schema first",
             )
         if limits is None:
-            if len(_PROTOS) >= 256:
-                _PROTOS.pop(next(iter(_PROTOS)))
-            _PROTOS[key] = proto
-            _TOKENIZERS[id(tokenizer)] = tokenizer  # keep it alive: its id is part of the key
+            with _CACHE_LOCK:  # models on other threads share the cache
+                if len(_PROTOS) >= 256:
+                    _PROTOS.pop(next(iter(_PROTOS)), None)
+                _PROTOS[key] = proto
+                _TOKENIZERS[id(tokenizer)] = tokenizer  # keep it alive: its id is part of the key
     return proto.deep_copy()
 
 
@@ -44,6 +46,17 @@ def _matcher(
 # so repeated extractions with one schema compile it once.
 _PROTOS: dict[tuple[int, str], llguidance.LLMatcher] = {}
 _TOKENIZERS: dict[int, llguidance.LLTokenizer] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def forget_tokenizer(tokenizer: llguidance.LLTokenizer | None) -> None:
+    """Drop every cached matcher of *tokenizer* (its model was closed), so its memory can be freed."""
+    if tokenizer is None:
+        return
+    with _CACHE_LOCK:
+        for key in [k for k in _PROTOS if k[0] == id(tokenizer)]:
+            del _PROTOS[key]
+        _TOKENIZERS.pop(id(tokenizer), None)
 
 
 def _forget(tokenizer: llguidance.LLTokenizer, grammar: str) -> None:
@@ -51,7 +64,8 @@ def _forget(tokenizer: llguidance.LLTokenizer, grammar: str) -> None:
 
     Deep copies share the lexer's state cache, so a copy that exhausted the lexer budget leaves
     the prototype unusable (every later copy fails at its first token); the next use recompiles."""
-    _PROTOS.pop((id(tokenizer), grammar), None)
+    with _CACHE_LOCK:
+        _PROTOS.pop((id(tokenizer), grammar), None)
 
 
 def _hint(m: llguidance.LLMatcher, default: str) -> str:

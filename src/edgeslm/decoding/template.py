@@ -54,7 +54,11 @@ PromptSegments = list[tuple[str, bool]]
 
 
 def _raise_exception(message: str) -> None:
-    raise TemplateError(f"the chat template refused the conversation: {message}")
+    raise TemplateError(
+        f"the chat template refused the conversation: {message}",
+        hint="fix the messages as the template asks (roles alternating user/assistant, a system message "
+        "first...), or pass chat_template= to load()",
+    )
 
 
 def _strftime_now(fmt: str) -> str:

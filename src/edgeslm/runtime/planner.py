@@ -87,7 +87,10 @@ def plan_for_path(
             why.append("llama.cpp build has no GPU offload -> CPU")
         elif gpu is None:
             if device != "auto":
-                raise BackendUnavailableError(f"device={device!r} asked for, but no GPU was found")
+                raise BackendUnavailableError(
+                    f"device={device!r} asked for, but no GPU was found",
+                    hint="use device='auto' or 'cpu'; `edgeslm doctor` shows what this machine offers",
+                )
             why.append("no GPU found -> CPU")
         else:
             need = size + kv_bytes_estimate(ctx, size) + 512 * (1 << 20)
