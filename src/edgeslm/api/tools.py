@@ -214,10 +214,10 @@ def _attempt(
                 call_tokens.append(step.token)
                 constraint.scan.feed(text[scanned:].encode("utf-8"))
                 scanned = len(text)
-                if not constraint.wrap and (
+                if not constraint.on and (
                     len(call_tokens) >= soft or (len(call_tokens) % 8 == 0 and _repeating(call_tokens))
                 ):
-                    constraint.wrap = True
+                    constraint.on = True
                 continue
             if not decided_text:
                 c = fmt.call_start(text)

@@ -222,11 +222,12 @@ class JsonScan:
 
 
 class WrapUp:
-    """A constraint wrapper that, once switched on, steers generation to close the JSON quickly.
+    """A constraint wrapper that, once switched on (``on``), steers generation to close the JSON quickly.
 
     Inside a string it boosts tokens that end the string; outside, tokens that close arrays and
     objects or end generation. Only allowed tokens are boosted (``-inf`` stays ``-inf``), so the
-    output stays exactly as valid as the grammar makes it.
+    output stays exactly as valid as the grammar makes it. Subclasses change :meth:`mask` and call
+    :meth:`boost` after their own masking.
     """
 
     def __init__(self, inner: GrammarConstraint, tokens: tuple[np.ndarray, np.ndarray], bias: float = 40.0) -> None:
@@ -238,6 +239,10 @@ class WrapUp:
 
     def mask(self, logits: np.ndarray) -> None:
         self.inner.mask(logits)
+        self.boost(logits)
+
+    def boost(self, logits: np.ndarray) -> None:
+        """Once switched on, raise the allowed tokens that end the current string or the JSON."""
         if self.on:
             ids = self.quotes if self.scan.in_string else self.closers
             if ids.size:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..decoding.constrain import GrammarConstraint, JsonScan, closing_tokens
+from ..decoding.constrain import GrammarConstraint, WrapUp, closing_tokens
 
 __all__ = ["ToolConstraint", "eog_tokens"]
 
@@ -32,35 +32,20 @@ def eog_tokens(engine: Any) -> np.ndarray:
     return cached
 
 
-class ToolConstraint:
+class ToolConstraint(WrapUp):
     """A :class:`~edgeslm.decoding.loop.Constraint` for tool replies (see the module docstring)."""
 
     def __init__(self, engine: Any, grammar: str, *, bias: float = 40.0) -> None:
-        self.inner = GrammarConstraint(engine.constraint_tokenizer(), grammar)
+        super().__init__(GrammarConstraint(engine.constraint_tokenizer(), grammar), closing_tokens(engine), bias)
         self.eog = eog_tokens(engine)
-        self.quotes, self.closers = closing_tokens(engine)
-        self.bias = bias
-        self.wrap = False
-        self.scan = JsonScan()
 
     def mask(self, logits: np.ndarray) -> None:
         saved = logits[self.eog].copy() if self.eog.size else None
         self.inner.mask(logits)
         if saved is not None and self.inner.accepting():
             logits[self.eog] = saved
-        if self.wrap:
-            ids = self.quotes if self.scan.in_string else self.closers
-            if ids.size:
-                logits[ids] += self.bias
+        self.boost(logits)
 
-    def consume(self, token: int) -> None:
-        self.inner.consume(token)
-
-    def forced(self) -> list[int]:
-        return self.inner.forced()
-
-    def done(self) -> bool:
-        return self.inner.done()
-
-    def accepting(self) -> bool:
-        return self.inner.accepting()
+    # The end-of-generation tokens put back after masking make the grammar's count of allowed
+    # tokens too low, so no token of a tool reply is taken as the only option.
+    n_allowed = None  # type: ignore[assignment]
