@@ -138,6 +138,21 @@ def test_validation_failure_after_retries_lists_the_errors(smollm2) -> None:
     assert any("non-unique" in err for err in e.value.errors), e.value.errors
 
 
+def test_greedy_extraction_with_retries_is_reproducible(smollm2) -> None:
+    # no string satisfies `not: {pattern: "^"}`, so every attempt fails validation and is re-sampled
+    schema = {"type": "string", "minLength": 3, "maxLength": 40, "not": {"pattern": "^"}}
+    outputs = []
+    for _ in range(2):
+        with pytest.raises(edgeslm.ExtractionFailed) as e:
+            smollm2.extract("Name a fruit.", schema, retries=3)
+        outputs.append(e.value.last_output)
+    assert outputs[0] == outputs[1]
+    from edgeslm.decoding.sampling import SamplingParams, retry_params
+
+    assert retry_params(SamplingParams(), 2).seed == 2 and retry_params(SamplingParams(seed=5), 2).seed == 7
+    assert retry_params(SamplingParams(temperature=0.8), 1).seed is None  # sampling without a seed stays random
+
+
 def test_a_value_cut_off_by_max_tokens_is_never_returned(smollm2) -> None:
     # "12" of "123456789" parses as an integer; it must count as cut off, not as an answer
     with pytest.raises(edgeslm.ExtractionFailed) as e:

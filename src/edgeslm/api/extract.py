@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import ExtractionFailed, SchemaError
 from ..decoding.loop import GenStats, generate_steps
-from ..decoding.sampling import Sampler, SamplingParams
+from ..decoding.sampling import Sampler, SamplingParams, retry_params
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
@@ -238,22 +238,17 @@ def run_extraction(
 ) -> tuple[Any, Attempt, int, list[GenStats]]:
     """Attempt up to ``1 + retries`` times; return (data, attempt, attempts, all stats).
 
-    The first attempt uses *sampling*; retries sample (temperature at least 0.7) so they explore
-    what greedy decoding could not. ``retries=None`` picks 2 for schemas the grammar enforces
-    exactly (only a cut-off can fail) and 5 for relaxed ones (validation of unenforced keywords can fail).
+    The first attempt uses *sampling*, the retries :func:`~edgeslm.decoding.sampling.retry_params`.
+    ``retries=None`` picks 2 for schemas the grammar enforces exactly (only a cut-off can fail) and
+    5 for relaxed ones (validation of unenforced keywords can fail).
     """
     if retries is None:
         retries = 2 if plan.support.exact else 5
     errors: list[str] = []
     last: Attempt | None = None
     all_stats: list[GenStats] = []
-    seed = sampling.seed
     for i in range(retries + 1):
-        if i == 0:
-            params = sampling
-        else:
-            params = SamplingParams(temperature=max(sampling.temperature, 0.7), top_p=min(sampling.top_p, 0.95),
-                                    top_k=sampling.top_k or 40, seed=None if seed is None else seed + i)
+        params = retry_params(sampling, i) if i else sampling
         att = constrained_json(engine, prompt, plan, max_tokens=max_tokens, params=params)
         all_stats.append(att.stats)
         last = att

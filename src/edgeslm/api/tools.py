@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import EdgeSLMError, InvalidRequestError, SchemaError, ToolCallError
 from ..decoding.loop import GenStats, generate_steps
-from ..decoding.sampling import Sampler, SamplingParams
+from ..decoding.sampling import Sampler, SamplingParams, retry_params
 from ..tools.formats import ToolFormat, get_format
 from ..tools.spec import Tool, as_tools
 from .results import ChatChunk, ChatResult, ToolCall
@@ -334,9 +334,8 @@ def tool_reply(
         while errors and attempt < n_retries:
             attempt += 1
             retry_prompt = prompt + engine.tokenize(prefix, special=False) if prefix else prompt
-            rparams = SamplingParams(temperature=max(params.temperature, 0.7), top_p=0.95, top_k=40,
-                                     seed=None if params.seed is None else params.seed + attempt)
-            gen = _attempt(engine, retry_prompt, plan.grammar(engine, required=True), rparams, budget, plan.fmt, [])
+            gen = _attempt(engine, retry_prompt, plan.grammar(engine, required=True), retry_params(params, attempt),
+                           budget, plan.fmt, [])
             retry = yield from _chunks(gen, model.name, cid, silent=True)
             all_stats.append(retry.stats)
             retry.text = prefix + retry.text

@@ -9,7 +9,7 @@ import numpy as np
 
 from .._errors import InvalidRequestError
 
-__all__ = ["Sampler", "SamplingParams"]
+__all__ = ["Sampler", "SamplingParams", "retry_params"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,18 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0 or self.top_k == 1
+
+
+def retry_params(params: SamplingParams, attempt: int) -> SamplingParams:
+    """Sampling for re-generation number *attempt* (1, 2, ...) after a failed one.
+
+    Retries sample (temperature at least 0.7, top-p at most 0.95, top-k 40 unless set) so they
+    explore what greedy decoding could not. Their seed derives from the call's seed, and a greedy
+    call without a seed uses fixed ones: a greedy call stays reproducible even when it retries.
+    """
+    seed = params.seed + attempt if params.seed is not None else (attempt if params.greedy else None)
+    return SamplingParams(temperature=max(params.temperature, 0.7), top_p=min(params.top_p, 0.95),
+                          top_k=params.top_k or 40, seed=seed)
 
 
 class Sampler:
