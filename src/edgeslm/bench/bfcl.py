@@ -239,7 +239,7 @@ def run_edgeslm(model: Any, questions: list[tuple[str, dict[str, Any]]], max_tok
     return out
 
 
-def _peer_worker(path: str, n_threads: int, jobs: list[dict[str, Any]], max_tokens: int, q: Any) -> None:
+def _peer_worker(jobs: list[dict[str, Any]], q: Any, path: str, n_threads: int, max_tokens: int) -> None:
     import llama_cpp
 
     llm = llama_cpp.Llama(path, n_ctx=4096, n_threads=n_threads, n_threads_batch=n_threads, verbose=False,
@@ -277,40 +277,15 @@ def run_peer(path: str, questions: list[tuple[str, dict[str, Any]]], n_threads: 
     """The peer in a child process, restarted after a crash or a question that runs past *timeout_s*
     (its argument completions ignore ``max_tokens`` and can run to the end of the context); such a
     question counts as an error, with *timeout_s* as its time (a lower bound)."""
-    import multiprocessing as mp
+    from ._child import run_in_child
 
     jobs = [{"messages": messages_of(q), "tools": tools_of(q),
              "tool_choice": named_choice(q) if tool_choice == "named" else tool_choice} for _, q in questions]
-    ctx = mp.get_context("spawn")
-    res: dict[int, dict] = {}
-    start = 0
-    while start < len(jobs):
-        qu = ctx.Queue()
-        proc = ctx.Process(target=_peer_worker, args=(path, n_threads, jobs[start:], max_tokens, qu))
-        proc.start()
-        last = start - 1
-        done = False
-        timed_out = False
-        while True:
-            try:
-                item = qu.get(timeout=timeout_s + (60 if last < start else 0))  # first: + model load
-            except Exception:
-                timed_out = True
-                break
-            if item is None:
-                done = True
-                break
-            i, calls, err, dt = item
-            res[start + i] = {"calls": calls, "error": err, "time_s": dt}
-            last = start + i
-        proc.join(5)
-        if proc.is_alive():
-            proc.kill()
-        if done:
-            break
-        res[last + 1] = {"calls": [], "error": "timeout" if timed_out else "crash",
-                         "time_s": timeout_s if timed_out else None}
-        start = last + 2
+    results, failures = run_in_child(_peer_worker, (path, n_threads, max_tokens), jobs, timeout_s=timeout_s,
+                                     first_extra_s=60.0)  # the first question of a child also loads the model
+    res: dict[int, dict] = {i: {"calls": calls, "error": err, "time_s": dt} for i, (calls, err, dt) in results.items()}
+    for i, why in failures.items():
+        res[i] = {"calls": [], "error": why, "time_s": timeout_s if why == "timeout" else None}
     out = []
     for i, (cat, q) in enumerate(questions):
         r = res.get(i, {"calls": [], "error": "not run", "time_s": None})

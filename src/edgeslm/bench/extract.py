@@ -97,7 +97,7 @@ def _peer_extract(llm: Any, schema: dict[str, Any], system: str, max_tokens: int
     return r["choices"][0]["message"]["content"] or "", time.perf_counter() - t
 
 
-def _peer_worker(path: str, n_threads: int, jobs: list[tuple[dict[str, Any], str]], max_tokens: int, q: Any) -> None:
+def _peer_worker(jobs: list[tuple[dict[str, Any], str]], q: Any, path: str, n_threads: int, max_tokens: int) -> None:
     """Run the peer in a child process: its GBNF path can crash the process on some schemas."""
     import llama_cpp
 
@@ -109,42 +109,12 @@ def _peer_worker(path: str, n_threads: int, jobs: list[tuple[dict[str, Any], str
 
 
 def peer_run(path: str, n_threads: int, jobs: list[tuple[dict[str, Any], str]], max_tokens: int) -> dict[int, Any]:
-    """Results of the peer per job index; a crash marks the job that killed it and restarts."""
-    import multiprocessing as mp
+    """Results of the peer per job index, ``(text, seconds)``; a job that crashed or hung the
+    child process (its GBNF path can crash on some schemas) is ``("<crash>", None)``."""
+    from ._child import run_in_child
 
-    ctx = mp.get_context("spawn")
-    out: dict[int, Any] = {}
-    start = 0
-    while start < len(jobs):
-        q = ctx.Queue()
-        proc = ctx.Process(target=_peer_worker, args=(path, n_threads, jobs[start:], max_tokens, q))
-        proc.start()
-        done = False
-        last = start - 1
-        idle = 0.0
-        while True:
-            try:
-                item = q.get(timeout=1.0)
-            except Exception:  # queue.Empty: still working, or dead?
-                idle += 1.0
-                if not proc.is_alive() or idle > 300:
-                    break
-                continue
-            idle = 0.0
-            if item is None:
-                done = True
-                break
-            i, text, dt = item
-            out[start + i] = (text, dt)
-            last = start + i
-        proc.join(5)
-        if proc.is_alive():
-            proc.kill()
-        if done:
-            break
-        out[last + 1] = ("<crash>", None)  # the job after the last answered one killed it
-        start = last + 2
-    return out
+    results, failures = run_in_child(_peer_worker, (path, n_threads, max_tokens), jobs, timeout_s=300.0)
+    return {**{i: ("<crash>", None) for i in failures}, **results}
 
 
 def extraction_bench(model_ref: str = "smollm2-135m", *, quick: bool = False, n_threads: int = 2) -> dict[str, Any]:
