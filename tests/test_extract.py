@@ -162,6 +162,83 @@ def test_a_value_cut_off_by_max_tokens_is_never_returned(smollm2) -> None:
     assert x.data == 123456789
 
 
+def test_a_runaway_number_is_steered_to_end(smollm2) -> None:
+    import numpy as np
+
+    from edgeslm.decoding.constrain import MAX_NUMBER_CHARS, GrammarConstraint, WrapUp, closing_tokens
+    from edgeslm.decoding.schema import grammar_for
+
+    engine = smollm2._engine
+    grammar = grammar_for({"type": "array", "items": {"type": "number"}})
+    c = WrapUp(GrammarConstraint(engine.constraint_tokenizer(), grammar), closing_tokens(engine))
+    digit = engine.tokenize("7", special=False)[-1]
+    text = "["
+    for t in engine.tokenize("[", special=False):
+        c.consume(t)
+        c.scan.feed(engine.token_bytes(t))
+    for _ in range(MAX_NUMBER_CHARS + 2):
+        logits = np.zeros(engine.n_vocab, dtype=np.float32)
+        logits[digit] = 30.0  # the model "wants" another digit, forever
+        c.mask(logits)
+        t = int(np.argmax(logits))
+        c.consume(t)
+        c.scan.feed(engine.token_bytes(t))
+        text += engine.token_bytes(t).decode()
+        if t != digit:
+            break
+    # the number grew to the limit, then a token that ends it won (it was allowed: ',' or ']')
+    assert text[1:].rstrip(",]").isdigit() and len(text[1:].rstrip(",]")) == MAX_NUMBER_CHARS, text
+    assert text[-1] in ",]" and c.steered and not c.on
+    # a number that cannot end yet (after "e") is never cut: only allowed tokens are boosted
+    c2 = WrapUp(GrammarConstraint(engine.constraint_tokenizer(), grammar_for({"type": "number"})),
+                closing_tokens(engine))
+    for t in [*engine.tokenize("1" * (MAX_NUMBER_CHARS - 1), special=False), *engine.tokenize("e", special=False)]:
+        c2.consume(t)
+        c2.scan.feed(engine.token_bytes(t))
+    assert c2.scan.number_len == MAX_NUMBER_CHARS
+    logits = np.zeros(engine.n_vocab, dtype=np.float32)
+    c2.mask(logits)
+    assert not c2.steered and np.isneginf(logits[closing_tokens(engine).enders]).all()
+
+
+def test_tighten_narrows_the_generation_grammar_only() -> None:
+    from edgeslm.api.extract import tighten
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "note": {"type": "string"},
+            "when": {"type": "string", "pattern": "\\d{4}-\\d{2}"},
+            "id": {"type": "string", "pattern": "^[a-z]+$"},
+        },
+        "required": ["id", "when"],
+        "not": {"properties": {"note": {"pattern": "x"}}},
+    }
+    t = tighten(schema)
+    assert list(t["properties"]) == ["when", "id", "note"]  # required first, in schema order
+    assert t["properties"]["when"]["pattern"] == "^(?:\\d{4}-\\d{2})"
+    assert t["properties"]["id"]["pattern"] == "^[a-z]+$"
+    assert t["additionalProperties"] is False
+    assert t["not"] == schema["not"]  # narrowing inside `not` would widen the schema
+    assert list(schema["properties"]) == ["note", "when", "id"]  # the input is not modified
+
+
+def test_required_keys_come_first_and_unanchored_patterns_match_at_the_start(smollm2) -> None:
+    import re
+
+    schema = {
+        "type": "object",
+        "properties": {
+            **{f"extra_{i}": {"type": "string"} for i in range(12)},
+            "order_date": {"type": "string", "pattern": "\\d{4}-\\d{2}-\\d{2}"},
+        },
+        "required": ["order_date"],
+    }
+    x = smollm2.extract("Order placed on 2024-03-15 by Dana.", schema, max_tokens=96)
+    assert x.raw.startswith('{"order_date":"'), x.raw
+    assert re.match(r"\d{4}-\d{2}-\d{2}", x.data["order_date"]), x.data
+
+
 def test_forced_tokens_are_evaluated_in_batches(smollm2) -> None:
     schema = {"type": "object", "properties": {"customer_name": {"type": "string"},
                                                "customer_email_address": {"type": "string"}},

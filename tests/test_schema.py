@@ -93,6 +93,31 @@ def test_exact_keywords_are_enforced(vocab, schema, good, bad) -> None:
     assert v.is_valid(json.loads(good)) and not v.is_valid(json.loads(bad))
 
 
+# The validator reads patterns with Python's re, where [ & ~ inside a class are literal; Rust's
+# syntax (llguidance) would read a nested class or a set operation and accept other strings.
+DIALECT = [
+    ("^[[a-z]*[-]?[a-z]*]*$", ["[a-b]", "ab]]", "a-b"], ["a-b-c", "A"]),
+    ("^[a&&b]$", ["&", "a"], ["&&", "c"]),
+    ("^[a~~b]+$", ["~", "a~b"], ["c"]),
+    ("^[^]a]+$", ["bc"], ["]", "a"]),
+]
+
+
+@pytest.mark.parametrize(("pattern", "good", "bad"), DIALECT, ids=[d[0] for d in DIALECT])
+def test_patterns_are_read_as_the_validator_reads_them(vocab, pattern, good, bad) -> None:
+    schema = {"type": "string", "pattern": pattern}
+    sup = check_schema(schema)
+    assert sup.exact, sup
+    g = grammar_for(sup)
+    v = make_validator(schema)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # re: "possible nested set"
+        for text in good:
+            assert v.is_valid(text) and grammar_accepts(vocab, g, json.dumps(text)), text
+        for text in bad:
+            assert not v.is_valid(text) and not grammar_accepts(vocab, g, json.dumps(text)), text
+
+
 def test_true_schema_and_pydantic_model_are_exact() -> None:
     pydantic = pytest.importorskip("pydantic")
 

@@ -14,8 +14,9 @@ How one extraction runs:
    carries the last output and the validation errors. Invalid data is never returned.
 
 A generation that repeats itself, or uses most of its token budget, is steered to close the JSON
-as early as the grammar allows (only allowed tokens are boosted, so validity is unaffected); its
-confidence is capped at 0.5.
+as early as the grammar allows, and a number that runs past 24 characters (longer than any
+float64 needs) is steered to end. Only allowed tokens are boosted, so validity is unaffected;
+the confidence of a steered output is capped at 0.5.
 
 Confidence is the geometric mean of the probabilities of the tokens the model chose freely,
 each taken from the grammar-masked distribution (tokens the grammar forced carry no information
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from ..backends.base import Backend
     from ..decoding.schema import SchemaSupport
 
-__all__ = ["ExtractionPlan", "constrained_json", "extraction_messages", "prepare_schema"]
+__all__ = ["ExtractionPlan", "constrained_json", "extraction_messages", "prepare_schema", "tighten"]
 
 DEFAULT_MAX_STRING = 256
 DEFAULT_MAX_ITEMS = 64
@@ -93,7 +94,7 @@ def prepare_schema(
             f"this schema cannot be served: {support.reason}",
             hint="edgeslm.check_schema(schema) explains what is wrong; fix or simplify the schema",
         )
-    tight = dataclasses.replace(support, grammar_schema=close_objects(support.grammar_schema))
+    tight = dataclasses.replace(support, grammar_schema=tighten(support.grammar_schema))
     try:
         grammar = grammar_for(tight, compact=True, max_string=max_string, max_items=max_items)
     except SchemaError:
@@ -107,27 +108,39 @@ _OPEN_KEYS = frozenset({"additionalProperties", "patternProperties", "unevaluate
                         "allOf", "anyOf", "oneOf", "$ref", "if", "dependentSchemas", "dependencies"})
 
 
-def close_objects(schema: Any, *, in_all_of: bool = False) -> Any:
-    """Forbid properties the schema does not name, where it leaves them open.
+def tighten(schema: Any, *, in_all_of: bool = False) -> Any:
+    """Narrow a schema for generation; every output of the narrowed grammar is valid under the
+    original (a subset of the valid outputs), and it keeps small models on track:
 
-    This makes the grammar stricter than the schema (a subset of the valid outputs, so every
-    output still validates); it stops small models from inventing keys. Left alone: objects that
-    combine sub-schemas (``allOf``, ``$ref``...), ``allOf`` branches, and objects requiring keys
-    they do not list, where closing them could make the schema unsatisfiable.
+    * properties the schema does not name are forbidden where it leaves objects open, so the model
+      cannot invent keys. Left alone: objects that combine sub-schemas (``allOf``, ``$ref``...),
+      ``allOf`` branches, and objects requiring keys they do not list, where closing them could make
+      the schema unsatisfiable;
+    * required properties come first (then the others, each group in schema order), so an output
+      can close as soon as what is required is written;
+    * a ``pattern`` that is not anchored at the start (``"\\d{4}-\\d{2}"`` matches anywhere in a
+      string) must match at the start, so the model writes the value instead of text around it.
     """
     if isinstance(schema, list):
-        return [close_objects(s, in_all_of=in_all_of) for s in schema]
+        return [tighten(s, in_all_of=in_all_of) for s in schema]
     if not isinstance(schema, dict):
         return schema
     out: dict[str, Any] = {}
     for k, v in schema.items():
         if k in ("properties", "$defs", "definitions", "dependentSchemas", "patternProperties"):
-            out[k] = {name: close_objects(sub) for name, sub in v.items()} if isinstance(v, dict) else v
+            out[k] = {name: tighten(sub) for name, sub in v.items()} if isinstance(v, dict) else v
         elif k in ("enum", "const", "default", "examples", "required", "not", "if"):
             # data, or sub-schemas whose narrowing would *widen* the parent: leave untouched
             out[k] = v
+        elif k == "pattern" and isinstance(v, str):
+            out[k] = v if v.startswith("^") else f"^(?:{v})"
         else:
-            out[k] = close_objects(v, in_all_of=(k == "allOf"))
+            out[k] = tighten(v, in_all_of=(k == "allOf"))
+    required = schema.get("required")
+    if isinstance(out.get("properties"), dict) and isinstance(required, list):
+        props = out["properties"]
+        first = {n: props[n] for n in props if n in required}
+        out["properties"] = {**first, **{n: x for n, x in props.items() if n not in first}}
     props = schema.get("properties")
     if (
         isinstance(props, dict)
@@ -163,7 +176,7 @@ def extraction_messages(
     return msgs
 
 
-def _repeating(tokens: list[int], window: int = 48, max_period: int = 12) -> bool:
+def _repeating(tokens: list[int], window: int = 48, max_period: int = 24) -> bool:
     """True when the last *window* tokens are one short cycle repeated (a runaway loop)."""
     if len(tokens) < window:
         return False
@@ -193,7 +206,8 @@ def constrained_json(
     """Generate once under the plan's grammar.
 
     When the output starts repeating itself, or has used 60 % of ``max_tokens``, generation is
-    steered to close the JSON as soon as the grammar allows (see :class:`WrapUp`).
+    steered to close the JSON as soon as the grammar allows; a number that runs past 24
+    characters is steered to end (see :class:`WrapUp`).
     """
     from ..decoding.constrain import GrammarConstraint, WrapUp, closing_tokens
 
@@ -218,13 +232,13 @@ def constrained_json(
     finally:
         steps.close()
     conf = math.exp(sum(logps) / len(logps)) if logps else 1.0
-    if constraint.on:
-        conf = min(conf, 0.5)  # the model did not finish by itself: say so
+    if constraint.on or constraint.steered:
+        conf = min(conf, 0.5)  # the model did not finish (a value, or the JSON) by itself: say so
     text = b"".join(pieces).decode("utf-8", errors="replace")
     # complete: the grammar ended it, or the model chose to stop where the grammar allows. A value
     # cut off by max_tokens can still parse ("12" of "123456789"), so accepting() is not enough.
     complete = constraint.accepting() and (constraint.done() or not stats.hit_limit)
-    return Attempt(text, complete, constraint.on, conf, stats)
+    return Attempt(text, complete, constraint.on or constraint.steered, conf, stats)
 
 
 def run_extraction(
@@ -240,10 +254,11 @@ def run_extraction(
 
     The first attempt uses *sampling*, the retries :func:`~edgeslm.decoding.sampling.retry_params`.
     ``retries=None`` picks 2 for schemas the grammar enforces exactly (only a cut-off can fail) and
-    5 for relaxed ones (validation of unenforced keywords can fail).
+    3 for relaxed ones (validation of unenforced keywords can fail). Measured on 215 realistic
+    JSONSchemaBench schemas with SmolLM2-135M, no extraction succeeded later than its third attempt.
     """
     if retries is None:
-        retries = 2 if plan.support.exact else 5
+        retries = 2 if plan.support.exact else 3
     errors: list[str] = []
     last: Attempt | None = None
     all_stats: list[GenStats] = []

@@ -117,7 +117,24 @@ def peer_run(path: str, n_threads: int, jobs: list[tuple[dict[str, Any], str]], 
     return {**{i: ("<crash>", None) for i in failures}, **results}
 
 
-def extraction_bench(model_ref: str = "smollm2-135m", *, quick: bool = False, n_threads: int = 2) -> dict[str, Any]:
+def _ours_extract(model: Any, schema: Any, max_tokens: int) -> dict[str, Any]:
+    import edgeslm
+    from edgeslm.decoding.schema import make_validator
+
+    t = time.perf_counter()
+    try:
+        x = model.extract(PROMPT, schema, max_tokens=max_tokens, seed=0)
+    except edgeslm.ExtractionFailed:
+        return {"ok": False, "s": time.perf_counter() - t, "tokens": 0, "forced": 0, "ttft": None}
+    dt = time.perf_counter() - t
+    ok = not list(make_validator(schema).iter_errors(x.data))
+    return {"ok": ok, "s": dt, "tokens": x.usage.completion_tokens, "forced": x.usage.forced_tokens,
+            "ttft": x.usage.time_to_first_token_s}
+
+
+def extraction_bench(
+    model_ref: str = "smollm2-135m", *, quick: bool = False, n_threads: int = 2, block: int = 10
+) -> dict[str, Any]:
     """edgeslm extraction vs the llama-cpp-python GBNF peer on the same prompts and schemas."""
     import edgeslm
     from edgeslm.api.extract import extraction_messages, prepare_schema
@@ -136,16 +153,14 @@ def extraction_bench(model_ref: str = "smollm2-135m", *, quick: bool = False, n_
             continue  # refused by edgeslm: not comparable
         system = extraction_messages(PROMPT, s)[0]["content"]
         jobs.append((s, system))
-    # edgeslm
-    for s, _system in jobs:
-        t = time.perf_counter()
-        try:
-            x = model.extract(PROMPT, s, max_tokens=max_tokens, seed=0)
-            ok = not list(make_validator(s).iter_errors(x.data))
-            ours.append({"ok": ok, "s": time.perf_counter() - t, "tokens": x.usage.completion_tokens,
-                         "forced": x.usage.forced_tokens, "ttft": x.usage.time_to_first_token_s})
-        except edgeslm.ExtractionFailed:
-            ours.append({"ok": False, "s": time.perf_counter() - t, "tokens": 0, "forced": 0, "ttft": None})
+    # edgeslm and the peer take turns, a block of schemas each, so that drift in the machine's
+    # speed (it is shared) falls on both alike
+    peer: dict[int, Any] = {}
+    for start in range(0, len(jobs), block):
+        for s, _system in jobs[start : start + block]:
+            ours.append(_ours_extract(model, s, max_tokens))
+        done = peer_run(model.path, n_threads, jobs[start : start + block], max_tokens)
+        peer.update({start + i: v for i, v in done.items()})
     # unconstrained: same prompts, same number of tokens, to isolate the grammar's cost
     ratio_unconstrained = []
     for (s, _system), o in zip(jobs, ours, strict=False):
@@ -158,7 +173,6 @@ def extraction_bench(model_ref: str = "smollm2-135m", *, quick: bool = False, n_
         dt = time.perf_counter() - t
         if r.usage.completion_tokens == o["tokens"]:
             ratio_unconstrained.append(o["s"] / dt)
-    peer = peer_run(model.path, n_threads, jobs, max_tokens)
     peer_valid = peer_invalid = peer_notjson = peer_crash = 0
     peer_times = []
     peer_ok: set[int] = set()

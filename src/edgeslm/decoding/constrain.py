@@ -7,7 +7,7 @@ Build the grammar with :func:`edgeslm.decoding.schema.grammar_for`; build the to
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -172,41 +172,60 @@ def accepts(
 
 _CLOSERS = frozenset(b"]}")
 
+#: A JSON number longer than this is a runaway: no float64 needs more characters than
+#: ``-1.2345678901234567e-308`` (24). Past it, tokens that end the number are boosted.
+MAX_NUMBER_CHARS = 24
 
-def closing_tokens(backend: object) -> tuple[np.ndarray, np.ndarray]:
+
+class ClosingTokens(NamedTuple):
+    """Token ids that help finish JSON (see :func:`closing_tokens`)."""
+
+    quotes: np.ndarray
+    closers: np.ndarray
+    enders: np.ndarray
+
+
+def closing_tokens(backend: object) -> ClosingTokens:
     """Token ids that help finish JSON, cached on the backend:
 
-    * *quote* tokens start with ``"`` followed only by closers/spaces (end a string, maybe more);
-    * *closer* tokens are made only of ``]`` / ``}`` (and spaces), plus end-of-generation tokens.
+    * *quotes* start with ``"`` followed only by closers/spaces (end a string, maybe more);
+    * *closers* are made only of ``]`` / ``}`` (and spaces), plus end-of-generation tokens;
+    * *enders* end a value where the text continues: they start with ``,``, ``]`` or ``}``, plus
+      end-of-generation tokens.
 
     Used to wrap up a generation that runs away: biasing them makes the grammar-valid output end
     as soon as the schema allows.
     """
     cached = getattr(backend, "_closing_tokens", None)
     if cached is None:
-        quotes, closers = [], []
+        quotes, closers, enders = [], [], []
         for t in range(backend.n_vocab):  # type: ignore[attr-defined]
             if backend.is_eog(t):  # type: ignore[attr-defined]
                 closers.append(t)
+                enders.append(t)
                 continue
             b = backend.token_bytes(t).strip()  # type: ignore[attr-defined]
             if not b:
                 continue
+            if b[0] in b",]}":
+                enders.append(t)
             if b[0:1] == b'"' and all(c in _CLOSERS or c == 44 for c in b[1:]) and b.count(b",") == 0:
                 quotes.append(t)
             elif all(c in _CLOSERS for c in b):
                 closers.append(t)
-        cached = (np.asarray(quotes, dtype=np.int64), np.asarray(closers, dtype=np.int64))
+        cached = ClosingTokens(*(np.asarray(x, dtype=np.int64) for x in (quotes, closers, enders)))
         backend._closing_tokens = cached  # type: ignore[attr-defined]
     return cached
 
 
 class JsonScan:
-    """Tracks whether emitted JSON text is inside a string (with escapes), byte by byte."""
+    """Tracks emitted JSON text byte by byte: inside a string (with escapes), and the length of the
+    number being written, if any."""
 
     def __init__(self) -> None:
         self.in_string = False
         self._escape = False
+        self.number_len = 0
 
     def feed(self, data: bytes) -> None:
         for c in data:
@@ -219,22 +238,33 @@ class JsonScan:
                     self.in_string = False
             elif c == 0x22:
                 self.in_string = True
+                self.number_len = 0
+            elif c in _NUMBER_BYTES:
+                self.number_len += 1
+            else:
+                self.number_len = 0
+
+
+_NUMBER_BYTES = frozenset(b"0123456789.eE+-")
 
 
 class WrapUp:
-    """A constraint wrapper that, once switched on (``on``), steers generation to close the JSON quickly.
+    """A constraint wrapper that steers a runaway generation to close its JSON quickly.
 
-    Inside a string it boosts tokens that end the string; outside, tokens that close arrays and
-    objects or end generation. Only allowed tokens are boosted (``-inf`` stays ``-inf``), so the
-    output stays exactly as valid as the grammar makes it. Subclasses change :meth:`mask` and call
+    Once switched on (``on``), it boosts, inside a string, tokens that end the string; outside,
+    tokens that close arrays and objects or end generation. Independently, a number longer than
+    :data:`MAX_NUMBER_CHARS` gets the tokens that end it boosted (``steered`` records that this
+    happened). Only allowed tokens are boosted (``-inf`` stays ``-inf``), so the output stays
+    exactly as valid as the grammar makes it. Subclasses change :meth:`mask` and call
     :meth:`boost` after their own masking.
     """
 
-    def __init__(self, inner: GrammarConstraint, tokens: tuple[np.ndarray, np.ndarray], bias: float = 40.0) -> None:
+    def __init__(self, inner: GrammarConstraint, tokens: ClosingTokens, bias: float = 40.0) -> None:
         self.inner = inner
-        self.quotes, self.closers = tokens
+        self.quotes, self.closers, self.enders = tokens
         self.bias = bias
         self.on = False
+        self.steered = False
         self.scan = JsonScan()
 
     def mask(self, logits: np.ndarray) -> None:
@@ -242,11 +272,17 @@ class WrapUp:
         self.boost(logits)
 
     def boost(self, logits: np.ndarray) -> None:
-        """Once switched on, raise the allowed tokens that end the current string or the JSON."""
+        """Raise the allowed tokens that end the current string or the JSON (once ``on``), or
+        the current number (once it is too long)."""
         if self.on:
             ids = self.quotes if self.scan.in_string else self.closers
             if ids.size:
                 logits[ids] += self.bias
+        elif self.scan.number_len >= MAX_NUMBER_CHARS and self.enders.size:
+            sub = logits[self.enders]
+            if np.isfinite(sub).any():  # the grammar lets the number end here
+                logits[self.enders] = sub + self.bias
+                self.steered = True
 
     @property
     def n_allowed(self) -> int:

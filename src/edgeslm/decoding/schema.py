@@ -245,6 +245,77 @@ def _number_ok(key: str) -> bool:
     return _compile_error(json.loads(key)) is None
 
 
+# --------------------------------------------------------------------------- regex dialect
+
+
+def python_pattern(pattern: str) -> str:
+    """Rewrite *pattern* so llguidance's (Rust) regex parser reads it as Python's ``re`` does.
+
+    ``jsonschema`` validates ``pattern`` with ``re``, where ``[``, ``&`` and ``~`` inside a
+    character class are literal characters (as in ECMA-262); in Rust's syntax they open a nested
+    class or a set operation (``&&``, ``~~``), so ``^[[a-z]-]*$`` would accept other strings than
+    the validator. Inside classes they are escaped; everything else is left as it is.
+    """
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    in_class = False
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if not in_class:
+            if c == "[":
+                in_class = True
+                out.append(c)
+                i += 1
+                if i < n and pattern[i] == "^":
+                    out.append("^")
+                    i += 1
+                if i < n and pattern[i] == "]":  # a leading ] is literal
+                    out.append("\\]")
+                    i += 1
+                continue
+        elif c == "]":
+            in_class = False
+        elif c in "[&~":
+            c = "\\" + c
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def python_patterns(schema: Any) -> Any:
+    """*schema* with every ``pattern`` and ``patternProperties`` regex passed through
+    :func:`python_pattern` (the same object when nothing changes)."""
+    if isinstance(schema, list):
+        new = [python_patterns(x) for x in schema]
+        return schema if all(a is b for a, b in zip(new, schema, strict=True)) else new
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    changed = False
+    for k, v in schema.items():
+        if k in _DATA_KEYS:
+            w = v
+        elif k == "pattern" and isinstance(v, str):
+            w = python_pattern(v)
+        elif k == "patternProperties" and isinstance(v, dict):
+            w = {python_pattern(n): python_patterns(x) for n, x in v.items()}
+            if list(w) == list(v) and all(w[n] is v[n] for n in v):
+                w = v
+        elif k in _SCHEMA_MAP_KEYS and isinstance(v, dict):
+            w = {n: python_patterns(x) for n, x in v.items()}
+            if all(w[n] is v[n] for n in v):
+                w = v
+        else:
+            w = python_patterns(v)
+        changed = changed or w is not v
+        out[k] = w
+    return out if changed else schema
+
+
 # --------------------------------------------------------------------------- relaxation
 
 
@@ -529,6 +600,7 @@ def _check_cached(key: str) -> SchemaSupport:
                 "inline the referenced schema under $defs and use a local '#/$defs/...' reference"
             )
 
+    s = python_patterns(s)  # the grammar must read each regex as the validator does
     flags = _Flags()
     err = _compile_error(s) if "x-guidance" not in s else "x-guidance"
     relaxer = _Relaxer(cls, flags)
