@@ -118,6 +118,17 @@ def test_patterns_are_read_as_the_validator_reads_them(vocab, pattern, good, bad
             assert not v.is_valid(text) and not grammar_accepts(vocab, g, json.dumps(text)), text
 
 
+def test_pattern_rewrite_leaves_other_schemas_alone() -> None:
+    from edgeslm.decoding.schema import python_patterns
+
+    plain = {"properties": {"a": {"pattern": "^[a-z]+$"}}, "patternProperties": {"^x-": {}}}
+    assert python_patterns(plain) is plain
+    odd = {"properties": {"a": {"pattern": "[[]"}}, "enum": [{"pattern": "[[]"}]}
+    out = python_patterns(odd)
+    assert out["properties"]["a"]["pattern"] == "[\\[]" and out["enum"] == odd["enum"]
+    assert odd["properties"]["a"]["pattern"] == "[[]"  # the input is not modified
+
+
 def test_true_schema_and_pydantic_model_are_exact() -> None:
     pydantic = pytest.importorskip("pydantic")
 

@@ -301,6 +301,7 @@ def python_patterns(schema: Any) -> Any:
             w = v
         elif k == "pattern" and isinstance(v, str):
             w = python_pattern(v)
+            w = v if w == v else w
         elif k == "patternProperties" and isinstance(v, dict):
             w = {python_pattern(n): python_patterns(x) for n, x in v.items()}
             if list(w) == list(v) and all(w[n] is v[n] for n in v):
