@@ -73,14 +73,7 @@ def _tensor_info_offsets(path: Path) -> list[tuple[int, int]]:
     """(position of n_dims, position of the offset field) for each tensor info."""
     info = validate_gguf(path)
     raw = path.read_bytes()
-    # walk back from the data section: parse the tensor infos from where the kv block ends
-    pos = 24
-    for _ in range(info.kv_count):
-        (n,) = struct.unpack_from("<Q", raw, pos)
-        pos += 8 + n
-        (t,) = struct.unpack_from("<I", raw, pos)
-        pos += 4
-        pos = _skip_value(raw, pos, t)
+    pos = _after_kv(raw, info.kv_count)
     out = []
     for _ in range(info.tensor_count):
         (n,) = struct.unpack_from("<Q", raw, pos)
@@ -91,6 +84,18 @@ def _tensor_info_offsets(path: Path) -> list[tuple[int, int]]:
         out.append((nd_pos, pos))
         pos += 8
     return out
+
+
+def _after_kv(raw: bytes, kv_count: int) -> int:
+    """Position of the first tensor info: just after the key/value block."""
+    pos = 24
+    for _ in range(kv_count):
+        (n,) = struct.unpack_from("<Q", raw, pos)
+        pos += 8 + n
+        (t,) = struct.unpack_from("<I", raw, pos)
+        pos += 4
+        pos = _skip_value(raw, pos, t)
+    return pos
 
 
 _SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
@@ -467,13 +472,7 @@ def test_fuzz_gguf_headers_from_real_model(smollm2_path: Path, tmp_path: Path) -
 
 
 def _tensor_positions(header: bytes, info: GGUFInfo) -> list[tuple[int, int]]:
-    pos = 24
-    for _ in range(info.kv_count):
-        (n,) = struct.unpack_from("<Q", header, pos)
-        pos += 8 + n
-        (t,) = struct.unpack_from("<I", header, pos)
-        pos += 4
-        pos = _skip_value(header, pos, t)
+    pos = _after_kv(header, info.kv_count)
     out = []
     for _ in range(info.tensor_count):
         name_pos = pos

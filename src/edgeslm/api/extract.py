@@ -176,14 +176,6 @@ def extraction_messages(
     return msgs
 
 
-def _repeating(tokens: list[int], window: int = 48, max_period: int = 24) -> bool:
-    """True when the last *window* tokens are one short cycle repeated (a runaway loop)."""
-    if len(tokens) < window:
-        return False
-    tail = tokens[-window:]
-    return any(tail[p:] == tail[:-p] for p in range(1, max_period + 1))
-
-
 @dataclass
 class Attempt:
     """One constrained generation."""
@@ -227,8 +219,7 @@ def constrained_json(
             tokens.append(step.token)
             if not step.forced and step.logprob is not None and not constraint.on:
                 logps.append(step.logprob)
-            if not constraint.on and (len(tokens) >= soft_limit or (len(tokens) % 8 == 0 and _repeating(tokens))):
-                constraint.on = True
+            constraint.watch(tokens, soft_limit)
     finally:
         steps.close()
     conf = math.exp(sum(logps) / len(logps)) if logps else 1.0

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._errors import EdgeSLMError, InvalidRequestError, SchemaError, ToolCallError
-from ..decoding.loop import GenStats, generate_steps
+from ..decoding.loop import GenStats, generate_steps, partial_stop_len
 from ..decoding.sampling import Sampler, SamplingParams, retry_params
 from ..tools.formats import ToolFormat, get_format
 from ..tools.spec import Tool, as_tools
@@ -170,23 +170,6 @@ class _Outcome:
     stop_hit: bool = False
 
 
-def _repeating(tokens: list[int], window: int = 48, max_period: int = 16) -> bool:
-    if len(tokens) < window:
-        return False
-    tail = tokens[-window:]
-    return any(tail[p:] == tail[:-p] for p in range(1, max_period + 1))
-
-
-def _partial_len(text: str, markers: Sequence[str]) -> int:
-    best = 0
-    for s in markers:
-        for n in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:n]):
-                best = n
-                break
-    return best
-
-
 def _attempt(
     engine: Backend, prompt: list[int], grammar: str, params: SamplingParams, budget: int,
     fmt: ToolFormat, stops: Sequence[str],
@@ -214,10 +197,7 @@ def _attempt(
                 call_tokens.append(step.token)
                 constraint.scan.feed(text[scanned:].encode("utf-8"))
                 scanned = len(text)
-                if not constraint.on and (
-                    len(call_tokens) >= soft or (len(call_tokens) % 8 == 0 and _repeating(call_tokens))
-                ):
-                    constraint.on = True
+                constraint.watch(call_tokens, soft)
                 continue
             if not decided_text:
                 c = fmt.call_start(text)
@@ -247,7 +227,7 @@ def _attempt(
                     yield text[emitted:cut]
                 text, stop_hit = text[:cut], True
                 break
-            safe = len(text) - _partial_len(text, markers)
+            safe = len(text) - partial_stop_len(text, markers)
             if safe > emitted:
                 yield text[emitted:safe]
                 emitted = safe

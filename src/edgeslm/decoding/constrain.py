@@ -7,6 +7,7 @@ Build the grammar with :func:`edgeslm.decoding.schema.grammar_for`; build the to
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -248,6 +249,14 @@ class JsonScan:
 _NUMBER_BYTES = frozenset(b"0123456789.eE+-")
 
 
+def repeating(tokens: Sequence[int], window: int = 48, max_period: int = 24) -> bool:
+    """True when the last *window* tokens are one short cycle repeated (a runaway loop)."""
+    if len(tokens) < window:
+        return False
+    tail = list(tokens[-window:])
+    return any(tail[p:] == tail[:-p] for p in range(1, max_period + 1))
+
+
 class WrapUp:
     """A constraint wrapper that steers a runaway generation to close its JSON quickly.
 
@@ -258,6 +267,9 @@ class WrapUp:
     exactly as valid as the grammar makes it. Subclasses change :meth:`mask` and call
     :meth:`boost` after their own masking.
     """
+
+    #: Longest cycle, in tokens, that :meth:`watch` takes for a runaway loop.
+    max_period = 24
 
     def __init__(self, inner: GrammarConstraint, tokens: ClosingTokens, bias: float = 40.0) -> None:
         self.inner = inner
@@ -270,6 +282,14 @@ class WrapUp:
     def mask(self, logits: np.ndarray) -> None:
         self.inner.mask(logits)
         self.boost(logits)
+
+    def watch(self, tokens: Sequence[int], soft_limit: int) -> None:
+        """Switch on once *tokens* (the output so far) reach *soft_limit*, or end in a repeated
+        cycle of up to :attr:`max_period` tokens (checked every 8 tokens)."""
+        if not self.on and (
+            len(tokens) >= soft_limit or (len(tokens) % 8 == 0 and repeating(tokens, max_period=self.max_period))
+        ):
+            self.on = True
 
     def boost(self, logits: np.ndarray) -> None:
         """Raise the allowed tokens that end the current string or the JSON (once ``on``), or

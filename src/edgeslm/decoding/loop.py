@@ -20,7 +20,9 @@ from .._errors import ContextLengthError, InvalidRequestError
 from ..backends.base import Backend
 from .sampling import Sampler, token_logprob
 
-__all__ = ["Constraint", "GenStats", "Step", "TextDelta", "generate_steps", "prefill", "stream_text"]
+__all__ = [
+    "Constraint", "GenStats", "Step", "TextDelta", "generate_steps", "partial_stop_len", "prefill", "stream_text",
+]
 
 
 class Constraint(Protocol):
@@ -217,7 +219,7 @@ def stream_text(
                 close()
             yield TextDelta("", "stop")
             return
-        keep = _partial_stop_len(pending, stops)
+        keep = partial_stop_len(pending, stops)
         if len(pending) > keep:
             yield TextDelta(pending[: len(pending) - keep])
             pending = pending[len(pending) - keep :]
@@ -227,8 +229,8 @@ def stream_text(
     yield TextDelta("", "length" if stats is not None and stats.hit_limit else "stop")
 
 
-def _partial_stop_len(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest end of *text* that is the start of a stop string."""
+def partial_stop_len(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest end of *text* that is the start of one of *stops* (text to hold back)."""
     best = 0
     for s in stops:
         for n in range(min(len(s) - 1, len(text)), best, -1):

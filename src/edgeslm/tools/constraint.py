@@ -35,6 +35,8 @@ def eog_tokens(engine: Any) -> np.ndarray:
 class ToolConstraint(WrapUp):
     """A :class:`~edgeslm.decoding.loop.Constraint` for tool replies (see the module docstring)."""
 
+    max_period = 16  # cycles up to 16 tokens count as a runaway call (extraction: 24)
+
     def __init__(self, engine: Any, grammar: str, *, bias: float = 40.0) -> None:
         super().__init__(GrammarConstraint(engine.constraint_tokenizer(), grammar), closing_tokens(engine), bias)
         self.eog = eog_tokens(engine)
