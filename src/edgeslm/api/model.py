@@ -43,6 +43,8 @@ class Model:
         self.device = engine.device
         self.n_ctx = engine.n_ctx
         self.info = info
+        self.plan = getattr(engine, "plan", None)
+        """How the model was planned and opened (:class:`edgeslm.Plan`, with the engine self-check)."""
         self.template = template
         self._lock = threading.Lock()
         self._owner: int | None = None

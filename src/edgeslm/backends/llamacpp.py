@@ -20,7 +20,7 @@ import numpy as np
 from .._errors import BackendUnavailableError, CorruptModelError, GenerationError
 from .base import Backend
 
-__all__ = ["LlamaCppBackend", "gpu_offload_supported"]
+__all__ = ["LlamaCppBackend", "build_features", "gpu_offload_supported", "system_info"]
 
 _init_lock = threading.Lock()
 _initialized = False
@@ -64,6 +64,34 @@ def gpu_offload_supported() -> bool:
     return bool(_lib().llama_supports_gpu_offload())
 
 
+def system_info() -> str:
+    """llama.cpp's own one-line report of its build: CPU variant and kernels, GPU backends."""
+    return bytes(_lib().llama_print_system_info() or b"").decode("utf-8", "replace").strip()
+
+
+def build_features(info: str | None = None) -> dict[str, dict[str, str]]:
+    """``system_info()`` parsed: ``{"CPU": {"AVX2": "1", "AMX_INT8": "1", ...}, "CUDA": {...}}``.
+
+    The report reads ``CPU : SSE3 = 1 | AVX2 = 1 | ... | CUDA : ARCHS = 900 | ...``: a backend name
+    and ``:`` open each group."""
+    info = system_info() if info is None else info
+    out: dict[str, dict[str, str]] = {}
+    group = "?"
+    for part in info.split("|"):
+        part = part.strip()
+        if not part:
+            continue
+        if ":" in part:
+            head, _, part = part.partition(":")
+            group = head.strip() or group
+            out.setdefault(group, {})
+            part = part.strip()
+        key, eq, val = part.partition("=")
+        if key.strip():
+            out.setdefault(group, {})[key.strip()] = val.strip() if eq else "1"
+    return out
+
+
 class LlamaCppBackend(Backend):
     """A GGUF model loaded in llama.cpp."""
 
@@ -77,7 +105,10 @@ class LlamaCppBackend(Backend):
         n_gpu_layers: int = 0,
         n_threads: int | None = None,
         n_batch: int = 512,
+        extra_bufts: bool = True,
     ) -> None:
+        """Open *path*. ``extra_bufts=False`` turns off llama.cpp's CPU "extra" buffer types (weight
+        repacking for AMX and other special kernels): the safe option the self-check falls back to."""
         super().__init__()
         lib = _lib()
         self._lib = lib
@@ -87,7 +118,15 @@ class LlamaCppBackend(Backend):
         mparams = lib.llama_model_default_params()
         mparams.n_gpu_layers = int(n_gpu_layers)
         mparams.use_mmap = True
+        if hasattr(mparams, "use_extra_bufts"):
+            mparams.use_extra_bufts = bool(extra_bufts)
+        self.extra_bufts = bool(extra_bufts) if hasattr(mparams, "use_extra_bufts") else True
         model = lib.llama_model_load_from_file(self.path.encode("utf-8"), mparams)
+        if not model and n_gpu_layers:
+            raise BackendUnavailableError(
+                f"llama.cpp could not load {self.path} with {n_gpu_layers} GPU layers",
+                hint="the GPU may be out of memory: close other GPU programs or pass fewer n_gpu_layers=",
+            )
         if not model:
             raise CorruptModelError(
                 f"llama.cpp could not load {self.path}",

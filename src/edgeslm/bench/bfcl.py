@@ -240,9 +240,9 @@ def run_edgeslm(model: Any, questions: list[tuple[str, dict[str, Any]]], max_tok
 
 
 def _peer_worker(jobs: list[dict[str, Any]], q: Any, path: str, n_threads: int, max_tokens: int) -> None:
-    import llama_cpp
+    from ._peer import peer_llama
 
-    llm = llama_cpp.Llama(path, n_ctx=4096, n_threads=n_threads, n_threads_batch=n_threads, verbose=False,
+    llm = peer_llama(path, n_ctx=4096, n_threads=n_threads, n_threads_batch=n_threads, verbose=False,
                           chat_format="chatml-function-calling")
     for i, job in enumerate(jobs):
         rename = {t["function"]["name"]: re.sub(r"[^A-Za-z0-9_-]", "_", t["function"]["name"]) for t in job["tools"]}

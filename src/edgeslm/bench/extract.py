@@ -99,9 +99,9 @@ def _peer_extract(llm: Any, schema: dict[str, Any], system: str, max_tokens: int
 
 def _peer_worker(jobs: list[tuple[dict[str, Any], str]], q: Any, path: str, n_threads: int, max_tokens: int) -> None:
     """Run the peer in a child process: its GBNF path can crash the process on some schemas."""
-    import llama_cpp
+    from ._peer import peer_llama
 
-    llm = llama_cpp.Llama(path, n_ctx=4096, n_threads=n_threads, n_threads_batch=n_threads, verbose=False)
+    llm = peer_llama(path, n_ctx=4096, n_threads=n_threads, n_threads_batch=n_threads, verbose=False)
     for i, (schema, system) in enumerate(jobs):
         text, dt = _peer_extract(llm, schema, system, max_tokens)
         q.put((i, text, dt))

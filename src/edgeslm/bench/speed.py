@@ -14,13 +14,13 @@ def decode_speed(
     model_ref: str = "smollm2-135m", n_tokens: int = 128, reps: int = 3, n_threads: int = 2
 ) -> dict[str, Any]:
     """Greedy decode tokens/s, edgeslm vs ``Llama.generate``, same model/threads, interleaved reps."""
-    import llama_cpp
-
     import edgeslm
+
+    from ._peer import peer_llama
 
     model = edgeslm.load(model_ref, n_threads=n_threads, n_ctx=2048)
     prompt = model.chat_prompt([{"role": "user", "content": PROMPT}])
-    llm = llama_cpp.Llama(model.path, n_ctx=2048, n_threads=n_threads, n_threads_batch=n_threads, verbose=False)
+    llm = peer_llama(model.path, n_ctx=2048, n_threads=n_threads, n_threads_batch=n_threads, verbose=False)
     ours, theirs = [], []
     for _ in range(reps):
         # edgeslm: time from the first token to the last (prompt processing excluded)

@@ -123,6 +123,7 @@ class CatalogEntry:
     variants: tuple[Variant, ...]
     aliases: tuple[str, ...] = ()
     notes: str | None = None
+    n_layers: int = 0  # repeating transformer blocks (0 when unknown); sizes partial GPU offload
 
     @property
     def bundled(self) -> bool:
@@ -293,6 +294,7 @@ def _parse_entry(raw: Any, p: str) -> CatalogEntry:
         variants=variants,
         aliases=tuple(raw.get("aliases", ())),
         notes=raw.get("notes"),
+        n_layers=int(raw.get("n_layers", 0)) if isinstance(raw.get("n_layers", 0), int) else 0,
     )
 
 

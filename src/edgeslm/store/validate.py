@@ -115,6 +115,7 @@ class GGUFInfo:
     file_size: int
     metadata: dict[str, Any]
     array_lengths: dict[str, int] = field(default_factory=dict)
+    tensor_bytes: dict[str, int] = field(default_factory=dict)  # name -> bytes of data
 
     @property
     def architecture(self) -> str | None:
@@ -378,6 +379,7 @@ def _parse_gguf(p: Path, buf: Any, size: int) -> GGUFInfo:
         file_size=size,
         metadata=metadata,
         array_lengths=array_lengths,
+        tensor_bytes={name: nbytes for name, _, nbytes in tensors},
     )
 
 

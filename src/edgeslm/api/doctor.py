@@ -1,0 +1,178 @@
+"""``edgeslm doctor``: what this machine offers, whether the engines work here, what runs here.
+
+:func:`report` gathers the facts as plain data (tested directly); :func:`render` prints them as
+rich tables, which degrade to plain text in a non-TTY terminal or a CI log.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from typing import Any
+
+from ..runtime.hardware import Hardware, detect
+
+__all__ = ["render", "report"]
+
+GIB = 1 << 30
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _llama_engine() -> dict[str, Any]:
+    out: dict[str, Any] = {"package": "llama-cpp-python", "version": _version("llama_cpp_python")}
+    if out["version"] is None:
+        out["error"] = "not installed: pip install llama-cpp-python"
+        return out
+    try:
+        from ..backends.llamacpp import build_features, gpu_offload_supported, system_info
+
+        info = system_info()
+        feats = build_features(info)
+        out["system_info"] = info
+        out["backends"] = sorted(feats)
+        cpu = feats.get("CPU", {})
+        out["cpu_kernels"] = sorted(k for k, v in cpu.items() if v == "1")
+        out["amx"] = cpu.get("AMX_INT8") == "1"
+        out["gpu_offload"] = bool(gpu_offload_supported())
+        out["cuda"] = "CUDA" in feats
+        out["metal"] = "Metal" in feats or "METAL" in feats or "MTL" in feats
+        out["vulkan"] = "Vulkan" in feats or "VULKAN" in feats
+    except Exception as exc:  # a broken install must not break the doctor
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def _onnx_engine() -> dict[str, Any]:
+    ver = _version("onnxruntime-genai") or _version("onnxruntime-genai-cuda")
+    out: dict[str, Any] = {"package": "onnxruntime-genai", "version": ver}
+    if ver is None:
+        out["error"] = "not installed: pip install onnxruntime-genai"
+        return out
+    providers = ["cpu"]
+    if _version("onnxruntime-genai-cuda"):
+        providers.append("cuda")
+    if _version("onnxruntime-genai-directml"):
+        providers.append("dml")
+    out["providers"] = providers
+    ort = _version("onnxruntime") or _version("onnxruntime-gpu")
+    if ort:
+        out["onnxruntime"] = ort
+    return out
+
+
+def report(hardware: Hardware | None = None, *, n_ctx: int | None = None) -> dict[str, Any]:
+    """Everything the doctor shows, as data: hardware, engines, self-checks, catalog models here."""
+    from ..runtime.planner import gpu_install_hint, plan_variant
+    from ..runtime.selfcheck import build_identity, known_checks
+    from ..store import list_entries
+
+    hw = hardware or detect()
+    llama = _llama_engine()
+    hint = gpu_install_hint(hw)
+    build = build_identity()
+    checks = []
+    for c in known_checks():
+        checks.append({
+            "current_build": c.build == build, "llama_cpp_python": c.build.get("llama_cpp_python"),
+            "requested": c.requested.describe(), "chosen": c.chosen.describe() if c.chosen else None,
+            "summary": c.summary(), "seconds": round(c.seconds, 2), "checked_at": c.checked_at,
+            "notes": c.notes,
+        })
+    models = []
+    for e in list_entries():
+        for v in e.variants:
+            p = plan_variant(e, v, hw, n_ctx=n_ctx)
+            row: dict[str, Any] = {"model": e.id, "variant": v.quant if v.format == "gguf" else v.label,
+                                   "quant": v.quant, "format": v.format}
+            if isinstance(p, str):
+                row.update(runs=False, reason=p)
+            else:
+                row.update(runs=True, device=p.device, gpu_layers=p.n_gpu_layers, n_layers=p.n_layers,
+                           n_ctx=p.n_ctx, memory_bytes=p.est_memory_bytes, gpu_memory_bytes=p.gpu_memory_bytes)
+            models.append(row)
+    return {
+        "hardware": {
+            "os": hw.os, "arch": hw.arch, "cpu": hw.cpu_model, "cpu_count": hw.cpu_count,
+            "cpu_features": list(hw.cpu_features), "amx": hw.has_amx,
+            "ram_total": hw.ram_total, "ram_available": hw.ram_available,
+            "gpus": [{"name": g.name, "api": g.api, "memory_total": g.memory_total, "memory_free": g.memory_free,
+                      "cuda_version": g.cuda_version} for g in hw.gpus],
+        },
+        "engines": {"llama.cpp": llama, "onnx": _onnx_engine()},
+        "gpu_install_hint": hint,
+        "selfchecks": checks,
+        "models": models,
+    }
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.1f} GiB"
+
+
+def render(rep: dict[str, Any], console: Any) -> None:
+    """Print a :func:`report` as rich tables."""
+    from rich.table import Table
+
+    hw = rep["hardware"]
+    t = Table(title="Hardware", show_header=False, title_justify="left")
+    t.add_column("what", style="bold")
+    t.add_column("value")
+    t.add_row("System", f"{hw['os']} {hw['arch']}")
+    t.add_row("CPU", f"{hw['cpu'] or '?'} ({hw['cpu_count']} logical CPUs)")
+    t.add_row("CPU features", ", ".join(hw["cpu_features"]) or "unknown")
+    t.add_row("Intel AMX", "yes" if hw["amx"] else "no")
+    t.add_row("RAM", f"{_gib(hw['ram_available'])} available of {_gib(hw['ram_total'])}")
+    for g in hw["gpus"]:
+        cuda = f", CUDA {g['cuda_version']}" if g.get("cuda_version") else ""
+        t.add_row(f"GPU ({g['api']})", f"{g['name']}: {_gib(g['memory_free'])} free of {_gib(g['memory_total'])}{cuda}")
+    if not hw["gpus"]:
+        t.add_row("GPU", "none found")
+    console.print(t)
+
+    t = Table(title="Engines", title_justify="left")
+    for col in ("engine", "version", "what it can use here"):
+        t.add_column(col)
+    ll = rep["engines"]["llama.cpp"]
+    if ll.get("error"):
+        t.add_row("llama.cpp", str(ll.get("version") or "-"), ll["error"])
+    else:
+        gpu = [n for n in ("cuda", "metal", "vulkan") if ll.get(n)]
+        offload = f"yes ({', '.join(gpu)})" if ll["gpu_offload"] else "no"
+        t.add_row("llama.cpp", str(ll["version"]),
+                  f"backends: {', '.join(ll['backends'])}; GPU offload: {offload}; "
+                  f"AMX kernels: {'yes' if ll['amx'] else 'no'}; CPU kernels: {', '.join(ll['cpu_kernels'])}")
+    ox = rep["engines"]["onnx"]
+    t.add_row("onnxruntime-genai", str(ox.get("version") or "-"),
+              ox.get("error") or f"providers: {', '.join(ox.get('providers', []))}")
+    console.print(t)
+    if rep.get("gpu_install_hint"):
+        console.print(f"[yellow]This machine has a GPU that the installed llama-cpp-python cannot use.[/yellow] "
+                      f"For a GPU build: {rep['gpu_install_hint']}", markup=True, highlight=False)
+
+    t = Table(title="Engine self-checks (one per llama.cpp build, CPU and load options)", title_justify="left")
+    for col in ("build", "asked for", "runs with", "cost", "notes"):
+        t.add_column(col)
+    for c in rep["selfchecks"]:
+        build = f"{c['llama_cpp_python']}{' (installed)' if c['current_build'] else ''}"
+        t.add_row(build, c["requested"], c["chosen"] or "[red]every option crashed[/red]", f"{c['seconds']:.1f} s",
+                  "; ".join(c["notes"]) or "")
+    if not rep["selfchecks"]:
+        t.add_row("-", "-", "not run yet (runs at the first load; `edgeslm doctor --check` runs it now)", "-", "")
+    console.print(t)
+
+    t = Table(title="Catalog models on this machine", title_justify="left")
+    for col in ("model", "variant", "runs here", "device", "GPU layers", "context", "memory"):
+        t.add_column(col, no_wrap=col in ("model", "variant", "memory"))
+    for m in rep["models"]:
+        if m["runs"]:
+            layers = "all" if m["gpu_layers"] >= 999 else str(m["gpu_layers"])
+            t.add_row(m["model"], m["variant"], "yes", m["device"], layers, str(m["n_ctx"]), _gib(m["memory_bytes"]))
+        else:
+            t.add_row(m["model"], m["variant"], f"[red]no[/red]: {m['reason']}", "-", "-", "-", "-")
+    console.print(t)
