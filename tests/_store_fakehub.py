@@ -1,10 +1,16 @@
 """A small Hugging Face Hub look-alike on 127.0.0.1 for the model-store tests (no mocks of HTTP).
 
-It speaks what huggingface_hub 2.x and edgeslm use: HEAD/GET ``/{repo}/resolve/{rev}/{path}``
-with ``X-Repo-Commit``, ``ETag``, ``X-Linked-Etag`` / ``X-Linked-Size`` for LFS files, Range
-requests (206 + Content-Range), ``X-Error-Code`` on 401/404, and
-``GET /api/models/{repo}/tree/{rev}/{path}?recursive=...``. Faults are injected per file;
-``Repo.tree_extra`` makes the tree listing name hostile paths (a malicious ``HF_ENDPOINT``).
+It speaks what huggingface_hub 2.x (``hf_hub_download``, ``get_hf_file_metadata``, ``http_get``,
+``HfApi.list_repo_tree``) and edgeslm use: HEAD/GET ``/{repo}/resolve/{rev}/{path}`` with
+``X-Repo-Commit``, ``ETag``, ``X-Linked-Etag`` / ``X-Linked-Size`` for LFS files, Range requests
+(206 + Content-Range), ``X-Error-Code`` on 401/404, and
+``GET /api/models/{repo}/tree/{rev}/{path}?recursive=...``. ``Repo.xet`` adds the headers with
+which the Hub offers a Xet transfer (``X-Xet-Hash``, a ``Link: rel="xet-auth"``); the Xet storage
+itself is not emulated. Faults are injected per file; ``Repo.tree_extra`` makes the tree listing
+name hostile paths (a malicious ``HF_ENDPOINT``).
+
+Every GET of a file is recorded in ``FakeHub.transfers`` as ``(file, first byte, bytes sent)``,
+so tests can check that a resumed download fetched only the rest.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class Fault:
     stall_s: float = 0.0
     times: int = 1  # how many GETs get the fault (-1: all)
     chunk_delay: float = 0.0  # seconds between 64 KiB chunks (slow server)
+    ignore_range: bool = False  # answer a Range request with 200 and the whole file (as some CDNs do)
 
     def active(self) -> bool:
         return self.times != 0
@@ -54,6 +61,7 @@ class Repo:
     # Fault: listed path -> name of the file in ``files`` it serves. Listed in every tree answer
     # (whatever folder was asked for) and served at the URL a naive client would request for it.
     tree_extra: dict[str, str] = field(default_factory=dict)
+    xet: bool = False  # offer Xet transfers for LFS files, as the Hub does for Xet-backed repositories
 
 
 def _lfs(path: str, size: int) -> bool:
@@ -67,6 +75,8 @@ class FakeHub:
         self.repos: dict[str, Repo] = {}
         self.gets: Counter[str] = Counter()
         self.heads: Counter[str] = Counter()
+        self.transfers: list[tuple[str, int, int]] = []  # (repo/file, first byte, bytes sent) per GET
+        self._lock = threading.Lock()
         self._sha: dict[tuple[str, str], str] = {}
         hub = self
 
@@ -96,6 +106,11 @@ class FakeHub:
         r = Repo(files=dict(files), gated=gated)
         self.repos[repo] = r
         return r
+
+    def served(self, key: str) -> int:
+        """Bytes of ``key`` (``repo/file``) sent in response bodies so far."""
+        with self._lock:
+            return sum(n for k, _, n in self.transfers if k == key)
 
     def sha256(self, repo: str, path: str) -> str:
         k = (repo, path)
@@ -158,7 +173,10 @@ class FakeHub:
         (self.heads if head else self.gets)[key] += 1
         start, status = 0, 200
         rng = h.headers.get("Range")
-        if rng and not head:
+        fault = repo.faults.get(filename)
+        if fault is not None and not fault.active():
+            fault = None
+        if rng and not head and not (fault is not None and fault.ignore_range):
             start = int(rng.split("=")[1].split("-")[0])
             status = 206
             if start >= size:
@@ -175,6 +193,9 @@ class FakeHub:
             h.send_header("X-Linked-Etag", f'"{sha}"')
             h.send_header("X-Linked-Size", str(size))
             h.send_header("ETag", f'"{sha}"')
+            if repo.xet:
+                h.send_header("X-Xet-Hash", hashlib.sha256(b"xet" + sha.encode()).hexdigest())
+                h.send_header("Link", f'<{self.url}/api/models/{repo_id}/xet-read-token/{segs[3]}>; rel="xet-auth"')
         else:
             raw = data.read_bytes() if isinstance(data, Path) else data
             git = hashlib.sha1(f"blob {len(raw)}\0".encode() + raw).hexdigest()
@@ -185,12 +206,12 @@ class FakeHub:
         h.end_headers()
         if head:
             return None
-        fault = repo.faults.get(filename)
-        if fault is not None and not fault.active():
-            fault = None
         if fault is not None:
             fault.used()
-        self._body(h, data, start, size, fault)
+        with self._lock:
+            self.transfers.append((key, start, 0))
+            slot = len(self.transfers) - 1
+        self._body(h, data, start, size, fault, slot)
         return None
 
     def _hostile(self, url_path: str) -> tuple[str, str] | None:
@@ -206,7 +227,14 @@ class FakeHub:
                         return repo_id, listed
         return None
 
-    def _body(self, h: BaseHTTPRequestHandler, data: bytes | Path, start: int, size: int, fault: Fault | None) -> None:
+    def _sent(self, slot: int, n: int) -> None:
+        with self._lock:
+            k, first, sent = self.transfers[slot]
+            self.transfers[slot] = (k, first, sent + n)
+
+    def _body(
+        self, h: BaseHTTPRequestHandler, data: bytes | Path, start: int, size: int, fault: Fault | None, slot: int
+    ) -> None:
         pos = start
         step = 64 * 1024
         try:
@@ -220,6 +248,7 @@ class FakeHub:
                 if fault is not None and fault.flip_at is not None and pos <= fault.flip_at < end:
                     chunk[fault.flip_at - pos] ^= 0xFF
                 h.wfile.write(chunk)
+                self._sent(slot, len(chunk))
                 pos = end
                 if fault is None:
                     continue

@@ -2,28 +2,34 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+import types
 from collections import namedtuple
 from pathlib import Path
 
 import pytest
 
 from edgeslm import _errors as E
+from edgeslm.store import cache
 from edgeslm.store import download as dl
-from edgeslm.store.catalog import resolve
 from edgeslm.store.files import sha256_file
+from edgeslm.store.resolve import resolve
 
 from ._store_fakehub import TOKEN, FakeHub, Fault, make_gguf, make_onnx
 
 REPO_ID = "acme/tiny-GGUF"
 FILE = "tiny-Q4_K_M.gguf"
 REF = f"hf://{REPO_ID}/{FILE}"
+KEY = f"{REPO_ID}/{FILE}"
 ROOT = Path(__file__).resolve().parents[1]
+MiB = 1 << 20
 
 
 @pytest.fixture
@@ -35,9 +41,13 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     monkeypatch.setenv("EDGESLM_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("EDGESLM_DOWNLOAD_RETRIES", "3")
-    for v in ("EDGESLM_OFFLINE", "HF_HUB_OFFLINE", "HF_TOKEN"):
+    for v in ("EDGESLM_OFFLINE", "HF_HUB_OFFLINE", "HF_TOKEN", "HF_HUB_DISABLE_XET"):
         monkeypatch.delenv(v, raising=False)
     monkeypatch.setattr(dl, "RETRY_WAIT", 0.01)
+    # huggingface_hub's http_get sleeps 1 s before each of its own retries
+    import huggingface_hub.file_download as hf_fd
+
+    monkeypatch.setattr(hf_fd, "time", types.SimpleNamespace(sleep=lambda s: time.sleep(0.01)))
     yield server
     server.close()
 
@@ -46,27 +56,48 @@ def _home() -> Path:
     return Path(os.environ["EDGESLM_HOME"])
 
 
-def _leftovers() -> list[Path]:
-    """Files that must never survive a failed pull: partials, temp files."""
+def _partials() -> list[Path]:
+    """Partial downloads kept for the next pull to resume."""
+    d = _home() / "partial"
+    return sorted(p for p in d.iterdir() if p.is_file()) if d.exists() else []
+
+
+def _assert_cache_clean(*, partials_allowed: bool = False) -> None:
+    """Everything in the model cache is a verified file (or a manifest); no temporary files anywhere.
+
+    A partial download may stay in ``partial/`` after a failed pull (the next pull resumes it).
+    """
     home = _home()
-    return [p for p in home.rglob("*") if p.is_file() and (p.suffix in (".partial", ".tmp") or "partial" in p.parts)]
-
-
-def _assert_cache_clean() -> None:
-    """Everything in the model cache is a verified file (or a manifest)."""
-    assert _leftovers() == []
-    hub_dir = _home() / "hub"
+    assert [p for p in home.rglob("*") if p.is_file() and p.suffix == ".tmp"] == []
+    if not partials_allowed:
+        assert _partials() == []
+    hub_dir = home / "hub"
     if hub_dir.exists():
         for p in hub_dir.rglob("*"):
-            if p.is_file() and p.name != dl.MANIFEST:
-                assert any(c.path == p for c in dl.cached_models()), f"unverified file in cache: {p}"
+            if p.is_file() and p.name != cache.MANIFEST:
+                assert any(c.path == p for c in cache.cached_models()), f"unverified file in cache: {p}"
+
+
+def _big_repo(hub: FakeHub, size: int = 24 * MiB + 12_345, **repo: object) -> tuple[str, bytes]:
+    """A repository with one large file: huggingface_hub writes 10 MiB at a time, so a partial can form."""
+    data = hashlib.sha256(b"seed").digest() * (size // 32 + 1)
+    data = data[:size]
+    r = hub.add("acme/big", {"big.bin": data})
+    for k, v in repo.items():
+        setattr(r, k, v)
+    return "hf://acme/big/big.bin", data
+
+
+def _gets_after(hub: FakeHub, key: str, n: int) -> list[tuple[int, int]]:
+    """(first byte, bytes sent) of the GETs of ``key`` after the first ``n`` transfers."""
+    return [(start, sent) for k, start, sent in hub.transfers[n:] if k == key]
 
 
 def test_pull_verifies_and_caches(hub: FakeHub) -> None:
     path = dl.pull(REF, progress=False)
     assert path.is_file()
     assert sha256_file(path) == hub.sha256(REPO_ID, FILE)
-    (cf,) = dl.cached_models()
+    (cf,) = cache.cached_models()
     assert cf.verified_by == "sha256" and cf.commit is not None
     # second pull: served from the cache, no network
     assert dl.pull(REF, progress=False) == path
@@ -79,11 +110,11 @@ def test_progress_bar_runs(hub: FakeHub) -> None:
     assert dl.pull(REF, progress=True).is_file()
 
 
-def test_truncated_body_is_resumed(hub: FakeHub) -> None:
+def test_truncated_body_is_fetched_again(hub: FakeHub) -> None:
     hub.repos[REPO_ID].faults[FILE] = Fault(truncate_at=40_000, times=1)
     path = dl.pull(REF, progress=False)
     assert sha256_file(path) == hub.sha256(REPO_ID, FILE)
-    assert hub.gets[f"{REPO_ID}/{FILE}"] == 2  # the second request resumed with Range
+    assert hub.gets[f"{REPO_ID}/{FILE}"] == 2  # huggingface_hub's http_get retried
     _assert_cache_clean()
 
 
@@ -98,9 +129,9 @@ def test_connection_always_dropped_fails_cleanly(hub: FakeHub) -> None:
     hub.repos[REPO_ID].faults[FILE] = Fault(truncate_at=50_000, times=-1)
     with pytest.raises(E.DownloadError) as ei:
         dl.pull(REF, progress=False)
-    assert "edgeslm pull" in str(ei.value)
+    assert "edgeslm pull" in str(ei.value) and "resumes" in (ei.value.hint or "")
     assert not (_home() / "hub" / REPO_ID / "main" / FILE).exists()
-    _assert_cache_clean()
+    _assert_cache_clean(partials_allowed=True)
 
 
 def test_flipped_byte_is_quarantined_and_downloaded_again(hub: FakeHub) -> None:
@@ -123,7 +154,9 @@ def test_always_corrupt_gives_clear_error(hub: FakeHub) -> None:
 
 
 def test_slow_server_and_stall_past_timeout(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EDGESLM_DOWNLOAD_TIMEOUT", "0.5")
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 0.5)  # what HF_HUB_DOWNLOAD_TIMEOUT=0.5 sets
     hub.repos[REPO_ID].faults[FILE] = Fault(chunk_delay=0.02, stall_at=65_536, stall_s=1.5, times=1)
     path = dl.pull(REF, progress=False)
     assert sha256_file(path) == hub.sha256(REPO_ID, FILE)
@@ -239,7 +272,9 @@ def test_load_offline_uses_the_cached_quant(
         plan_ = m._engine.plan  # type: ignore[union-attr]
         assert plan_.variant == f"{mid}:{other}"
         assert "already in the local cache" in plan_.why[0] and f"instead of downloading {picked}" in plan_.why[0]
-        assert m.generate("Hello", max_tokens=2).text is not None
+            # the cached file is the real SmolLM2: it knows its geography
+        r = m.generate("The capital of France is", max_tokens=4, temperature=0)
+        assert "Paris" in r.text and r.usage.completion_tokens > 0
     assert attempts == [] and sum(hub.gets.values()) == gets
 
 
@@ -280,13 +315,31 @@ def test_interrupted_partial_is_resumed(hub: FakeHub) -> None:
     """A partial left by a killed process is picked up by the next pull (Range from its end)."""
     data = hub.repos[REPO_ID].files[FILE]
     assert isinstance(data, bytes)
-    key = dl._key(REPO_ID, "main", FILE)
+    key = cache.key(REPO_ID, "main", FILE)
     part_dir = _home() / "partial"
     part_dir.mkdir(parents=True)
-    (part_dir / f"{key}-{hub.sha256(REPO_ID, FILE)}.partial").write_bytes(data[:30_000])
-    (part_dir / f"{key}-deadbeef.partial").write_bytes(b"stale")  # an older version: discarded
+    (part_dir / f"{key}-{hub.sha256(REPO_ID, FILE)}.incomplete").write_bytes(data[:30_000])
+    (part_dir / f"{key}-deadbeef.incomplete").write_bytes(b"stale")  # an older version: discarded
     path = dl.pull(REF, progress=False)
     assert sha256_file(path) == hub.sha256(REPO_ID, FILE)
+    assert hub.transfers == [(KEY, 30_000, len(data) - 30_000)]  # only the rest was sent
+    _assert_cache_clean()
+
+
+def test_server_ignoring_range_restarts_the_partial(hub: FakeHub) -> None:
+    """A server that answers a Range request with 200 and the whole file: the partial is rewritten
+    from byte 0 (huggingface_hub's http_get handles it), not appended to."""
+    data = hub.repos[REPO_ID].files[FILE]
+    assert isinstance(data, bytes)
+    part_dir = _home() / "partial"
+    part_dir.mkdir(parents=True)
+    (part_dir / f"{cache.key(REPO_ID, 'main', FILE)}-{hub.sha256(REPO_ID, FILE)}.incomplete").write_bytes(
+        data[:30_000]
+    )
+    hub.repos[REPO_ID].faults[FILE] = Fault(ignore_range=True, times=1)
+    path = dl.pull(REF, progress=False)
+    assert sha256_file(path) == hub.sha256(REPO_ID, FILE)
+    assert hub.transfers == [(KEY, 0, len(data))]
     _assert_cache_clean()
 
 
@@ -330,20 +383,20 @@ def test_catalog_pull_checks_pinned_sha(hub: FakeHub, tmp_path: Path, monkeypatc
     assert resolve("tiny-test").source == "cache"
     with pytest.raises(E.DownloadError):
         dl.pull("tiny-pinned-wrong", progress=False)
-    assert dl.remove("tiny-test") == [r.path]
+    assert cache.remove("tiny-test") == [r.path]
     assert not r.path.exists()
     _assert_cache_clean()
 
 
 def test_verify_cache_finds_damage(hub: FakeHub) -> None:
     path = dl.pull(REF, progress=False)
-    assert all(ok for _, ok, _ in dl.verify_cache())
+    assert [d for _, _, d in cache.verify_cache()] == ["ok (verified_by: sha256)"]
     with open(path, "r+b") as f:
         f.seek(5000)
         b = f.read(1)
         f.seek(5000)
         f.write(bytes([b[0] ^ 1]))
-    bad = [(p, reason) for p, ok, reason in dl.verify_cache() if not ok]
+    bad = [(p, reason) for p, ok, reason in cache.verify_cache() if not ok]
     assert bad and bad[0][0] == path and "SHA-256" in bad[0][1]
 
 
@@ -363,9 +416,9 @@ def test_onnx_folder_pull(hub: FakeHub) -> None:
     assert sorted(os.listdir(path)) == ["genai_config.json", "model.onnx", "model.onnx.data", "tokenizer.json"]
     r = resolve("hf://acme/tiny-onnx/cpu-int4")
     assert r.path == path and r.format == "onnx" and r.source == "cache"
-    verified = {c.filename: c.verified_by for c in dl.cached_models()}
+    verified = {c.filename: c.verified_by for c in cache.cached_models()}
     assert verified["cpu-int4/tokenizer.json"] == "git-sha1" and verified["cpu-int4/model.onnx"] == "sha256"
-    assert len(dl.remove("hf://acme/tiny-onnx/cpu-int4")) == 4
+    assert len(cache.remove("hf://acme/tiny-onnx/cpu-int4")) == 4
     _assert_cache_clean()
 
 
@@ -376,7 +429,7 @@ def test_onnx_folder_escaping_external_data_is_refused(hub: FakeHub) -> None:
     )
     with pytest.raises(E.CorruptModelError):
         dl.pull("hf://acme/evil-onnx/m", progress=False)
-    assert dl.cached_path("acme/evil-onnx", "main", "m") is None
+    assert cache.cached_path("acme/evil-onnx", "main", "m") is None
 
 
 def _onnx_repo(hub: FakeHub, repo: str, data_size: int = 10_000) -> None:
@@ -411,7 +464,7 @@ def test_hostile_tree_listing_writes_nothing_outside(hub: FakeHub, tmp_path: Pat
     assert not outside.exists()
     assert [p for p in after - before if "locks" not in p.parts] == []  # not a byte downloaded
     assert sum(hub.gets.values()) == 0
-    assert dl.cached_path("acme/evil-tree", "main", "m") is None
+    assert cache.cached_path("acme/evil-tree", "main", "m") is None
 
 
 @pytest.mark.parametrize("rev", ["refs/pr/1", "refs%2Fpr%2F1", "0123456789abcdef0123456789abcdef01234567", "v1.0"])
@@ -479,12 +532,12 @@ def test_remove_waits_for_a_folder_pull_in_another_process(hub: FakeHub) -> None
     while hub.gets["acme/slow-onnx/m/model.onnx.data"] == 0:  # the child is inside the folder pull
         assert child.poll() is None and time.monotonic() < deadline, child.communicate()
         time.sleep(0.02)
-    removed = dl.remove(ref)
+    removed = cache.remove(ref)
     out, err = child.communicate(timeout=60)
     assert child.returncode == 0, err
     assert len(removed) == 3 and not Path(out.strip()).exists()
-    assert dl.cached_path("acme/slow-onnx", "main", "m") is None
-    assert dl.cached_models() == []
+    assert cache.cached_path("acme/slow-onnx", "main", "m") is None
+    assert cache.cached_models() == []
 
 
 _CHILD = """
@@ -510,7 +563,7 @@ def test_four_processes_pull_the_same_model(hub: FakeHub) -> None:
     path = Path(paths.pop())
     assert sha256_file(path) == hub.sha256(REPO_ID, FILE)
     assert hub.gets[f"{REPO_ID}/{FILE}"] == 1  # one download, three waited and reused it
-    assert len(dl.cached_models()) == 1
+    assert len(cache.cached_models()) == 1
     _assert_cache_clean()
 
 
@@ -553,31 +606,225 @@ def test_cli_pull_list_verify_rm(hub: FakeHub, capsys: pytest.CaptureFixture[str
     assert run("verify") == 1
     assert run("rm", REF) == 0
     assert not path.exists()
-    assert dl.cached_models() == []
+    assert cache.cached_models() == []
 
 
-def test_ctrl_c_keeps_partial_and_next_pull_resumes(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_keeps_partial_and_next_pull_transfers_only_the_rest(
+    hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref, data = _big_repo(hub)
     seen = {"n": 0}
-    real_task = dl._Progress.task
+    real = dl._Progress.advanced
 
-    def interrupting_task(self: dl._Progress, name: str, total: int | None):
-        def advance(n: int) -> None:
-            seen["n"] += max(n, 0)
-            if seen["n"] > 60_000:
-                raise KeyboardInterrupt
+    def interrupt(self: dl._Progress, name: str, n: int) -> None:
+        seen["n"] += n
+        if seen["n"] > 10 * MiB:  # http_get reports a chunk just before writing it: one 10 MiB chunk is on disk
+            raise KeyboardInterrupt
 
-        return advance
-
-    hub.repos[REPO_ID].faults[FILE] = Fault(chunk_delay=0.01, times=1)  # small chunks reach the callback
-    monkeypatch.setattr(dl._Progress, "task", interrupting_task)
-    monkeypatch.setattr(dl, "CHUNK", 16 * 1024)
+    monkeypatch.setattr(dl._Progress, "advanced", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        dl.pull(REF, progress=False)
-    partials = list((_home() / "partial").glob("*.partial"))
-    assert len(partials) == 1 and 0 < partials[0].stat().st_size < len(hub.repos[REPO_ID].files[FILE])
-    assert not (_home() / "hub" / REPO_ID / "main" / FILE).exists()
-    monkeypatch.setattr(dl._Progress, "task", real_task)
-    path = dl.pull(REF, progress=False)
-    assert sha256_file(path) == hub.sha256(REPO_ID, FILE)
-    assert hub.gets[f"{REPO_ID}/{FILE}"] == 2
+        dl.pull(ref, progress=False)
+    (part,) = _partials()
+    have = part.stat().st_size
+    assert have == 10 * MiB and part.read_bytes() == data[:have]
+    assert not (_home() / "hub" / "acme" / "big" / "main" / "big.bin").exists()
+    monkeypatch.setattr(dl._Progress, "advanced", real)
+    n = len(hub.transfers)
+    path = dl.pull(ref, progress=False)
+    assert path.read_bytes() == data
+    assert _gets_after(hub, "acme/big/big.bin", n) == [(have, len(data) - have)]
+    _assert_cache_clean()
+
+
+def test_failed_download_keeps_partial_and_next_pull_transfers_only_the_rest(
+    hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retries run out (the connection is reset at 15 MiB every time): the 10 MiB on disk are kept."""
+    ref, data = _big_repo(hub)
+    monkeypatch.setenv("EDGESLM_DOWNLOAD_RETRIES", "1")
+    # a pause before the reset, so the client has read what was sent (a reset discards unread data)
+    hub.repos["acme/big"].faults["big.bin"] = Fault(stall_at=15 * MiB, stall_s=1.0, drop_at=15 * MiB, times=-1)
+    with pytest.raises(E.DownloadError) as ei:
+        dl.pull(ref, progress=False)
+    assert "resumes" in (ei.value.hint or "")
+    (part,) = _partials()
+    have = part.stat().st_size
+    assert have == 10 * MiB and part.read_bytes() == data[:have]
+    _assert_cache_clean(partials_allowed=True)
+    hub.repos["acme/big"].faults.clear()
+    n = len(hub.transfers)
+    path = dl.pull(ref, progress=False)
+    assert path.read_bytes() == data
+    assert _gets_after(hub, "acme/big/big.bin", n) == [(have, len(data) - have)]
+    _assert_cache_clean()
+
+
+def test_killed_pull_resumes_in_the_next_process(hub: FakeHub) -> None:
+    """A pull killed with SIGKILL mid-file: the next pull sends a Range from the end of the partial,
+    and the stand-in Hub serves exactly the missing bytes."""
+    ref, data = _big_repo(hub)
+    hub.repos["acme/big"].faults["big.bin"] = Fault(stall_at=20 * MiB, stall_s=120, times=1)
+    # a read timeout longer than the stall: the child must not recover by itself before it is killed
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_DOWNLOAD_TIMEOUT="300")
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, ref], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        # the Hub has sent 20 MiB and stalls; the child has written at least one 10 MiB chunk
+        while hub.served("acme/big/big.bin") < 20 * MiB or not [p for p in _partials() if p.stat().st_size]:
+            assert child.poll() is None and time.monotonic() < deadline, child.communicate()
+            time.sleep(0.05)
+        time.sleep(0.5)  # let the child write what it has received
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    (part,) = _partials()
+    have = part.stat().st_size
+    assert 10 * MiB <= have <= 20 * MiB and part.read_bytes() == data[:have]
+    n = len(hub.transfers)
+    path = dl.pull(ref, progress=False)
+    assert path.read_bytes() == data
+    rest = _gets_after(hub, "acme/big/big.bin", n)
+    assert rest == [(have, len(data) - have)], rest
+    assert sum(sent for _, _, sent in hub.transfers) < len(data) + 20 * MiB + 1
+    _assert_cache_clean()
+
+
+def _fake_xet(hub: FakeHub, repo: str, name: str, calls: list[int], fail_at: int | None = None, exc: type = OSError):
+    """A stand-in for hf_xet's ordered download stream, serving the stand-in Hub's bytes."""
+    data = hub.repos[repo].files[name]
+    assert isinstance(data, bytes)
+
+    def stream(xet: object, headers: dict[str, str], size: int, start: int):
+        assert size == len(data) and getattr(xet, "refresh_route", "").endswith("/xet-read-token/main")
+        calls.append(start)
+        pos = start
+        while pos < size:
+            if fail_at is not None and pos >= fail_at:
+                raise exc("xet stream broke")
+            chunk = data[pos : pos + MiB]
+            pos += len(chunk)
+            yield chunk
+
+    return stream
+
+
+def test_xet_when_the_hub_offers_it(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    ref, data = _big_repo(hub, size=3 * MiB + 7, xet=True)
+    calls: list[int] = []
+    monkeypatch.setattr(dl, "_xet_stream", _fake_xet(hub, "acme/big", "big.bin", calls))
+    path = dl.pull(ref, progress=False)
+    assert path.read_bytes() == data and calls == [0]
+    assert hub.gets["acme/big/big.bin"] == 0  # no byte over HTTP
+    (cf,) = cache.cached_models()
+    assert cf.verified_by == "sha256"
+    _assert_cache_clean()
+
+
+def test_xet_disabled_uses_http(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    ref, data = _big_repo(hub, size=3 * MiB + 7, xet=True)
+    calls: list[int] = []
+    monkeypatch.setattr(dl, "_xet_stream", _fake_xet(hub, "acme/big", "big.bin", calls))
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    assert dl.pull(ref, progress=False).read_bytes() == data
+    assert calls == [] and hub.gets["acme/big/big.bin"] == 1
+
+
+def test_xet_failure_continues_over_http_from_the_same_prefix(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    ref, data = _big_repo(hub, size=3 * MiB + 7, xet=True)
+    calls: list[int] = []
+    monkeypatch.setattr(dl, "_xet_stream", _fake_xet(hub, "acme/big", "big.bin", calls, fail_at=2 * MiB))
+    assert dl.pull(ref, progress=False).read_bytes() == data
+    assert calls == [0]
+    assert _gets_after(hub, "acme/big/big.bin", 0) == [(2 * MiB, len(data) - 2 * MiB)]
+
+
+def test_interrupted_xet_transfer_resumes_with_xet(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    ref, data = _big_repo(hub, size=3 * MiB + 7, xet=True)
+    calls: list[int] = []
+    stream = _fake_xet(hub, "acme/big", "big.bin", calls, fail_at=MiB, exc=KeyboardInterrupt)
+    monkeypatch.setattr(dl, "_xet_stream", stream)
+    with pytest.raises(KeyboardInterrupt):
+        dl.pull(ref, progress=False)
+    (part,) = _partials()
+    assert part.read_bytes() == data[:MiB]
+    monkeypatch.setattr(dl, "_xet_stream", _fake_xet(hub, "acme/big", "big.bin", calls))
+    assert dl.pull(ref, progress=False).read_bytes() == data
+    assert calls == [0, MiB] and hub.gets["acme/big/big.bin"] == 0
+
+
+def test_corrupt_xet_copy_is_quarantined_and_fetched_over_http(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    ref, data = _big_repo(hub, size=3 * MiB + 7, xet=True)
+
+    def bad_stream(xet: object, headers: dict[str, str], size: int, start: int):
+        yield b"\0" * size
+
+    monkeypatch.setattr(dl, "_xet_stream", bad_stream)
+    assert dl.pull(ref, progress=False).read_bytes() == data
+    assert len(list((_home() / "quarantine").iterdir())) == 1
+    assert hub.gets["acme/big/big.bin"] == 1
+
+
+def test_size_only_verification_is_reported(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mirror that reports neither a SHA-256 nor a git blob id: the file is checked by size only,
+    and ``edgeslm verify`` says so."""
+    hub.add("acme/weak", {"notes.txt": b"hello"})
+    real = hub._handle
+
+    def weak_etag(h, head: bool) -> None:
+        orig = h.send_header
+
+        def send_header(k: str, v: str) -> None:
+            orig(k, '"weak-1"' if k == "ETag" else v)
+
+        h.send_header = send_header
+        real(h, head)
+
+    monkeypatch.setattr(hub, "_handle", weak_etag)
+    path = dl.pull("hf://acme/weak/notes.txt", progress=False)
+    assert path.read_bytes() == b"hello"
+    assert [(p, d) for p, _, d in cache.verify_cache()] == [(path, "ok (verified_by: size)")]
+
+
+def test_the_stand_in_speaks_what_hf_hub_download_needs(hub: FakeHub, tmp_path: Path) -> None:
+    """huggingface_hub's own client downloads from the stand-in (so the fault tests test the real protocol)."""
+    from huggingface_hub import hf_hub_download
+
+    got = hf_hub_download(REPO_ID, FILE, endpoint=hub.url, cache_dir=tmp_path / "hf-cache", token=False)
+    assert sha256_file(got) == hub.sha256(REPO_ID, FILE)
+    assert hub.heads[KEY] >= 1 and hub.gets[KEY] == 1
+
+
+def test_remove_deletes_a_partial(hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    ref, _ = _big_repo(hub)
+    monkeypatch.setenv("EDGESLM_DOWNLOAD_RETRIES", "0")
+    hub.repos["acme/big"].faults["big.bin"] = Fault(drop_at=15 * MiB, times=-1)
+    with pytest.raises(E.DownloadError):
+        dl.pull(ref, progress=False)
+    (part,) = _partials()
+    assert cache.remove(ref) == [part] and _partials() == []
+
+
+def test_a_gated_answer_gives_gated_error_for_every_catalog_variant(
+    hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every Hub variant of the shipped catalog, served gated by the stand-in, gives GatedModelError
+    with its licence page and its own pull command, whether or not the catalog flags it gated (a
+    stale flag cannot turn a licence into a confusing error)."""
+    from edgeslm.store.catalog import list_entries
+
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(dl.shutil, "disk_usage", lambda p: Usage(10**15, 0, 10**15))  # the real sizes are GBs
+    checked = 0
+    for e in list_entries():
+        for v in e.variants:
+            if v.source != "hf":
+                continue
+            assert v.repo is not None
+            hub.add(v.repo, {}, gated=True)
+            with pytest.raises(E.GatedModelError) as ei:
+                dl.pull(e.id, quant=v.quant, format=v.format, device=v.device, progress=False)
+            hint = ei.value.hint or ""
+            assert f"{hub.url}/{v.repo}" in hint and f"edgeslm pull {e.id} --quant {v.quant}" in hint, hint
+            checked += 1
+    assert checked >= 15 and sum(hub.gets.values()) == 0
     _assert_cache_clean()

@@ -77,8 +77,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from .bundled import BUNDLED
+    from .cache import cached_models, cached_variant_path
     from .catalog import list_entries
-    from .download import cached_models, cached_variant_path
     from .paths import cache_home
 
     console = _console()
@@ -125,7 +125,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     """Delete a cached model's files."""
-    from .download import remove
+    from .cache import remove
 
     removed = remove(args.model, quant=getattr(args, "quant", None), format=getattr(args, "format", None))
     if not removed:
@@ -140,7 +140,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Re-hash every cached file; exit 1 if any is damaged."""
     from rich.table import Table
 
-    from .download import verify_cache
+    from .cache import verify_cache
 
     results = verify_cache()
     console = _console()

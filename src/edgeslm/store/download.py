@@ -1,19 +1,21 @@
 """Download models from the Hugging Face Hub into the edgeslm cache, verified before use.
 
-Cache layout (under :func:`~edgeslm.store.paths.cache_home`)::
+The transfer is huggingface_hub's: ``get_hf_file_metadata`` (the HEAD request: ETag / X-Linked-Etag,
+size, commit, Xet headers, Hub errors), then Xet (``hf_xet``) when the Hub offers it, else
+``http_get`` (Range requests, retries). Around it edgeslm adds the steps a model cache needs:
 
-    hub/<owner>/<name>/<revision>/<path in repo>      verified files, nothing else
-    hub/<owner>/<name>/<revision>/.edgeslm-manifest.json
-    partial/<key>-<etag>.partial                      bytes of a download in progress
-    locks/<key>.lock                                  one lock per file (and per folder)
-    quarantine/<time>-<name>                          downloads that failed verification
+1. one ``filelock`` per file, so two processes pulling the same model end with one copy;
+2. a partial file kept under ``partial/`` (named by the ETag) when a transfer fails or the process
+   is killed, so the next pull resumes it instead of starting again; Xet writes into it in order,
+   so either transport can continue what the other started;
+3. verification against the catalog's SHA-256, else the SHA-256 the Hub reports for LFS files,
+   else the git blob id of small files, else the size; GGUF files get their header checked;
+4. quarantine of a copy that fails, and one more download over plain HTTP;
+5. ``os.replace`` into ``hub/`` and a manifest entry: nothing unverified ever appears there.
 
-Rules: a file reaches its final path only after it has been verified (against the catalog
-SHA-256, else the SHA-256 the Hub reports for LFS files, else the git blob id for small files),
-written with fsync and moved there with ``os.replace``. Two processes pulling the same file end
-with one copy (the second waits on the lock and finds it). A failed download removes its partial
-file; an interrupted one (Ctrl-C, a killed process) leaves it so the next pull resumes it. A copy
-that fails verification is quarantined and downloaded once more.
+``hf_hub_download`` itself is not used: since huggingface_hub 1.18 it downloads into a
+process-unique temporary file that it deletes when the transfer fails (huggingface_hub#4228), so a
+multi-GB download that breaks restarts from zero (huggingface_hub#4196).
 """
 
 from __future__ import annotations
@@ -21,17 +23,15 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
-import hashlib
-import json
+import importlib.util
 import os
 import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from .._errors import (
     CorruptModelError,
@@ -39,82 +39,37 @@ from .._errors import (
     DownloadError,
     EdgeSLMError,
     GatedModelError,
-    InvalidRequestError,
     ModelNotFoundError,
     OfflineError,
 )
-from .catalog import FileSpec, Variant, get_entry, list_entries, parse_hf_ref, pull_command, safe_revision
-from .files import file_lock, sha256_file
-from .paths import cache_home, offline
+from .cache import (
+    cached_path,
+    cached_variant_path,
+    in_repo_path,
+    key,
+    lock_path,
+    manifest,
+    partial_dir,
+    partials_of,
+    quarantine,
+    repo_dir,
+)
+from .catalog import FileSpec, get_entry, parse_hf_ref, pull_command
+from .files import file_lock, fsync_dir, git_blob_sha1, sha256_file
+from .paths import offline
 
-__all__ = [
-    "CachedFile",
-    "cached_models",
-    "cached_path",
-    "cached_variant_path",
-    "pull",
-    "remove",
-    "verify_cache",
-]
+__all__ = ["pull"]
 
-MANIFEST = ".edgeslm-manifest.json"
 DEFAULT_ENDPOINT = "https://huggingface.co"
-CHUNK = 1 << 20
 DISK_MARGIN = 16 << 20  # keep this much free beyond the download itself
-RETRY_WAIT = 1.0  # seconds before the first retry; doubles, capped at 8 s
+RETRY_WAIT = 1.0  # seconds before retrying a reset connection; doubles, capped at 8 s
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
-
-
-@dataclass(frozen=True)
-class CachedFile:
-    """One verified file in the cache, as its manifest records it."""
-
-    path: Path
-    repo: str
-    revision: str
-    filename: str
-    size: int
-    sha256: str | None
-    commit: str | None
-    verified_by: str
-    model_id: str | None = None
-    quant: str | None = None
-    format: str | None = None
-
-
-# ------------------------------------------------------------------------------------ cache layout
 
 
 def _endpoint() -> str:
     """The Hub endpoint, read from ``HF_ENDPOINT`` at call time (huggingface_hub reads it at import)."""
     return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-
-
-def hub_root() -> Path:
-    return cache_home() / "hub"
-
-
-def _repo_dir(repo: str, revision: str) -> Path:
-    if not safe_revision(revision):
-        raise InvalidRequestError(
-            f"{revision!r} is not a valid Hub revision",
-            hint="use a branch or tag name, a commit hash, or refs/pr/<number>",
-        )
-    owner, name = repo.split("/", 1)
-    return hub_root() / owner / name / quote(revision, safe="")
-
-
-def _in_repo_path(path: object, folder: str | None = None) -> bool:
-    """True for a relative path inside a repository (and inside ``folder`` when given).
-
-    Refuses absolute paths, backslashes, NULs and empty, ``.`` or ``..`` segments.
-    """
-    if not isinstance(path, str) or not path or path.startswith("/") or "\\" in path or "\x00" in path:
-        return False
-    if (len(path) > 1 and path[1] == ":") or any(seg in ("", ".", "..") for seg in path.split("/")):
-        return False
-    return folder is None or path == folder or path.startswith(folder + "/")
 
 
 def _unsafe_listing(what: str, path: object) -> DownloadError:
@@ -124,83 +79,6 @@ def _unsafe_listing(what: str, path: object) -> DownloadError:
         hint="HF_ENDPOINT points at a server that is not a faithful Hub mirror: unset HF_ENDPOINT "
         "or point it at a trusted mirror, then pull again",
     )
-
-
-def _key(*parts: str) -> str:
-    return hashlib.sha1("\0".join(parts).encode()).hexdigest()[:24]
-
-
-def _lock_path(repo: str, revision: str, path: str, *, is_folder: bool) -> Path:
-    """The lock of one cached file or folder; pull and remove must use the same one."""
-    return cache_home() / "locks" / f"{_key(repo, revision, path.strip('/') + '/' if is_folder else path)}.lock"
-
-
-def _read_manifest(d: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((d / MANIFEST).read_text(encoding="utf-8"))
-        if isinstance(data, dict):
-            data.setdefault("files", {})
-            data.setdefault("folders", {})
-            return data
-    except (OSError, ValueError):
-        pass
-    return {"files": {}, "folders": {}}
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def _manifest(d: Path) -> Iterator[dict[str, Any]]:
-    """Read-modify-write the manifest of one repo revision under a lock."""
-    d.mkdir(parents=True, exist_ok=True)
-    with file_lock(cache_home() / "locks" / f"manifest-{_key(str(d))}.lock"):
-        data = _read_manifest(d)
-        yield data
-        _write_json_atomic(d / MANIFEST, data)
-
-
-def cached_path(repo: str, revision: str, path: str, sha256: str | None = None) -> Path | None:
-    """The local copy of a Hub file or folder if it is cached and complete; no network access.
-
-    With ``sha256``, a cached file whose recorded hash differs counts as not cached.
-    """
-    d = _repo_dir(repo, revision)
-    man = _read_manifest(d)
-    path = path.strip("/")
-    rec = man["files"].get(path)
-    if rec is not None:
-        if sha256 is not None and rec.get("sha256") != sha256:
-            return None
-        f = d / path
-        if f.is_file() and f.stat().st_size == rec.get("size"):
-            return f
-        return None
-    folder = man["folders"].get(path)
-    if folder is not None:
-        files = folder.get("files", [])
-        if files and all((d / name).is_file() for name in files):
-            return d / path
-    return None
-
-
-def cached_variant_path(variant: Variant) -> Path | None:
-    """The local path of a catalog variant if every file of it is cached (None otherwise)."""
-    if variant.source != "hf" or variant.repo is None:
-        return None
-    rev = variant.revision or "main"
-    if variant.folder:
-        return cached_path(variant.repo, rev, variant.folder)
-    paths = [cached_path(variant.repo, rev, f.name, f.sha256) for f in variant.files]
-    if not paths or any(p is None for p in paths):
-        return None
-    return paths[0]
 
 
 # ------------------------------------------------------------------------------------ pull
@@ -217,8 +95,9 @@ def pull(
 ) -> Path:
     """Download a catalog model (or an ``hf://`` file or folder) into the cache; return its local path.
 
-    Already-cached models return at once with no network access. ``token`` defaults to ``HF_TOKEN``
-    or the token saved by ``huggingface-cli login``.
+    Already-cached models return at once with no network access. An interrupted download resumes
+    where it stopped on the next pull. ``token`` defaults to ``HF_TOKEN`` or the token saved by
+    ``huggingface-cli login``.
     """
     if ref.startswith("hf://"):
         h = parse_hf_ref(ref)
@@ -248,12 +127,9 @@ def pull(
     with _Progress(progress) as bar:
         if variant.folder:
             return _pull_folder(variant.repo, rev, variant.folder, token=token, bar=bar, cmd=cmd)
-        total = sum(f.size or 0 for f in variant.files if cached_path(variant.repo, rev, f.name, f.sha256) is None)
-        _check_disk(_repo_dir(variant.repo, rev), total, f"{entry.id} {variant.label}")
-        paths = [
-            _pull_file(variant.repo, rev, f.name, f, token=token, bar=bar, cmd=cmd, gated=variant.gated)
-            for f in variant.files
-        ]
+        todo = [f for f in variant.files if cached_path(variant.repo, rev, f.name, f.sha256) is None]
+        _check_disk(repo_dir(variant.repo, rev), sum(f.size or 0 for f in todo), f"{entry.id} {variant.label}")
+        paths = [_pull_file(variant.repo, rev, f.name, f, token=token, bar=bar, cmd=cmd) for f in variant.files]
     return paths[0]
 
 
@@ -294,14 +170,13 @@ def _http() -> Any:
     return importlib.import_module(type(get_session()).__module__.split(".")[0])
 
 
-def _timeout() -> Any:
-    read = float(os.environ.get("EDGESLM_DOWNLOAD_TIMEOUT", "30"))
-    return _http().Timeout(read, connect=min(read, 10.0))
+def _disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 @contextlib.contextmanager
-def _hub_errors(repo: str, what: str, cmd: str, gated: bool = False) -> Iterator[None]:
-    """Turn huggingface_hub / HTTP failures into edgeslm errors that say what to do."""
+def _hub_errors(repo: str, what: str, cmd: str) -> Iterator[None]:
+    """Turn huggingface_hub / HTTP / disk failures into edgeslm errors that say what to do."""
     from huggingface_hub import errors as hfe
 
     http = _http()
@@ -335,14 +210,28 @@ def _hub_errors(repo: str, what: str, cmd: str, gated: bool = False) -> Iterator
             raise _gated(repo, cmd) from e
         if status == 404:
             raise ModelNotFoundError(f"{what} was not found on the Hub (404)", hint="check the name") from e
-        raise DownloadError(f"the Hub answered HTTP {status} for {what}", hint=f"try again later: `{cmd}`") from e
+        raise DownloadError(
+            f"the Hub answered HTTP {status} for {what}", hint=f"try again later: `{cmd}` resumes the download"
+        ) from e
     except (http.ConnectError, http.ConnectTimeout) as e:
         raise OfflineError(
             f"cannot reach the Hub at {_endpoint()} to download {what}: {e}",
             hint=f"connect to the network and run `{cmd}` (HF_ENDPOINT selects a mirror)",
         ) from e
     except http.HTTPError as e:
-        raise DownloadError(f"downloading {what} failed: {e}", hint=f"check the network and run `{cmd}` again") from e
+        raise DownloadError(
+            f"downloading {what} failed: {e}",
+            hint=f"check the network and run `{cmd}` again: it resumes where this one stopped",
+        ) from e
+    except OSError as e:
+        if _disk_full(e):
+            raise DiskFullError(
+                f"the disk filled up while downloading {what} ({e})",
+                hint=f"free some space or point EDGESLM_HOME at a larger disk, then run `{cmd}` to resume",
+            ) from e
+        raise DownloadError(
+            f"downloading {what} failed: {e}", hint=f"check the cache folder (EDGESLM_HOME) and run `{cmd}` again"
+        ) from e
 
 
 def _gated(repo: str, cmd: str) -> GatedModelError:
@@ -362,26 +251,33 @@ def _pull_file(
     token: str | None,
     bar: _Progress,
     cmd: str,
-    gated: bool = False,
     git_sha1: str | None = None,
 ) -> Path:
-    """Download one file under its lock, verify it, and move it into place."""
-    d = _repo_dir(repo, revision)
-    if not _in_repo_path(filename):
+    """Download one file under its lock (resuming a partial), verify it, and move it into place."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
+
+    from .._version import __version__
+
+    d = repo_dir(repo, revision)
+    if not in_repo_path(filename):
         raise _unsafe_listing(repo, filename)
     final = d / filename
-    key = _key(repo, revision, filename)
-    with file_lock(_lock_path(repo, revision, filename, is_folder=False)):
+    what = f"{repo}/{filename}"
+    with file_lock(lock_path(repo, revision, filename, is_folder=False)):
         cached = cached_path(repo, revision, filename, spec.sha256 if spec else None)
         if cached is not None:  # another process finished it while we waited
             return cached
-        from huggingface_hub import get_hf_file_metadata
-        from huggingface_hub.utils import build_hf_headers
-
-        url = f"{_endpoint()}/{repo}/resolve/{quote(revision, safe='')}/{quote(filename)}"
-        what = f"{repo}/{filename}"
-        with _hub_errors(repo, what, cmd, gated):
-            meta = get_hf_file_metadata(url, token=token, timeout=float(os.environ.get("HF_HUB_ETAG_TIMEOUT", 10)))
+        url = hf_hub_url(repo, filename, revision=revision, endpoint=_endpoint())
+        with _hub_errors(repo, what, cmd):
+            meta = get_hf_file_metadata(
+                url,
+                token=token,
+                timeout=float(os.environ.get("HF_HUB_ETAG_TIMEOUT", 10)),
+                library_name="edgeslm",
+                library_version=__version__,
+                endpoint=_endpoint(),
+            )
         etag = (meta.etag or "").lower()
         hub_sha = etag if _HEX64.match(etag) else None
         git_sha1 = git_sha1 or (etag if _HEX40.match(etag) else None)
@@ -394,49 +290,49 @@ def _pull_file(
             )
         size = meta.size if meta.size is not None else (spec.size if spec and spec.size_exact else None)
         get_url = meta.location or url
-        headers = build_hf_headers(token=token, library_name="edgeslm")
-        headers["Accept-Encoding"] = "identity"
-        if urlsplit(get_url)[:2] != urlsplit(url)[:2]:
-            headers.pop("authorization", None)  # never send the token to a CDN
+        hub_headers = build_hf_headers(token=token, library_name="edgeslm", library_version=__version__)
+        hub_headers["Accept-Encoding"] = "identity"
+        get_headers = hub_headers
+        if urlsplit(get_url)[:2] != urlsplit(url)[:2]:  # never send the token to a CDN
+            get_headers = {k: v for k, v in hub_headers.items() if k.lower() != "authorization"}
 
-        part_dir = cache_home() / "partial"
-        part_dir.mkdir(parents=True, exist_ok=True)
+        # The partial is named by the ETag: a partial of an older version of the file is dropped.
         tag = hub_sha or git_sha1 or (re.sub(r"[^0-9A-Za-z]", "", etag)[:64] or "noetag")
-        part = part_dir / f"{key}-{tag}.partial"
-        for stale in part_dir.glob(f"{key}-*.partial"):
+        part = partial_dir() / f"{key(repo, revision, filename)}-{tag}.incomplete"
+        part.parent.mkdir(parents=True, exist_ok=True)
+        for stale in partials_of(repo, revision, filename):
             if stale != part:
                 stale.unlink(missing_ok=True)
         have = part.stat().st_size if part.exists() else 0
+        if size is not None and have > size:  # not a prefix of this file
+            part.unlink()
+            have = 0
         if size is not None:
-            _check_disk(part_dir, size - have, what)
+            _check_disk(part.parent, size - have, what)
 
         expected = want_sha or hub_sha
-        try:
-            for attempt in (1, 2):
-                with _hub_errors(repo, what, cmd, gated):
-                    digest = _download(get_url, headers, part, size, bar.task(filename, size))
-                ok, reason, method = _verify(part, digest, expected, git_sha1, size)
-                if ok and filename.lower().endswith(".gguf"):
-                    ok, reason = _gguf_ok(part)
-                if ok:
-                    break
-                q = _quarantine(part, filename)
-                if attempt == 2:
-                    raise CorruptModelError(
-                        f"{what} failed verification twice ({reason}); the copies were moved to {q.parent}",
-                        hint="the download is being corrupted on the way (proxy, mirror, disk?): "
-                        f"check HF_ENDPOINT and the network, then run `{cmd}` again",
-                    )
-                bar.note(f"{filename}: {reason}; quarantined, downloading again")
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(part, final)
-            _fsync_dir(final.parent)
-        except Exception:
-            # A failure leaves nothing partial behind. An interrupt (KeyboardInterrupt, a killed
-            # process) keeps the partial file so that the next pull resumes it.
-            part.unlink(missing_ok=True)
-            raise
-        with _manifest(d) as man:
+        for attempt in (1, 2):
+            with _hub_errors(repo, what, cmd):
+                # a second attempt, after a copy failed verification, goes over plain HTTP
+                xet = meta.xet_file_data if attempt == 1 else None
+                _fetch(get_url, get_headers, part, size, xet, hub_headers, bar, filename)
+            ok, reason, method, digest = _verify(part, expected, git_sha1, size)
+            if ok and filename.lower().endswith(".gguf"):
+                ok, reason = _gguf_ok(part)
+            if ok:
+                break
+            q = quarantine(part, filename)
+            if attempt == 2:
+                raise CorruptModelError(
+                    f"{what} failed verification twice ({reason}); the copies were moved to {q.parent}",
+                    hint="the download is being corrupted on the way (proxy, mirror, disk?): "
+                    f"check HF_ENDPOINT and the network, then run `{cmd}` again",
+                )
+            bar.note(f"{filename}: {reason}; quarantined, downloading again")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(part, final)
+        fsync_dir(final.parent)
+        with manifest(d) as man:
             man["repo"], man["revision"] = repo, revision
             man["files"][filename] = {
                 "size": final.stat().st_size,
@@ -453,9 +349,9 @@ def _pull_folder(repo: str, revision: str, folder: str, *, token: str | None, ba
     from huggingface_hub import HfApi
 
     folder = folder.strip("/")
-    d = _repo_dir(repo, revision)
+    d = repo_dir(repo, revision)
     what = f"{repo}/{folder}"
-    with file_lock(_lock_path(repo, revision, folder, is_folder=True)):
+    with file_lock(lock_path(repo, revision, folder, is_folder=True)):
         cached = cached_path(repo, revision, folder)
         if cached is not None:
             return cached
@@ -466,7 +362,7 @@ def _pull_folder(repo: str, revision: str, folder: str, *, token: str | None, ba
         if not files:
             raise ModelNotFoundError(f"{what} holds no files", hint="check the folder name")
         for f in files:  # all checked before any byte is written
-            if not _in_repo_path(f.path, folder):
+            if not in_repo_path(f.path, folder):
                 raise _unsafe_listing(what, f.path)
         todo = [f for f in files if cached_path(repo, revision, f.path) is None]
         _check_disk(d, sum(f.size or 0 for f in todo), what)
@@ -481,109 +377,166 @@ def _pull_folder(repo: str, revision: str, folder: str, *, token: str | None, ba
             from .validate import validate_onnx_folder
 
             validate_onnx_folder(root)
-        with _manifest(d) as man:
+        with manifest(d) as man:
             man["folders"][folder] = {"files": sorted(f.path for f in files)}
         return root
 
 
-def _download(url: str, headers: dict[str, str], part: Path, size: int | None, advance: Callable[[int], None]) -> str:
-    """Fetch ``url`` into ``part`` (resuming from its current length); return the SHA-256 of the file."""
-    from huggingface_hub.utils import get_session, hf_raise_for_status
+# ------------------------------------------------------------------------------------ transfer
+
+
+def _fetch(
+    url: str,
+    headers: dict[str, str],
+    part: Path,
+    size: int | None,
+    xet: Any,
+    hub_headers: dict[str, str],
+    bar: _Progress,
+    name: str,
+) -> None:
+    """Complete ``part`` (a prefix of the file, possibly empty) from the Hub: Xet when offered, else HTTP.
+
+    ``headers`` go with the GET of ``url`` (no token when it is a CDN); ``hub_headers`` (with the
+    token) ask the Hub for a Xet access token.
+    """
+    if not part.exists():
+        part.touch()
+    if size is not None and part.stat().st_size == size:
+        return
+    if xet is not None and size is not None and _xet_enabled():
+        try:
+            _xet_fetch(xet, hub_headers, part, size, bar, name)
+            return
+        except (KeyboardInterrupt, EdgeSLMError):
+            raise
+        except Exception as e:  # Xet unavailable or failing: HTTP continues from the same prefix
+            if _disk_full(e):
+                raise
+            bar.note(f"{name}: Xet transfer failed ({type(e).__name__}: {e}); continuing over HTTP")
+    _http_fetch(url, headers, part, size, bar, name)
+
+
+def _http_fetch(url: str, headers: dict[str, str], part: Path, size: int | None, bar: _Progress, name: str) -> None:
+    """huggingface_hub's ``http_get`` appending to ``part`` from its current length (a Range request).
+
+    ``http_get`` retries timeouts, refused connections and early closes itself, and gives up after
+    five tries without new data; a reset connection it leaves to the caller. Here another round
+    starts whenever the partial grew, and a reset is retried ``EDGESLM_DOWNLOAD_RETRIES`` times.
+    """
+    from huggingface_hub import errors as hfe
+    from huggingface_hub.file_download import http_get
 
     http = _http()
-    session = get_session()
+    retried_by_http_get = (http.ConnectError, http.TimeoutException, http.RemoteProtocolError)
     retries = int(os.environ.get("EDGESLM_DOWNLOAD_RETRIES", "5"))
-    h = hashlib.sha256()
-    have = 0
-    mode = "r+b" if part.exists() else "w+b"
-    with open(part, mode) as f:
-        if size is not None and f.seek(0, os.SEEK_END) > size:
-            f.truncate(0)
-        f.seek(0)
-        while True:  # hash what an earlier, interrupted run left
-            b = f.read(CHUNK)
-            if not b:
-                break
-            h.update(b)
-            have += len(b)
-        advance(have)
-        failures = 0
-        while size is None or have < size:
-            hdrs = dict(headers)
-            if have:
-                hdrs["Range"] = f"bytes={have}-"
-            start = have
-            try:
-                with session.stream("GET", url, headers=hdrs, timeout=_timeout()) as resp:
-                    if resp.status_code >= 400:
-                        resp.read()
-                        hf_raise_for_status(resp)
-                    if (have and resp.status_code != 206) or not _range_ok(resp, have):
-                        advance(-have)  # the server sends the whole file: start over
-                        f.seek(0)
-                        f.truncate()
-                        h, have, start = hashlib.sha256(), 0, 0
-                    if size is None:
-                        total = resp.headers.get("Content-Length")
-                        size = int(total) + have if total and resp.status_code in (200, 206) else None
-                    for chunk in resp.iter_bytes(CHUNK):
-                        if size is not None and have + len(chunk) > size:
-                            raise DownloadError(
-                                f"the server sent more than the {size} bytes it announced for {part.name}",
-                                hint="try again later; if it persists the mirror (HF_ENDPOINT) is broken",
-                            )
-                        f.write(chunk)
-                        h.update(chunk)
-                        have += len(chunk)
-                        advance(len(chunk))
-                if size is None:
-                    break
-                if have < size:
-                    raise http.RemoteProtocolError(f"connection closed after {have} of {size} bytes")
-            except OSError as e:
-                if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise DiskFullError(
-                        f"the disk filled up while downloading ({e})",
-                        hint="free some space or point EDGESLM_HOME at a larger disk, then pull again",
-                    ) from e
+    stalls = 0
+    while True:
+        have = part.stat().st_size
+        try:
+            with open(part, "r+b") as f:
+                f.seek(have)
+                http_get(
+                    url,
+                    f,
+                    resume_size=have,
+                    headers=headers,
+                    expected_size=size,
+                    displayed_filename=name,
+                    tqdm_class=bar.tqdm_class(name),
+                )
+            return
+        except Exception as e:
+            if not isinstance(e, (http.TransportError, OSError)) or isinstance(e, hfe.HfHubHTTPError) or _disk_full(e):
                 raise
-            except http.TransportError:
-                failures = 0 if have > start else failures + 1
-                if failures > retries:
-                    raise
-                time.sleep(min(RETRY_WAIT * 2 ** max(failures - 1, 0), 8.0))
-        f.flush()
-        os.fsync(f.fileno())
-    return h.hexdigest()
+            now = part.stat().st_size
+            if now > have and (size is None or now < size):  # bytes arrived: go on from there
+                stalls = 0
+                continue
+            if isinstance(e, (OSError, *retried_by_http_get)):
+                raise
+            stalls += 1
+            if stalls > retries:
+                raise
+            time.sleep(min(RETRY_WAIT * 2 ** (stalls - 1), 8.0))
 
 
-def _range_ok(resp: Any, have: int) -> bool:
-    if resp.status_code != 206:
-        return True
-    cr = resp.headers.get("Content-Range", "")
-    m = re.match(r"bytes (\d+)-", cr)
-    return bool(m) and int(m.group(1)) == have
+def _xet_enabled() -> bool:
+    if os.environ.get("HF_HUB_DISABLE_XET", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return False
+    return importlib.util.find_spec("hf_xet") is not None
 
 
-def _verify(
-    part: Path, digest: str, sha256: str | None, git_sha1: str | None, size: int | None
-) -> tuple[bool, str, str]:
+def _xet_fetch(xet: Any, headers: dict[str, str], part: Path, size: int, bar: _Progress, name: str) -> None:
+    """Append the rest of the file to ``part`` from Xet storage, in order, so it stays a resumable prefix."""
+    have = part.stat().st_size
+    advance = bar.task(name, size, have)
+    with open(part, "r+b") as f:
+        f.seek(have)
+        for chunk in _xet_stream(xet, headers, size, have):
+            if f.tell() + len(chunk) > size:
+                raise DownloadError(
+                    f"Xet storage sent more than the {size} bytes the Hub announced for {name}",
+                    hint="try again later; HF_HUB_DISABLE_XET=1 downloads over plain HTTP",
+                )
+            f.write(chunk)
+            advance(len(chunk))
+    if part.stat().st_size != size:
+        raise DownloadError(
+            f"the Xet stream of {name} ended after {part.stat().st_size} of {size} bytes",
+            hint="pull again: the download resumes where it stopped",
+        )
+
+
+def _xet_stream(xet: Any, headers: dict[str, str], size: int, start: int) -> Iterator[bytes]:
+    """The bytes of a Xet-stored file from ``start`` to its end, in order (hf_xet's download stream).
+
+    The connection set-up is huggingface_hub's own (the one ``hf_hub_download`` uses), so a token,
+    mirror or proxy that works there works here.
+    """
+    from hf_xet import XetFileInfo
+    from huggingface_hub.utils._xet import get_xet_session, refresh_xet_connection_info, xet_headers_without_auth
+
+    conn = refresh_xet_connection_info(file_data=xet, headers=headers)
+    group = get_xet_session().new_download_stream_group(
+        endpoint=conn.endpoint,
+        token=conn.access_token,
+        token_expiry_unix_secs=conn.expiration_unix_epoch,
+        token_refresh_url=xet.refresh_route,
+        token_refresh_headers=headers,
+        custom_headers=xet_headers_without_auth(headers),
+    )
+    stream = group.download_stream(XetFileInfo(xet.file_hash, size), start=start or None)
+    try:
+        yield from stream
+    except BaseException:
+        with contextlib.suppress(Exception):
+            stream.cancel()
+            group.abort()
+        raise
+    with contextlib.suppress(Exception):
+        group.finish()
+
+
+# ------------------------------------------------------------------------------------ verification
+
+
+def _verify(part: Path, sha256: str | None, git_sha1: str | None, size: int | None) -> tuple[bool, str, str, str]:
+    """(ok, why not, verified_by, SHA-256 of the file) for a complete download."""
     actual = part.stat().st_size
+    digest = sha256_file(part)
     if size is not None and actual != size:
-        return False, f"size {actual} instead of {size}", "size"
+        return False, f"size {actual} instead of {size}", "size", digest
     if sha256:
         if digest != sha256:
-            return False, f"SHA-256 {digest} instead of {sha256}", "sha256"
-        return True, "", "sha256"
+            return False, f"SHA-256 {digest} instead of {sha256}", "sha256", digest
+        return True, "", "sha256", digest
     if git_sha1:
-        g = hashlib.sha1(f"blob {actual}\0".encode())
-        with open(part, "rb") as f:
-            for b in iter(lambda: f.read(CHUNK), b""):
-                g.update(b)
-        if g.hexdigest() != git_sha1:
-            return False, f"git blob id {g.hexdigest()} instead of {git_sha1}", "git-sha1"
-        return True, "", "git-sha1"
-    return True, "", "size"
+        blob = git_blob_sha1(part)
+        if blob != git_sha1:
+            return False, f"git blob id {blob} instead of {git_sha1}", "git-sha1", digest
+        return True, "", "git-sha1", digest
+    return True, "", "size", digest
 
 
 def _gguf_ok(part: Path) -> tuple[bool, str]:
@@ -596,26 +549,7 @@ def _gguf_ok(part: Path) -> tuple[bool, str]:
     return True, ""
 
 
-def _quarantine(part: Path, filename: str) -> Path:
-    qdir = cache_home() / "quarantine"
-    qdir.mkdir(parents=True, exist_ok=True)
-    base = Path(filename).name
-    for old in qdir.glob(f"*-{base}"):  # keep one quarantined copy per file name: they can be large
-        old.unlink(missing_ok=True)
-    dest = qdir / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-{base}"
-    if part.exists():
-        os.replace(part, dest)
-    return dest
-
-
-def _fsync_dir(d: Path) -> None:
-    if os.name == "nt":  # pragma: no cover
-        return
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+# ------------------------------------------------------------------------------------ progress
 
 
 class _Progress:
@@ -624,6 +558,7 @@ class _Progress:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self._p: Any = None
+        self._tasks: dict[str, Any] = {}
 
     def __enter__(self) -> _Progress:
         if self.enabled:
@@ -652,134 +587,42 @@ class _Progress:
         if self._p is not None:
             self._p.__exit__(*exc)
 
-    def task(self, name: str, total: int | None) -> Callable[[int], None]:
-        if self._p is None:
-            return lambda n: None
-        tid = self._p.add_task(Path(name).name, total=total)
-        return lambda n: self._p.update(tid, advance=n)
+    def task(self, name: str, total: int | None, done: int = 0) -> Callable[[int], None]:
+        """A callable that advances the bar of ``name`` (one bar per file, ``done`` bytes already there)."""
+        if self._p is not None:
+            tid = self._tasks.get(name)
+            if tid is None:
+                tid = self._tasks[name] = self._p.add_task(Path(name).name, total=total)
+            self._p.update(tid, total=total, completed=done)
+        return lambda n: self.advanced(name, n)
+
+    def advanced(self, name: str, n: int) -> None:
+        """``n`` more bytes of ``name`` are on disk (negative when a server restarts the file)."""
+        if self._p is not None:
+            self._p.update(self._tasks[name], advance=n)
+
+    def tqdm_class(self, name: str) -> Callable[..., Any]:
+        """A stand-in for the ``tqdm_class`` huggingface_hub's ``http_get`` draws its bar with."""
+        progress = self
+
+        class _Bar:
+            def __init__(self, *, total: int | None = None, initial: int = 0, **_: object) -> None:
+                self._advance = progress.task(name, total, initial)
+
+            def update(self, n: int | float | None = 1) -> None:
+                self._advance(int(n or 0))
+
+            def close(self) -> None:
+                pass
+
+            def __enter__(self) -> _Bar:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                pass
+
+        return _Bar
 
     def note(self, msg: str) -> None:
         if self._p is not None:
             self._p.console.print(f"[yellow]{msg}")
-
-
-# ------------------------------------------------------------------------------------ inspect / remove
-
-
-def cached_models() -> list[CachedFile]:
-    """Every verified file in the cache, matched to catalog entries where possible."""
-    index: dict[tuple[str, str], tuple[str, str, str]] = {}
-    for e in list_entries():
-        for v in e.variants:
-            if v.repo:
-                for f in v.files:
-                    index[(v.repo, f.name)] = (e.id, v.quant, v.format)
-                if v.folder:
-                    index[(v.repo, v.folder.strip("/"))] = (e.id, v.quant, v.format)
-    out: list[CachedFile] = []
-    root = hub_root()
-    for man_path in sorted(root.glob(f"*/*/*/{MANIFEST}")):
-        d = man_path.parent
-        man = _read_manifest(d)
-        repo = man.get("repo") or f"{d.parent.parent.name}/{d.parent.name}"
-        rev = man.get("revision") or d.name
-        for name, rec in sorted(man["files"].items()):
-            match = index.get((repo, name))
-            if match is None:
-                for folder in man["folders"]:
-                    if name.startswith(folder + "/"):
-                        match = index.get((repo, folder))
-            mid, q, fmt = match or (None, None, None)
-            out.append(
-                CachedFile(
-                    path=d / name,
-                    repo=repo,
-                    revision=rev,
-                    filename=name,
-                    size=rec.get("size", 0),
-                    sha256=rec.get("sha256"),
-                    commit=rec.get("commit"),
-                    verified_by=rec.get("verified_by", "?"),
-                    model_id=mid,
-                    quant=q,
-                    format=fmt,
-                )
-            )
-    return out
-
-
-def verify_cache() -> list[tuple[Path, bool, str]]:
-    """Re-hash every cached file against its manifest (and the bundled Gemma against its pin)."""
-    results: list[tuple[Path, bool, str]] = []
-    for cf in cached_models():
-        if not cf.path.is_file():
-            results.append((cf.path, False, "missing"))
-            continue
-        size = cf.path.stat().st_size
-        if size != cf.size:
-            results.append((cf.path, False, f"size {size} instead of {cf.size}"))
-            continue
-        digest = sha256_file(cf.path)
-        if cf.sha256 and digest != cf.sha256:
-            results.append((cf.path, False, f"SHA-256 {digest} instead of {cf.sha256}"))
-        else:
-            results.append((cf.path, True, "ok"))
-    from .bundled import GEMMA_FILE, GEMMA_SHA256
-
-    g = cache_home() / "bundled" / GEMMA_FILE
-    if g.is_file():
-        digest = sha256_file(g)
-        results.append((g, digest == GEMMA_SHA256, "ok" if digest == GEMMA_SHA256 else f"SHA-256 {digest}"))
-    return results
-
-
-def remove(ref: str, quant: str | None = None, format: str | None = None) -> list[Path]:
-    """Delete a cached model (every cached variant of a catalog id unless quant/format narrow it)."""
-    targets: list[tuple[str, str, str, bool]] = []  # (repo, revision, path-or-folder, is_folder)
-    if ref.startswith("hf://"):
-        h = parse_hf_ref(ref)
-        targets.append((h.repo, h.revision, h.path.strip("/"), not h.is_file))  # as pull() treats it
-    else:
-        entry = get_entry(ref)
-        variants = [entry.variant(quant, format)] if (quant or format) else list(entry.variants)
-        for v in variants:
-            if v.source == "hf" and v.repo:
-                if v.folder:
-                    targets.append((v.repo, v.revision or "main", v.folder.strip("/"), True))
-                targets.extend((v.repo, v.revision or "main", f.name, False) for f in v.files)
-    removed: list[Path] = []
-    for repo, rev, path, is_folder in targets:
-        d = _repo_dir(repo, rev)
-        if not (d / MANIFEST).exists():
-            continue
-        with file_lock(_lock_path(repo, rev, path, is_folder=is_folder)), _manifest(d) as man:
-            names = [path] if path in man["files"] else []
-            folder = man["folders"].pop(path, None)
-            if folder is not None:
-                names += [n for n in man["files"] if n.startswith(path + "/")]
-            for n in names:
-                man["files"].pop(n, None)
-                p = d / n
-                if p.exists():
-                    p.unlink()
-                    removed.append(p)
-        _prune(d)
-    return removed
-
-
-def _prune(d: Path) -> None:
-    """Remove empty folders (and a manifest with nothing left in it) up to the hub root."""
-    man = _read_manifest(d)
-    if not man["files"] and not man["folders"]:
-        (d / MANIFEST).unlink(missing_ok=True)
-    root = hub_root()
-    for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-        with contextlib.suppress(OSError):
-            sub.rmdir()
-    p = d
-    while p != root and root in p.parents:
-        try:
-            p.rmdir()
-        except OSError:
-            break
-        p = p.parent

@@ -1,76 +1,85 @@
-"""Small file helpers: hashing, atomic writes, inter-process locks."""
+"""Small file helpers: hashing, atomic writes, inter-process locks (``filelock``)."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .._errors import DownloadError
 
-__all__ = ["LockTimeoutError", "file_lock", "sha256_file"]
+__all__ = ["LockTimeoutError", "file_lock", "fsync_dir", "git_blob_sha1", "sha256_file", "write_json_atomic"]
+
+CHUNK = 1 << 20
 
 
 class LockTimeoutError(DownloadError, TimeoutError):
     """Another process held a model's lock for longer than the timeout (also a TimeoutError)."""
 
 
-def _lock_timeout(p: Path, timeout: float) -> LockTimeoutError:
-    return LockTimeoutError(
-        f"timed out after {timeout:.0f} s waiting for the lock {p}",
-        hint="another edgeslm process is downloading or removing the same model: wait for it to finish and "
-        f"try again; if no other edgeslm process is running, delete the stale lock file {p}",
-    )
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | os.PathLike[str], chunk: int = CHUNK) -> str:
     """Hex SHA-256 of a file, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
+        for b in iter(lambda: f.read(chunk), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def git_blob_sha1(path: str | os.PathLike[str], chunk: int = CHUNK) -> str:
+    """The git blob id of a file (what the Hub reports as the ETag of a small, non-LFS file)."""
+    h = hashlib.sha1(f"blob {os.path.getsize(path)}\0".encode())
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(chunk), b""):
             h.update(b)
     return h.hexdigest()
 
 
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike[str], timeout: float = 3600.0) -> Iterator[None]:
-    """Exclusive lock across processes (``fcntl.flock``; ``msvcrt`` on Windows).
+    """Exclusive lock across processes and threads (:class:`filelock.FileLock`).
 
     Raises :class:`LockTimeoutError` when the lock is still held after ``timeout`` seconds.
     """
+    import filelock
+
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + timeout
+    lock = filelock.FileLock(p, timeout=timeout)
     try:
-        if os.name == "nt":  # pragma: no cover - exercised on Windows only
-            import msvcrt
-
-            while True:
-                try:
-                    msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise _lock_timeout(p, timeout) from None
-                    time.sleep(0.1)
-        else:
-            import fcntl
-
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise _lock_timeout(p, timeout) from None
-                    time.sleep(0.05)
+        lock.acquire()
+    except filelock.Timeout:
+        raise LockTimeoutError(
+            f"timed out after {timeout:.0f} s waiting for the lock {p}",
+            hint="another edgeslm process is downloading or removing the same model: wait for it to finish and "
+            f"try again; if no other edgeslm process is running, delete the stale lock file {p}",
+        ) from None
+    try:
         yield
     finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        lock.release()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file, fsync it, and move it over ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def fsync_dir(d: Path) -> None:
+    """Make a rename inside ``d`` durable (no-op on Windows)."""
+    if os.name == "nt":  # pragma: no cover
+        return
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -9,6 +9,7 @@ format of each ``.onnx`` file, without the ``onnx`` package).
 
 from __future__ import annotations
 
+import functools
 import json
 import mmap
 import os
@@ -30,7 +31,9 @@ INT64_MAX = (1 << 63) - 1
 # Arrays up to this many elements are kept in the returned metadata; longer ones are summarised.
 MAX_KEPT_ARRAY = 256
 
-# ggml tensor type -> (block size, bytes per block); types removed from ggml are absent on purpose.
+# ggml tensor type -> (block size, bytes per block), as ggml and the gguf package define them
+# (tests/test_store_validate.py checks this copy against the installed gguf package). A type that
+# is not here is looked up in the gguf package when it is installed (see _type_size).
 GGML_TYPE_SIZES: dict[int, tuple[int, int]] = {
     0: (1, 4),
     1: (1, 2),
@@ -64,7 +67,16 @@ GGML_TYPE_SIZES: dict[int, tuple[int, int]] = {
     34: (256, 54),
     35: (256, 66),
     39: (32, 17),
+    40: (64, 36),
+    41: (128, 18),
 }
+# Ids of types ggml removed (Q4_2, Q4_3, the Q4_0_4_4 and IQ4_NL_4_4 repacked families): a file using
+# them cannot be loaded by any current engine.
+GGML_REMOVED_TYPES = frozenset({4, 5, 31, 32, 33, 36, 37, 38})
+# ggml has about 40 tensor types. An id up to this one that no table knows is taken for a type
+# newer than this edgeslm (its size is then bounded by the tensor layout, and the engine decides
+# whether it can run it); a larger id is damage.
+GGML_MAX_PLAUSIBLE_TYPE = 127
 
 # GGUF value types
 T_UINT8, T_INT8, T_UINT16, T_INT16, T_UINT32, T_INT32, T_FLOAT32, T_BOOL = range(8)
@@ -323,7 +335,7 @@ def _parse_gguf(p: Path, buf: Any, size: int) -> GGUFInfo:
 
     # Tensor infos
     names: set[str] = set()
-    tensors: list[tuple[str, int, int]] = []  # (name, offset, nbytes)
+    tensors: list[tuple[str, int, int | None]] = []  # (name, offset, nbytes; None for a type no table knows)
     for i in range(n_tensors):
         name_b = r.raw_string(f"name of tensor #{i}")
         name = name_b.decode("utf-8", errors="replace")
@@ -346,28 +358,41 @@ def _parse_gguf(p: Path, buf: Any, size: int) -> GGUFInfo:
             if n_elems > INT64_MAX:
                 raise _Bad(f"tensor {name!r} shape {list(dims)} overflows")
         ttype = r.u32(f"type of tensor {name!r}")
-        if ttype not in GGML_TYPE_SIZES:
+        sizes = _type_size(ttype)
+        nbytes: int | None = None
+        if sizes is not None:
+            block, type_size = sizes
+            if dims and dims[0] % block:
+                raise _Bad(f"tensor {name!r}: first dimension {dims[0]} is not a multiple of block size {block}")
+            nbytes = n_elems // block * type_size
+        elif ttype in GGML_REMOVED_TYPES:
+            raise _Bad(f"tensor {name!r} has unknown type {ttype} (a type ggml removed)")
+        elif ttype > GGML_MAX_PLAUSIBLE_TYPE:
             raise _Bad(f"tensor {name!r} has unknown type {ttype}")
-        block, type_size = GGML_TYPE_SIZES[ttype]
-        if dims and dims[0] % block:
-            raise _Bad(f"tensor {name!r}: first dimension {dims[0]} is not a multiple of block size {block}")
         offset = r.u64(f"offset of tensor {name!r}")
-        nbytes = n_elems // block * type_size
         tensors.append((name, offset, nbytes))
 
     data_offset = (r.off + alignment - 1) // alignment * alignment
     if tensors and data_offset > size:
         raise _Bad(f"tensor data should start at byte {data_offset} but the file has {size} bytes")
-    expected = 0
-    for name, offset, nbytes in tensors:
+    # Where the next tensor must start; None after a tensor of unknown size (whose data ends where
+    # the next one starts, checked to leave it room).
+    expected: int | None = 0
+    for i, (name, offset, nbytes) in enumerate(tensors):
         if offset % alignment:
             raise _Bad(f"tensor {name!r} offset {offset} is not aligned to {alignment} bytes")
-        if offset != expected:
+        if expected is not None and offset != expected:
             raise _Bad(f"tensor {name!r} has offset {offset}, expected {expected}")
+        known = nbytes is not None
+        if nbytes is None:  # a type no table knows: its data runs to the next tensor (or the end of the file)
+            nbytes = (tensors[i + 1][1] if i + 1 < len(tensors) else size - data_offset) - offset
+            if nbytes <= 0:
+                raise _Bad(f"tensor {name!r} has no room for its data at offset {offset}")
+            tensors[i] = (name, offset, nbytes)
         end = data_offset + offset + nbytes
         if end > size:
             raise _Bad(f"tensor {name!r} data ends at byte {end} but the file has {size} bytes (truncated download?)")
-        expected = offset + (nbytes + alignment - 1) // alignment * alignment
+        expected = offset + (nbytes + alignment - 1) // alignment * alignment if known else None
 
     return GGUFInfo(
         path=p,
@@ -381,6 +406,28 @@ def _parse_gguf(p: Path, buf: Any, size: int) -> GGUFInfo:
         array_lengths=array_lengths,
         tensor_bytes={name: nbytes for name, _, nbytes in tensors},
     )
+
+
+def _type_size(ttype: int) -> tuple[int, int] | None:
+    """(block size, bytes per block) of a ggml tensor type: edgeslm's table, else the gguf package's."""
+    known = GGML_TYPE_SIZES.get(ttype)
+    if known is not None or ttype in GGML_REMOVED_TYPES:
+        return known
+    return _gguf_package_type_sizes().get(ttype)
+
+
+@functools.lru_cache(maxsize=1)
+def _gguf_package_type_sizes() -> dict[int, tuple[int, int]]:
+    """``gguf.constants.GGML_QUANT_SIZES`` when the gguf package is installed (it may be newer than edgeslm)."""
+    try:
+        from gguf.constants import GGML_QUANT_SIZES
+    except Exception:  # not installed, or broken: edgeslm's own table is all there is
+        return {}
+    out: dict[int, tuple[int, int]] = {}
+    for t, (block, type_size) in GGML_QUANT_SIZES.items():
+        if int(block) > 0 and int(type_size) > 0:
+            out[int(t)] = (int(block), int(type_size))
+    return out
 
 
 def _read_value(r: _Reader, key: str, vtype: int) -> Any:
