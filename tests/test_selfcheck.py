@@ -207,3 +207,13 @@ def test_an_untrusted_file_is_checked_once_per_content(home, smollm2_path, tmp_p
     with edgeslm.load(other, n_ctx=512):  # same content: no new child
         pass
     assert len(probes) == first
+
+
+def test_a_frozen_app_without_an_interpreter_applies_the_known_bad_rules_only(monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr("sys.frozen", True, raising=False)
+    monkeypatch.delenv("EDGESLM_PROBE_PYTHON", raising=False)
+    assert selfcheck.probe_python() is None
+    attempt = selfcheck.probe(tmp_path / "any.gguf", EngineOptions(0, True))
+    assert attempt.ok and "not checked" in attempt.outcome and "EDGESLM_PROBE_PYTHON" in attempt.outcome
+    monkeypatch.setenv("EDGESLM_PROBE_PYTHON", "/opt/python/bin/python3")
+    assert selfcheck.probe_python() == "/opt/python/bin/python3"

@@ -260,15 +260,27 @@ def _outcome(rc: int) -> str:
     return f"exit code {rc}"
 
 
+def probe_python() -> str | None:
+    """The interpreter that runs the child: ``EDGESLM_PROBE_PYTHON``, else this one. A frozen app
+    (PyInstaller and the like) has no interpreter to start: None, and the known-bad rules alone apply."""
+    override = os.environ.get("EDGESLM_PROBE_PYTHON")
+    if override:
+        return override
+    return None if getattr(sys, "frozen", False) else sys.executable
+
+
 def probe(path: str | os.PathLike[str], options: EngineOptions, *, n_threads: int | None = None,
           timeout: float | None = None) -> Attempt:
     """Load *path* with *options* in a child process, decode a multi-token prompt and a few tokens."""
     req = {"path": os.fspath(path), "options": asdict(options), "n_threads": n_threads}
     t0 = time.perf_counter()
     limit = _timeout() if timeout is None else timeout
+    python = probe_python()
+    if python is None:
+        return Attempt(options, True, "not checked (frozen app: set EDGESLM_PROBE_PYTHON to check)", 0.0)
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "edgeslm.runtime._probe", json.dumps(req)],
+            [python, "-m", "edgeslm.runtime._probe", json.dumps(req)],
             capture_output=True, text=True, timeout=limit, stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired as exc:
