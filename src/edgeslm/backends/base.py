@@ -10,6 +10,13 @@ it token by token:
   is all prefix reuse needs;
 * ``close()`` frees the engine's memory.
 
+Several sequences in one context (batched decoding): a backend whose ``max_sequences`` is above 1
+keeps one KV cache per sequence id ``0 .. max_sequences-1`` (sequence 0 is the one ``tokens``,
+``eval``, ``logits`` and ``trim`` act on). ``eval_many([(seq, tokens), ...])`` appends tokens to
+several sequences in one engine call, after which ``logits_of(seq)`` holds each one's next-token
+logits; ``seq_copy(src, dst, n)`` shares the first ``n`` cached tokens of one sequence with another
+(a common prompt prefix is evaluated once), ``seq_trim`` and ``seq_tokens`` work per sequence.
+
 Backends are not thread-safe; :class:`edgeslm.Model` serializes calls.
 A new engine (MLX, an NPU runtime) is one module implementing this class, nothing more.
 """
@@ -71,6 +78,38 @@ class Backend(ABC):
     @abstractmethod
     def trim(self, n_keep: int) -> None:
         """Drop everything after the first *n_keep* tokens from the KV cache."""
+
+    # ------------------------------------------------------------------ several sequences
+    max_sequences: int = 1
+
+    def seq_tokens(self, seq: int) -> list[int]:
+        """Tokens in the KV cache of sequence *seq*."""
+        self._only_seq0(seq)
+        return self._tokens
+
+    def eval_many(self, batch: Sequence[tuple[int, Sequence[int]]]) -> None:
+        """Append tokens to several sequences at once; then ``logits_of(seq)`` is each one's next logits."""
+        for seq, toks in batch:
+            self._only_seq0(seq)
+            self.eval(toks)
+
+    def logits_of(self, seq: int) -> np.ndarray:
+        """Next-token logits of sequence *seq* after the last ``eval_many`` (or ``eval``)."""
+        self._only_seq0(seq)
+        return self.logits()
+
+    def seq_trim(self, seq: int, n_keep: int) -> None:
+        """Keep only the first *n_keep* tokens of sequence *seq*."""
+        self._only_seq0(seq)
+        self.trim(n_keep)
+
+    def seq_copy(self, src: int, dst: int, n: int) -> None:
+        """Make sequence *dst* hold the first *n* cached tokens of *src* (shared, not recomputed)."""
+        raise NotImplementedError(f"{self.name} holds one sequence per context")
+
+    def _only_seq0(self, seq: int) -> None:
+        if seq != 0:
+            raise NotImplementedError(f"{self.name} holds one sequence per context (asked for sequence {seq})")
 
     def close(self) -> None:
         """Free the engine's resources. Idempotent."""

@@ -106,9 +106,12 @@ class LlamaCppBackend(Backend):
         n_threads: int | None = None,
         n_batch: int = 512,
         extra_bufts: bool = True,
+        n_seq_max: int = 1,
     ) -> None:
         """Open *path*. ``extra_bufts=False`` turns off llama.cpp's CPU "extra" buffer types (weight
-        repacking for AMX and other special kernels): the safe option the self-check falls back to."""
+        repacking for AMX and other special kernels): the safe option the self-check falls back to.
+        ``n_seq_max`` above 1 holds that many sequences in one KV cache of ``n_ctx`` tokens shared by
+        all of them (batched decoding, see :class:`~edgeslm.backends.base.Backend`)."""
         super().__init__()
         lib = _lib()
         self._lib = lib
@@ -144,7 +147,9 @@ class LlamaCppBackend(Backend):
         cparams.n_ctx = int(min(n_ctx, n_train))
         cparams.n_batch = int(min(n_batch, cparams.n_ctx))
         cparams.n_ubatch = cparams.n_batch
-        cparams.n_seq_max = 1
+        cparams.n_seq_max = max(1, int(n_seq_max))
+        if n_seq_max > 1 and hasattr(cparams, "kv_unified"):
+            cparams.kv_unified = True  # one cache for all sequences, so a prompt prefix can be shared
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.no_perf = True
@@ -176,6 +181,11 @@ class LlamaCppBackend(Backend):
         self._eog_cache: dict[int, bool] = {}
         self._piece_cache: dict[int, bytes] = {}
         self._lltok: Any = None
+        self.max_sequences = int(lib.llama_n_seq_max(ctx)) if n_seq_max > 1 else 1
+        self._seqs: dict[int, list[int]] = {0: self._tokens}
+        self._seq_logits: dict[int, np.ndarray] = {}
+        self._batch: Any = None
+        self._batch_cap = 0
 
     # ------------------------------------------------------------------ metadata
     def _read_metadata(self) -> dict[str, str]:
@@ -264,6 +274,7 @@ class LlamaCppBackend(Backend):
                     hint="the context may be full (raise n_ctx=) or memory exhausted",
                 )
             self._tokens.extend(chunk)
+        self._seq_logits.pop(0, None)
 
     def logits(self) -> np.ndarray:
         ptr = self._lib.llama_get_logits_ith(self._ctx, -1)
@@ -271,12 +282,92 @@ class LlamaCppBackend(Backend):
 
     def trim(self, n_keep: int) -> None:
         n_keep = max(0, min(n_keep, len(self._tokens)))
-        if n_keep == 0:
+        if n_keep == 0 and self.max_sequences == 1:
             self._lib.llama_memory_clear(self._mem, True)
         elif not self._lib.llama_memory_seq_rm(self._mem, 0, n_keep, -1):
-            self._lib.llama_memory_clear(self._mem, True)
+            self._lib.llama_memory_seq_rm(self._mem, 0, 0, -1)  # cannot cut here (recurrent state): drop it
             n_keep = 0
         del self._tokens[n_keep:]
+        self._seq_logits.pop(0, None)
+
+    # ------------------------------------------------------------------ several sequences
+    def _seq(self, seq: int) -> list[int]:
+        if not 0 <= seq < self.max_sequences:
+            raise GenerationError(f"sequence {seq} is out of range (0..{self.max_sequences - 1})",
+                                  hint="open the backend with a larger n_seq_max=")
+        if seq == 0:
+            return self._tokens
+        return self._seqs.setdefault(seq, [])
+
+    def seq_tokens(self, seq: int) -> list[int]:
+        return self._seq(seq)
+
+    def eval_many(self, batch: Sequence[tuple[int, Sequence[int]]]) -> None:
+        if self._ctx is None:
+            raise GenerationError("the model is closed", hint="load it again with edgeslm.load()")
+        lib = self._lib
+        items = [(seq, list(toks)) for seq, toks in batch if len(toks)]
+        # Flatten into chunks of at most n_batch tokens; logits only for each sequence's last token.
+        flat = [(seq, tok, i == len(toks) - 1) for seq, toks in items for i, tok in enumerate(toks)]
+        if self._batch is None or self._batch_cap < min(len(flat), self.n_batch):
+            if self._batch is not None:
+                lib.llama_batch_free(self._batch)
+            self._batch_cap = max(min(len(flat), self.n_batch), 8)
+            self._batch = lib.llama_batch_init(self._batch_cap, 0, 1)
+        b = self._batch
+        for start in range(0, len(flat), self._batch_cap):
+            chunk = flat[start : start + self._batch_cap]
+            want: list[tuple[int, int]] = []
+            for i, (seq, tok, last) in enumerate(chunk):
+                toks = self._seq(seq)
+                b.token[i] = tok
+                b.pos[i] = len(toks)
+                b.n_seq_id[i] = 1
+                b.seq_id[i][0] = seq
+                b.logits[i] = last
+                toks.append(tok)
+                if last:
+                    want.append((seq, i))
+            b.n_tokens = len(chunk)
+            rc = lib.llama_decode(self._ctx, b)
+            if rc != 0:
+                for seq, _, _ in chunk:  # undo our view of this chunk; the cache may hold part of it
+                    toks = self._seq(seq)
+                    n = sum(1 for s, _, _ in chunk if s == seq)
+                    del toks[len(toks) - n :]
+                    lib.llama_memory_seq_rm(self._mem, seq, len(toks), -1)
+                raise GenerationError(f"llama_decode failed with code {rc}",
+                                      hint="the KV cache may be full: raise n_ctx=, or decode fewer sequences at once")
+            for seq, i in want:
+                ptr = lib.llama_get_logits_ith(self._ctx, i)
+                self._seq_logits[seq] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+
+    def logits_of(self, seq: int) -> np.ndarray:
+        got = self._seq_logits.get(seq)
+        if got is None:
+            if seq == 0:
+                return self.logits()
+            raise GenerationError(f"sequence {seq} has no logits yet", hint="evaluate tokens for it first")
+        return got
+
+    def seq_trim(self, seq: int, n_keep: int) -> None:
+        if seq == 0:
+            self.trim(n_keep)
+            return
+        toks = self._seq(seq)
+        n_keep = max(0, min(n_keep, len(toks)))
+        self._lib.llama_memory_seq_rm(self._mem, seq, n_keep, -1)
+        del toks[n_keep:]
+        self._seq_logits.pop(seq, None)
+
+    def seq_copy(self, src: int, dst: int, n: int) -> None:
+        s, d = self._seq(src), self._seq(dst)
+        n = max(0, min(n, len(s)))
+        self._lib.llama_memory_seq_rm(self._mem, dst, 0, -1)
+        if n:
+            self._lib.llama_memory_seq_cp(self._mem, src, dst, 0, n)
+        d[:] = s[:n]
+        self._seq_logits.pop(dst, None)
 
     # ------------------------------------------------------------------ misc
     def memory_bytes(self) -> int:
@@ -302,6 +393,9 @@ class LlamaCppBackend(Backend):
         lib = getattr(self, "_lib", None)
         if lib is None:
             return
+        if getattr(self, "_batch", None) is not None:
+            lib.llama_batch_free(self._batch)
+            self._batch = None
         if self._ctx is not None:
             lib.llama_free(self._ctx)
             self._ctx = None

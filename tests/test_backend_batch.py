@@ -1,0 +1,80 @@
+"""Several sequences in one llama.cpp context: a shared prompt prefix, one batch per step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import edgeslm
+from edgeslm.backends.base import Backend
+
+from .conftest import requires_smollm2
+
+PREFIX = "<|im_start|>system\nSay which city the text names.<|im_end|>\n<|im_start|>user\n"
+TEXTS = ["I live in Paris.", "Maria moved to Lisbon last year.", "Our office is in Berlin."]
+TAIL = "<|im_end|>\n<|im_start|>assistant\n"
+
+
+def _safe_extra_bufts(path) -> bool:
+    """The CPU extra-buffer option the engine self-check found safe here (AMX CPUs need it off)."""
+    from edgeslm.backends.llamacpp import system_info
+    from edgeslm.runtime import selfcheck
+    from edgeslm.runtime.hardware import cpu_info
+
+    check = selfcheck.ensure_engine(path, selfcheck.EngineOptions(0, True), cpu_features=cpu_info()[1],
+                                    system_info=system_info())
+    return bool(check.chosen and check.chosen.extra_bufts)
+
+
+@pytest.fixture(scope="module")
+def engines(smollm2_path):
+    from edgeslm.backends.llamacpp import LlamaCppBackend
+
+    extra = _safe_extra_bufts(smollm2_path)
+    single = LlamaCppBackend(smollm2_path, n_ctx=1024, extra_bufts=extra)
+    multi = LlamaCppBackend(smollm2_path, n_ctx=2048, extra_bufts=extra, n_seq_max=4)
+    yield single, multi
+    single.close()
+    multi.close()
+
+
+def _prompt(engine: Backend, text: str) -> tuple[list[int], list[int]]:
+    return engine.tokenize(PREFIX, special=True), engine.tokenize(text, special=False) + engine.tokenize(
+        TAIL, special=True)
+
+
+@requires_smollm2
+def test_shared_prefix_and_one_batch_per_step_match_one_sequence_at_a_time(engines) -> None:
+    single, multi = engines
+    assert multi.max_sequences == 4 and single.max_sequences == 1
+    pre, _ = _prompt(multi, "")
+    multi.eval_many([(0, pre)])
+    for s in range(1, len(TEXTS)):
+        multi.seq_copy(0, s, len(pre))
+        assert multi.seq_tokens(s) == pre  # shared, not evaluated again
+    multi.eval_many([(s, _prompt(multi, t)[1]) for s, t in enumerate(TEXTS)])
+    for s, text in enumerate(TEXTS):
+        single.trim(0)
+        a, b = _prompt(single, text)
+        single.eval(a + b)
+        ref = single.logits().copy()
+        got = multi.logits_of(s)
+        assert multi.seq_tokens(s) == a + b
+        assert int(np.argmax(got)) == int(np.argmax(ref))
+        assert float(np.max(np.abs(got - ref))) < 0.05 * float(np.max(np.abs(ref)))
+    # one more step for every sequence in one call, then trimming one leaves the others alone
+    step = [(s, [int(np.argmax(multi.logits_of(s)))]) for s in range(len(TEXTS))]
+    multi.eval_many(step)
+    lengths = [len(multi.seq_tokens(s)) for s in range(len(TEXTS))]
+    multi.seq_trim(1, len(pre))
+    assert multi.seq_tokens(1) == pre and [len(multi.seq_tokens(s)) for s in (0, 2)] == [lengths[0], lengths[2]]
+    with pytest.raises(edgeslm.GenerationError):
+        multi.seq_tokens(7)
+
+
+@requires_smollm2
+def test_one_sequence_backends_say_so(engines) -> None:
+    single, _ = engines
+    with pytest.raises(edgeslm.GenerationError, match="n_seq_max"):
+        single.seq_copy(0, 1, 3)
+    assert single.seq_tokens(0) is single.tokens
