@@ -184,3 +184,14 @@ def test_required_and_named_still_write_the_native_syntax() -> None:
                    tool_choice={"type": "function", "function": {"name": "get_weather"}}, temperature=0,
                    max_tokens=60)
     assert _calls(r) == [PARIS]
+
+
+def test_run_tools_stops_at_a_call_cut_off() -> None:
+    model = scripted_model("hermes", f"<tool_call>\n{obj()}\n</tool_call>")
+    with pytest.raises(edgeslm.ToolCallError, match="cut off") as e:
+        model.run_tools(ASK, [get_weather], max_tokens=6, temperature=0)
+    assert e.value.hint
+    run = model.run_tools(ASK, [get_weather], max_rounds=1, max_tokens=60, temperature=0)
+    assert [(c.name, c.arguments) for c in run.calls] == [PARIS] and run.stopped_reason == "max_rounds"
+    assert run.messages[-1] == {"role": "tool", "tool_call_id": run.calls[0].id, "name": "get_weather",
+                                "content": "sunny in Paris"}

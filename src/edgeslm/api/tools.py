@@ -122,6 +122,7 @@ class ToolPlan:
         return self.fmt.grammar(self._tool_schemas(), parallel=self.parallel,
                                 special_ids=_special_ids(engine, self.fmt.specials))
 
+    @functools.cached_property
     def detector(self) -> CallDetector:
         """What commits an ``auto`` reply to a call."""
         return self.fmt.detector([t.name for t in self.allowed])
@@ -202,7 +203,7 @@ def _attempt(
     if required:
         constraint = ToolReply(engine, required=plan.grammar(engine), soft_limit=soft)
     else:
-        constraint = ToolReply(engine, detector=plan.detector(), soft_limit=soft,
+        constraint = ToolReply(engine, detector=plan.detector, soft_limit=soft,
                                grammar=functools.partial(plan.call_grammar, engine))
     stats = GenStats()
     steps = generate_steps(engine, prompt, Sampler(params), budget, constraint=constraint, stats=stats)
@@ -284,7 +285,7 @@ def _check_calls(plan: ToolPlan, out: _Outcome) -> tuple[list[ToolCall], list[st
 
 def _check_text(plan: ToolPlan, text: str) -> None:
     """A text answer holds no call (the reply would have committed to it): never drop one silently."""
-    at = plan.detector().search(text)
+    at = plan.detector.search(text)
     if at is not None:
         raise ToolCallError(
             f"the {plan.fmt.name} reply holds a tool call inside its text: {text[at:at + 200]!r}",
@@ -418,6 +419,8 @@ def run_tools(
     result: ChatResult | None = None
     for rnd in range(1, max_rounds + 1):
         result = model.chat(transcript, tools=tool_list, tool_choice=choice, **chat_kwargs)
+        if result.error is not None:  # a call cut off by max_tokens: nothing to run, and no answer
+            raise result.error
         if not result.tool_calls:
             transcript.append({"role": "assistant", "content": result.text})
             return ToolRun(result, transcript, rnd, "answer", executed)
