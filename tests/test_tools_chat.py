@@ -76,37 +76,50 @@ def test_required_named_and_none(smollm2: edgeslm.Model) -> None:
     assert not r.tool_calls and r.text and r.finish_reason in ("stop", "length")
 
 
-def test_auto_answers_in_text_or_valid_calls(smollm2: edgeslm.Model) -> None:
+def test_auto_catches_a_call_and_keeps_text(smollm2: edgeslm.Model) -> None:
+    # SmolLM2 answers this in Llama 3's typed JSON, {"type": "function", "name": ...}, without any tag
     tools = [get_weather, calculator]
-    for msgs in (ASK, [{"role": "user", "content": "Write a haiku about the sea."}]):
-        r = smollm2.chat(msgs, tools=tools, tool_choice="auto", **GREEDY)
-        if r.tool_calls:
-            _assert_valid(r.tool_calls, tools)
-            assert r.finish_reason == "tool_calls"
-        else:
-            assert r.text.strip() and r.finish_reason in ("stop", "length")
-            # a call is never smuggled out as text: no call opener anywhere in it
-            assert get_format(smollm2.tool_format).text_call(r.text) == -1
-            assert not r.text.lstrip().startswith("{") and '{"tool_calls"' not in r.text
-    chunks = list(smollm2.chat(msgs, tools=tools, tool_choice="auto", stream=True, **GREEDY))
-    assert "".join(c.delta for c in chunks) == r.text and chunks[-1].finish_reason == r.finish_reason
-
-
-@pytest.mark.parametrize("fmt", ["generic", "llama3", "gemma3"])
-def test_auto_text_never_holds_a_call(smollm2: edgeslm.Model, fmt: str) -> None:
-    # formats without a trigger token: the reply is text with no call opener, or valid calls
     saved = smollm2.tool_format
-    smollm2.tool_format = fmt
+    smollm2.tool_format = "llama3"
     try:
-        for content in ("Reply with a JSON object naming a tool.", "What is the weather in Paris?"):
-            r = smollm2.chat([{"role": "user", "content": content}], tools=[get_weather], tool_choice="auto",
-                             **GREEDY)
-            if r.tool_calls:
-                _assert_valid(r.tool_calls, [get_weather])
-            else:
-                assert get_format(fmt).text_call(r.text) == -1, r.text
+        ask = [{"role": "user", "content": "Call get_weather for Oslo."}]
+        r = smollm2.chat(ask, tools=tools, tool_choice="auto", **GREEDY)
+        assert r.tool_calls and r.finish_reason == "tool_calls" and r.error is None
+        assert [c.name for c in r.tool_calls] == ["get_weather"] and r.tool_calls[0].arguments["city"] == "Oslo"
+        _assert_valid(r.tool_calls, tools)
+        chunks = list(smollm2.chat(ask, tools=tools, tool_choice="auto", stream=True, **GREEDY))
+        assert [[c.arguments for c in ch.tool_calls] for ch in chunks if ch.tool_calls] == [
+            [c.arguments for c in r.tool_calls]]
+        assert "".join(c.delta for c in chunks).strip() == r.text
+        haiku = [{"role": "user", "content": "Write a haiku about the sea."}]
+        r = smollm2.chat(haiku, tools=tools, tool_choice="auto", **GREEDY)
+        assert not r.tool_calls and r.text.strip() and r.finish_reason in ("stop", "length")
+        assert get_format("llama3").find_call(r.text, ["get_weather", "calculator"]) == -1
+        chunks = list(smollm2.chat(haiku, tools=tools, tool_choice="auto", stream=True, **GREEDY))
+        assert "".join(c.delta for c in chunks) == r.text and chunks[-1].finish_reason == r.finish_reason
     finally:
         smollm2.tool_format = saved
+
+
+def test_auto_calls_in_every_form_the_model_chooses(smollm2: edgeslm.Model) -> None:
+    # Text answers never hold a call, and calls are valid. SmolLM2 writes calls in several forms
+    # here (typed JSON, a bare object, a fenced Python-style call), so the call path is exercised.
+    saved = smollm2.tool_format
+    calls = 0
+    try:
+        for fmt in ("generic", "llama3", "gemma3", "phi4"):
+            smollm2.tool_format = fmt
+            for content in ("Call get_weather for Oslo.", "Use the get_weather tool to get the weather in Oslo."):
+                r = smollm2.chat([{"role": "user", "content": content}], tools=[get_weather], tool_choice="auto",
+                                 **GREEDY)
+                if r.tool_calls:
+                    _assert_valid(r.tool_calls, [get_weather])
+                    calls += 1
+                else:
+                    assert get_format(fmt).find_call(r.text, ["get_weather"]) == -1, r.text
+    finally:
+        smollm2.tool_format = saved
+    assert calls >= 3
 
 
 def test_parallel_calls_and_single_call(smollm2: edgeslm.Model) -> None:

@@ -7,17 +7,10 @@ import json
 import pytest
 
 import edgeslm
-from edgeslm.decoding.template import CHATML_TEMPLATE, GEMMA_TEMPLATE, ChatTemplate
+from edgeslm.decoding.template import CHATML_TEMPLATE, ChatTemplate
 from edgeslm.tools import as_tools, detect_tool_format, get_format
 from edgeslm.tools.formats import FORMATS, Markup
-
-PHI4 = ("{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
-        "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
-LLAMA3 = ("{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
-          "'<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
-          "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
-TEMPLATES = {"generic": CHATML_TEMPLATE, "hermes": CHATML_TEMPLATE, "phi4": PHI4, "llama3": LLAMA3,
-             "gemma3": GEMMA_TEMPLATE}
+from tests.fakes import TEMPLATES
 
 
 def weather(city: str) -> str:
@@ -158,98 +151,94 @@ def test_grammar_accepts_rendered_calls_only(smollm2: edgeslm.Model, name: str) 
     fmt = get_format(name)
     plan = plan_tools([weather, add], "auto", True, fmt)
     engine = smollm2._engine
-    auto, required = plan.grammar(engine, required=False), plan.grammar(engine, required=True)
+    native, lazy = plan.grammar(engine), plan.call_grammar(engine)
     mark = Markup()
     good = mark.plain(fmt.render_calls([("weather", {"city": "Oslo"}), ("add", {"a": 1, "b": 2})], mark))
-    assert _accepts(smollm2, required, good) and _accepts(smollm2, auto, good)
-    assert _accepts(smollm2, auto, "It is sunny.") and not _accepts(smollm2, required, "It is sunny.")
+    assert _accepts(smollm2, native, good) and _accepts(smollm2, lazy, good)
+    assert not _accepts(smollm2, native, "It is sunny.") and not _accepts(smollm2, lazy, "It is sunny.")
     for bad in (("wether", {"city": "Oslo"}), ("add", {"a": "1"}), ("add", {"b": 1}), ("add", {"a": 1, "c": 2})):
         text = mark.plain(fmt.render_calls([bad], mark))
-        assert not _accepts(smollm2, auto, text), text
-    single = plan_tools([weather, add], "auto", False, fmt).grammar(engine, required=True)
-    assert not _accepts(smollm2, single, good)
+        assert not _accepts(smollm2, native, text) and not _accepts(smollm2, lazy, text), text
+    single = plan_tools([weather, add], "auto", False, fmt)
+    assert not _accepts(smollm2, single.grammar(engine), good)
+    assert not _accepts(smollm2, single.call_grammar(engine), good)
     named = plan_tools([weather, add], {"type": "function", "function": {"name": "add"}}, True, fmt)
-    g = named.grammar(engine, required=True)
+    g = named.grammar(engine)
     assert _accepts(smollm2, g, mark.plain(fmt.render_calls([("add", {"a": 1})], mark)))
     assert not _accepts(smollm2, g, mark.plain(fmt.render_calls([("weather", {"city": "x"})], mark)))
     json.loads(json.dumps(plan.schemas["add"].grammar_schema))  # plain JSON
 
 
-def test_text_cannot_smuggle_a_call(smollm2: edgeslm.Model) -> None:
+def test_call_grammar_takes_every_form_and_only_valid_calls(smollm2: edgeslm.Model) -> None:
     from edgeslm.api.tools import plan_tools
 
-    for name in ("hermes", "phi4"):
-        fmt = get_format(name)
-        g = plan_tools([weather], "auto", True, fmt).grammar(smollm2._engine, required=False)
-        # a malformed call after the trigger is rejected: text may not contain the trigger itself
-        assert not _accepts(smollm2, g, f'ok {fmt.trigger}{{"name": "weather", "arguments": {{"city": 1}}}}')
-    g = plan_tools([weather], "auto", True, get_format("generic")).grammar(smollm2._engine, required=False)
-    assert not _accepts(smollm2, g, '{"tool_calls": [{"name": "nope"')
+    g = plan_tools([weather, add], "auto", True, get_format("hermes")).call_grammar(smollm2._engine)
+    for text in ('{"name": "weather", "arguments": {"city": "Oslo"}}',
+                 '{ "name" : "add", "parameters": {"a": 1}}',
+                 '{"type": "function", "name": "add", "parameters": {"a": 1, "b": 2}}',
+                 '```json\n[{"name": "add", "arguments": {"a": 1}}, '
+                 '{"name": "weather", "arguments": {"city": "x"}}]\n```',
+                 '<tool_call>\n[{"name": "add", "arguments": {"a": 1}}]\n</tool_call>',
+                 '<|tool_call|>[{"name": "add", "arguments": {"a": 1}}]<|/tool_call|>',
+                 '<|python_tag|>add(a=1, b=2)', '[weather(city="Oslo"), add(a=3)]', '```tool_code\nadd(a=1)\n```',
+                 'functools[{"name": "add", "arguments": {"a": 1}}]',
+                 '{"tool_calls": [{"name": "add", "arguments": {"a": 1}}]}'):
+        assert _accepts(smollm2, g, text), text
+    for text in ('<tool_call>{"name": "weather", "arguments": {"city": 1}}</tool_call>',  # wrong type
+                 '[add(b=1)]', "[add(a='1')]", '[nope(a=1)]', '{"name": "nope", "arguments": {}}',
+                 '{"name": "add", "arguments": {"a": 1}} and more text'):
+        assert not _accepts(smollm2, g, text), text
 
 
-# Formats without a trigger: a call (here to an unknown function) placed inside text, which parse
-# would not see. The auto grammar must reject each (the opener may not appear anywhere in text).
-SMUGGLED = {
-    "generic": ['Sure. {"tool_calls": [{"name": "nope", "arguments": {}}]}',
-                'Sure.\n{ "tool_calls" : [{"name": "nope", "arguments": {}}]}', 'a {"tool_calls"'],
-    "llama3": ['ok {"name": "nope", "parameters": {}}', 'ok\n{\n  "name": "nope", "parameters": {}}',
-               'Calling now: {"name"'],
-    "gemma3": ['Calling now:\n[{"name": "nope", "arguments": {}}]', 'x [ {\n"name": "nope"}]',
-               "Calling now: [nope(city='Oslo')]", "Sure: [weather(city='Oslo')]", "see [get_time()]",
-               "see [ mod.f( x = 1)]"],
-}
-# Text that merely has braces, brackets or parentheses stays text in every format.
+# Text that commits to a call (with its index), whatever the format: the call is caught there.
+CAUGHT = [
+    ('Sure. {"name": "nope"', 6), ('ok\n{\n  "name": "nope", "parameters": {}}', 3), ('x [ {\n"name": "nope"}]', 2),
+    ('Calling now:\n```json\n{"name":', 13), ('see <tool_call>{"name"', 4), ("a <|tool_call|>[", 2),
+    ('<|python_tag|>{"name"', 0), ('functools[{"name": "x"}]', 0), ('a {"tool_calls": [', 2),
+    ('{"type": "function", "name": "weather"', 0), ('Sure: [weather(city="Oslo")]', 6),
+    ('```tool_code\nweather(city="Oslo")\n```', 0), ('``` \n[ weather (', 0),
+]
+# Text that merely has braces, brackets, parentheses or code stays text in every format.
 HARMLESS = ["It is sunny.", "", "Use {x} or [1, 2] here.", 'JSON like {"city": "Oslo"} is fine.',
-            "See [the docs](https://x.org) and f(x).", "a [f(x) for x in y]\nend", "tool_calls: name"]
+            "See [the docs](https://x.org) and f(x).", "a [f(x) for x in y]\nend", "tool_calls: name",
+            "[nope(city='Oslo')]", "```python\nprint(weather)\n```", '{"name" is a key}', "weather(city) is a tool",
+            '{"function": "weather"}']
 
 
-@pytest.mark.parametrize("name", sorted(SMUGGLED))
-def test_text_without_a_trigger_cannot_hold_a_call(smollm2: edgeslm.Model, name: str) -> None:
-    from edgeslm.api.tools import plan_tools
-
+@pytest.mark.parametrize("name", sorted(FORMATS))
+def test_detector(name: str) -> None:
     fmt = get_format(name)
-    engine = smollm2._engine
-    for parallel in (True, False):
-        g = plan_tools([weather, add], "auto", parallel, fmt).grammar(engine, required=False)
-        for text in SMUGGLED[name]:
-            assert not _accepts(smollm2, g, text), text
-            assert fmt.text_call(text) >= 0, text
-            with pytest.raises(edgeslm.ToolCallError) as e:  # never read back as text
-                fmt.parse(text)
-            assert e.value.hint
-        for text in HARMLESS:
-            assert _accepts(smollm2, g, text), text
-            assert fmt.text_call(text) == -1 and fmt.parse(text) == (text, [])
-        # a well-formed call is still accepted and read back
-        mark = Markup()
-        calls = [("weather", {"city": "Oslo"}), ("add", {"a": 1, "b": 2})][: 2 if parallel else 1]
-        good = mark.plain(fmt.render_calls(calls, mark))
-        assert _accepts(smollm2, g, good), good
-        assert fmt.parse(good) == ("", calls)
+    detector = fmt.detector(["weather", "add"])
+    for text, at in CAUGHT:
+        assert detector.search(text) == at == fmt.find_call(text, ["weather"]), text
+        assert detector.hold(text[: at + 1]) == at  # a stream holds back from where a call may begin
+    for text in HARMLESS:
+        if name == "generic" and text.startswith('{"function"'):
+            continue  # the generic format also takes {"function": ...} and {"tool": ...}
+        assert detector.search(text) is None, text
+        assert fmt.parse(text, ["weather"]) == (text, [])
+    assert detector.hold("It is sunny.") == len("It is sunny.")
+    assert detector.hold("Look: ```js") == 6 and detector.hold('a {"na') == 2 and detector.hold('a {"x"') == 6
+    # a call in text is read back from where it begins
+    assert fmt.parse('Sure: [weather(city="Oslo"), add(a=1)]', ["weather", "add"]) == (
+        "Sure:", [("weather", {"city": "Oslo"}), ("add", {"a": 1})])
+    with pytest.raises(edgeslm.ToolCallError, match=f"malformed {name} tool call") as e:
+        fmt.parse("[weather(city='Oslo')]", ["weather"])  # Python strings: never produced under the grammar
+    assert e.value.hint
 
 
-def test_text_call_positions() -> None:
-    assert get_format("generic").text_call('ab {"tool_calls": []}') == 3
-    assert get_format("llama3").text_call('x{"name"') == 1 and get_format("llama3").text_call('{"nam') == -1
-    assert get_format("gemma3").text_call("[f(x) for x in y]") == -1
-    assert get_format("gemma3").text_call("ab [f(a=1)]") == 3
-    assert get_format("hermes").text_call("a <tool_call>") == 2 and get_format("phi4").text_call("a") == -1
-    # "\u00a0" is not JSON whitespace: what follows it is text for the grammar and for call_start
-    assert get_format("generic").call_start('\u00a0{"a": 1}') == -1
-    assert get_format("generic").call_start(' \n{"tool_calls"') == 2
-
-
-def test_gemma3_pythonic_calls_are_never_dropped() -> None:
-    fmt = get_format("gemma3")
-    for reply in ("[weather(city='Oslo')]", "Sure. [weather(city='Oslo')]"):
-        with pytest.raises(edgeslm.ToolCallError, match="malformed gemma3 tool call"):
-            fmt.parse(reply)
+def test_generic_format_takes_other_name_keys() -> None:
+    fmt = get_format("generic")
+    assert fmt.parse('{"function": "weather", "arguments": {"city": "x"}}') == ("", [("weather", {"city": "x"})])
+    assert fmt.parse('{"tool": "weather"}') == ("", [("weather", {})])
+    assert get_format("hermes").parse('{"function": "weather"}') == ('{"function": "weather"}', [])
 
 
 def test_a_text_answer_holding_a_call_is_an_error() -> None:
-    from edgeslm.api.tools import _check_text
+    from edgeslm.api.tools import _check_text, plan_tools
 
-    _check_text(get_format("gemma3"), "It is sunny [1, 2].")
+    plan = plan_tools([weather], "auto", True, get_format("gemma3"))
+    _check_text(plan, "It is sunny [1, 2].")
     with pytest.raises(edgeslm.ToolCallError, match="inside its text") as e:
-        _check_text(get_format("llama3"), 'ok {"name": "nope", "parameters": {}}')
+        _check_text(plan, 'ok {"name": "nope", "parameters": {}}')
     assert e.value.hint

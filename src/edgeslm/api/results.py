@@ -6,7 +6,10 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .._errors import ToolCallError
 
 __all__ = ["ChatChunk", "ChatResult", "Extraction", "ToolCall", "Usage"]
 
@@ -68,6 +71,9 @@ class ChatResult:
     tool_calls: list[ToolCall] = field(default_factory=list)
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex[:24]}")
     created: int = field(default_factory=lambda: int(time.time()))
+    error: ToolCallError | None = None
+    """Set when the reply began a tool call it could not finish (``tool_choice="auto"``: cut off by
+    ``max_tokens``, with ``finish_reason="length"``); ``text`` is then what came before the call."""
 
     def to_dict(self) -> dict[str, Any]:
         """The OpenAI ``chat.completion`` shape."""
@@ -104,6 +110,8 @@ class ChatChunk:
     tool_calls: list[ToolCall] = field(default_factory=list)
     model: str = ""
     id: str = ""
+    error: ToolCallError | None = None
+    """On the last chunk: see :attr:`ChatResult.error`."""
 
     def to_dict(self) -> dict[str, Any]:
         """The OpenAI ``chat.completion.chunk`` shape."""

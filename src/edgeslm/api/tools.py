@@ -4,19 +4,23 @@
 How one ``chat(..., tools=...)`` runs:
 
 1. The conversation is rendered in the model's native tool format (:mod:`edgeslm.tools.formats`).
-2. The reply is decoded under an llguidance grammar: free text or calls (``auto``; the text cannot
-   hold a call's opening), calls only (``required``, or one named function). Inside a call the name
-   is one of the tools and the arguments follow that tool's JSON Schema, so a call is well-formed
-   by construction.
+2. ``required`` (or one named function): the reply is decoded under an llguidance grammar of calls
+   in the format's own syntax from its first token. ``auto``: the reply is free text, with no mask,
+   until it commits to a call in any form small models use (:mod:`edgeslm.tools.calls`: the
+   family's tag, a bare or fenced JSON call, a JSON list, a Python-style call); from there the call
+   grammar constrains the rest. Inside a call the name is one of the tools and the arguments follow
+   that tool's JSON Schema, so a call is well-formed by construction. The text before it is the
+   reply's content.
 3. Every call's arguments are validated against the tool's *original* schema (the grammar may only
-   approximate a relaxed schema). A call that is cut off, or does not validate, is generated again
-   with sampling from where the calls began; when no attempt succeeds, :class:`ToolCallError` is
-   raised. A malformed call is never returned, nor dropped silently.
+   approximate a relaxed schema). A call that does not validate is generated again with sampling
+   from where the calls began; when no attempt succeeds, :class:`ToolCallError` is raised. In
+   ``auto``, a call cut off by ``max_tokens`` ends the reply with ``finish_reason="length"`` and
+   ``result.error`` (with ``required``, it is retried, then raised). A call is never returned as
+   text, nor dropped silently.
 """
 
 from __future__ import annotations
 
-import codecs
 import functools
 import json
 import uuid
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import EdgeSLMError, InvalidRequestError, SchemaError, ToolCallError
 from ..decoding.loop import GenStats, generate_steps, partial_stop_len
 from ..decoding.sampling import Sampler, SamplingParams, retry_params
+from ..tools.calls import CLOSE_TAGS, TAGS, CallDetector, call_grammar
 from ..tools.formats import ToolFormat, get_format
 from ..tools.spec import Tool, as_tools
 from .results import ChatChunk, ChatResult, ToolCall
@@ -109,18 +114,34 @@ class ToolPlan:
     def exact(self) -> bool:
         return all(self.schemas[t.name].exact for t in self.allowed)
 
-    def grammar(self, engine: Backend, *, required: bool) -> str:
-        special_ids: dict[str, int] = {}
-        for s in self.fmt.specials:
-            toks = engine.tokenize(s, special=True)
-            if len(toks) == 1 and toks != engine.tokenize(s, special=False):
-                special_ids[s] = toks[0]
-        return self.fmt.grammar(
-            [(t.name, self.schemas[t.name].grammar_schema) for t in self.allowed],
-            mode="required" if required else self.mode,
-            parallel=self.parallel,
-            special_ids=special_ids,
-        )
+    def _tool_schemas(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(t.name, self.schemas[t.name].grammar_schema) for t in self.allowed]
+
+    def grammar(self, engine: Backend) -> str:
+        """Grammar of a reply made of calls in the format's own syntax (``required``, retries)."""
+        return self.fmt.grammar(self._tool_schemas(), parallel=self.parallel,
+                                special_ids=_special_ids(engine, self.fmt.specials))
+
+    @functools.cached_property
+    def detector(self) -> CallDetector:
+        """What commits an ``auto`` reply to a call."""
+        return self.fmt.detector([t.name for t in self.allowed])
+
+    def call_grammar(self, engine: Backend, pre: str = "") -> str:
+        """Grammar of an ``auto`` reply from where its calls begin (after *pre*, see
+        :func:`~edgeslm.tools.calls.call_grammar`)."""
+        return call_grammar(self._tool_schemas(), name_keys=self.fmt.name_keys, parallel=self.parallel,
+                            special_ids=_special_ids(engine, (*self.fmt.specials, *TAGS, *CLOSE_TAGS)), pre=pre)
+
+
+def _special_ids(engine: Backend, texts: Sequence[str]) -> dict[str, int]:
+    """The texts among *texts* that are one control token in the engine's vocabulary, with its id."""
+    out: dict[str, int] = {}
+    for s in dict.fromkeys(texts):
+        toks = engine.tokenize(s, special=True)
+        if len(toks) == 1 and toks != engine.tokenize(s, special=False):
+            out[s] = toks[0]
+    return out
 
 
 def plan_tools(tools: Any, tool_choice: Any, parallel: bool, fmt: str | ToolFormat) -> ToolPlan:
@@ -168,78 +189,65 @@ class _Outcome:
     complete: bool
     stats: GenStats
     stop_hit: bool = False
+    error: str | None = None  # why a call that began could not go on under its grammar
 
 
 def _attempt(
-    engine: Backend, prompt: list[int], grammar: str, params: SamplingParams, budget: int,
-    fmt: ToolFormat, stops: Sequence[str],
+    engine: Backend, prompt: list[int], plan: ToolPlan, params: SamplingParams, budget: int,
+    stops: Sequence[str], *, required: bool,
 ) -> Generator[str, None, _Outcome]:
-    """One constrained generation; yields text deltas of a text part, returns the outcome."""
-    from ..tools.constraint import ToolConstraint
+    """One generation; yields the text deltas of the part before any call, returns the outcome."""
+    from ..tools.constraint import ToolReply
 
-    constraint = ToolConstraint(engine, grammar)
+    soft = max(24, int(budget * 0.6))  # call tokens after which a call is steered to close
+    if required:
+        constraint = ToolReply(engine, required=plan.grammar(engine), soft_limit=soft)
+    else:
+        constraint = ToolReply(engine, detector=plan.detector, soft_limit=soft,
+                               grammar=functools.partial(plan.call_grammar, engine))
     stats = GenStats()
     steps = generate_steps(engine, prompt, Sampler(params), budget, constraint=constraint, stats=stats)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    markers = [*stops, *([fmt.trigger] if fmt.trigger else [])]
-    text = ""
     emitted = 0
     call_at: int | None = None
-    decided_text = False
-    scanned = 0
-    call_tokens: list[int] = []
-    soft = max(24, int((budget) * 0.6))
     stop_hit = False
+    text = ""
     try:
-        for step in steps:
-            text += decoder.decode(step.piece)
+        for _ in steps:
+            text = constraint.text
             if call_at is not None:
-                call_tokens.append(step.token)
-                constraint.scan.feed(text[scanned:].encode("utf-8"))
-                scanned = len(text)
-                constraint.watch(call_tokens, soft)
                 continue
-            if not decided_text:
-                c = fmt.call_start(text)
-                if c is not None and c >= 0:
-                    call_at = c
-                    head = text[emitted:c]
-                    cut = _first_stop(head, stops)
-                    if cut >= 0:  # a stop string came before the call: the answer ends there
-                        text, call_at, stop_hit = text[: emitted + cut], None, True
-                        if cut:
-                            yield head[:cut]
-                        break
-                    if head.strip():
-                        yield head
-                    emitted = c
-                    constraint.scan.feed(text[c:].encode("utf-8"))
-                    scanned = len(text)
-                    call_tokens.append(step.token)
-                    continue
-                if c == -1:
-                    decided_text = True
-                elif fmt.trigger is None:
-                    continue  # only whitespace so far: undecided
+            if constraint.call_at is not None:  # the reply has just committed to a call
+                head = text[: constraint.call_at]
+                cut = _first_stop(head, stops, emitted)
+                if cut >= 0:  # a stop string came before the call: the answer ends there
+                    text, stop_hit = head[:cut], True
+                    if cut > emitted:
+                        yield head[emitted:cut]
+                    break
+                call_at = constraint.call_at
+                if len(head) > emitted:
+                    yield head[emitted:]
+                emitted = len(head)
+                continue
             cut = _first_stop(text, stops, emitted)
             if cut >= 0:
                 if cut > emitted:
                     yield text[emitted:cut]
                 text, stop_hit = text[:cut], True
                 break
-            safe = len(text) - partial_stop_len(text, markers)
+            safe = min(constraint.hold, len(text) - partial_stop_len(text, stops))
             if safe > emitted:
                 yield text[emitted:safe]
                 emitted = safe
         else:
-            tail = decoder.decode(b"", final=True)
-            text += tail
+            constraint.finish()
+            text = constraint.text
     finally:
         steps.close()
     if call_at is None and not stop_hit and len(text) > emitted:
         yield text[emitted:]
-    complete = constraint.accepting() if call_at is not None else True
-    return _Outcome(text, -1 if call_at is None else call_at, complete, stats, stop_hit)
+    return _Outcome(text, -1 if call_at is None else call_at, constraint.complete if call_at is not None else True,
+                    stats, stop_hit, constraint.error)
 
 
 def _first_stop(text: str, stops: Sequence[str], start: int = 0) -> int:
@@ -252,13 +260,15 @@ def _first_stop(text: str, stops: Sequence[str], start: int = 0) -> int:
     return best
 
 
-def _check_calls(plan: ToolPlan, out: _Outcome) -> tuple[str, list[ToolCall], list[str]]:
+def _check_calls(plan: ToolPlan, out: _Outcome) -> tuple[list[ToolCall], list[str]]:
+    if out.error is not None:
+        return [], [out.error]
     if not out.complete:
-        return "", [], [f"the call was cut off at {out.stats.completion_tokens} tokens (max_tokens)"]
+        return [], [f"the call was cut off at {out.stats.completion_tokens} tokens (max_tokens)"]
     try:
-        content, raw = plan.fmt.parse(out.text)
+        raw = plan.fmt.read(out.text, out.call_at)
     except ToolCallError as exc:
-        return "", [], [exc.message]
+        return [], [exc.message]
     calls: list[ToolCall] = []
     errors: list[str] = []
     allowed = {t.name for t in plan.allowed}
@@ -270,17 +280,15 @@ def _check_calls(plan: ToolPlan, out: _Outcome) -> tuple[str, list[ToolCall], li
             path = "/".join(str(p) for p in e.absolute_path) or "<arguments>"
             errors.append(f"{name}: {path}: {e.message}")
         calls.append(ToolCall(f"call_{uuid.uuid4().hex[:24]}", name, args))
-    if not raw:
-        errors.append("no call found")
-    return content, calls, errors
+    return calls, errors
 
 
-def _check_text(fmt: ToolFormat, text: str) -> None:
-    """A text answer must hold no call (the ``auto`` grammar excludes one): never drop it silently."""
-    at = fmt.text_call(text)
-    if at >= 0:
+def _check_text(plan: ToolPlan, text: str) -> None:
+    """A text answer holds no call (the reply would have committed to it): never drop one silently."""
+    at = plan.detector.search(text)
+    if at is not None:
         raise ToolCallError(
-            f"the {fmt.name} reply holds a tool call inside its text: {text[at:at + 200]!r}",
+            f"the {plan.fmt.name} reply holds a tool call inside its text: {text[at:at + 200]!r}",
             hint="use tool_choice='required' to force a proper call, or another tool_format=",
         )
 
@@ -298,29 +306,38 @@ def tool_reply(
         model._open_stream = holder[0] if holder else None
         prompt = model._prompt_tokens(engine, model._tool_segments(engine, messages, plan.tools))
         budget = max_tokens
-        out = yield from _chunks(_attempt(engine, prompt, plan.grammar(engine, required=False), params, budget,
-                                          plan.fmt, stops), model.name, cid)
+        required = plan.mode == "required"
+        out = yield from _chunks(_attempt(engine, prompt, plan, params, budget, stops, required=required),
+                                 model.name, cid)
         all_stats = [out.stats]
         if out.call_at < 0:
-            _check_text(plan.fmt, out.text)
+            _check_text(plan, out.text)
             usage = _usage(out.stats)
             finish = "length" if out.stats.hit_limit and not out.stop_hit else "stop"
             yield ChatChunk("", finish, usage, model=model.name, id=cid)
             return
+        if not required and out.error is None and not out.complete and out.stats.hit_limit:
+            # auto: the reply committed to a call that max_tokens cut off; the text before it stays
+            error = ToolCallError(
+                f"the tool call was cut off at {out.stats.completion_tokens} tokens (max_tokens): "
+                f"{out.text[out.call_at:out.call_at + 200]!r}",
+                hint="raise max_tokens= so the call fits",
+            )
+            yield ChatChunk("", "length", _usage(out.stats), model=model.name, id=cid, error=error)
+            return
         prefix = out.text[: out.call_at]
-        _, calls, errors = _check_calls(plan, out)
+        calls, errors = _check_calls(plan, out)
         n_retries = retries if retries is not None else (2 if plan.exact else 5)
         attempt = 0
         while errors and attempt < n_retries:
             attempt += 1
             retry_prompt = prompt + engine.tokenize(prefix, special=False) if prefix else prompt
-            gen = _attempt(engine, retry_prompt, plan.grammar(engine, required=True), retry_params(params, attempt),
-                           budget, plan.fmt, [])
+            gen = _attempt(engine, retry_prompt, plan, retry_params(params, attempt), budget, [], required=True)
             retry = yield from _chunks(gen, model.name, cid, silent=True)
             all_stats.append(retry.stats)
             retry.text = prefix + retry.text
             retry.call_at = len(prefix)
-            _, calls, errors = _check_calls(plan, retry)
+            calls, errors = _check_calls(plan, retry)
             out = retry
         if errors:
             raise ToolCallError(
@@ -359,8 +376,9 @@ def collect(chunks: Iterator[ChatChunk], model_name: str) -> ChatResult:
         calls.extend(c.tool_calls)
         last = c
     assert last is not None and last.usage is not None and last.finish_reason is not None
-    return ChatResult(text="".join(text).strip() if calls else "".join(text), finish_reason=last.finish_reason,
-                      usage=last.usage, model=model_name, tool_calls=calls, id=last.id)
+    joined = "".join(text)
+    return ChatResult(text=joined.strip() if calls or last.error else joined, finish_reason=last.finish_reason,
+                      usage=last.usage, model=model_name, tool_calls=calls, id=last.id, error=last.error)
 
 
 # ------------------------------------------------------------------------------------------- run loop
@@ -401,6 +419,8 @@ def run_tools(
     result: ChatResult | None = None
     for rnd in range(1, max_rounds + 1):
         result = model.chat(transcript, tools=tool_list, tool_choice=choice, **chat_kwargs)
+        if result.error is not None:  # a call cut off by max_tokens: nothing to run, and no answer
+            raise result.error
         if not result.tool_calls:
             transcript.append({"role": "assistant", "content": result.text})
             return ToolRun(result, transcript, rnd, "answer", executed)

@@ -14,6 +14,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small samples, a minute or two")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", nargs="*", default=None, help="sections to run: speed extract bfcl")
+    p.add_argument("--limit", type=int, default=None,
+                   help="bfcl: about this many questions in all, split evenly over the categories")
+    p.add_argument("--bfcl-passes", nargs="+", default=["auto", "named", "required"],
+                   choices=["auto", "named", "required"], help="bfcl: tool_choice passes to run")
     p.add_argument("--json", default=None, help="also write the results to this file")
     args = p.parse_args(argv)
     sections = args.only or ["speed", "extract"]
@@ -31,10 +35,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             results["extract"] = extraction_bench(args.model, quick=args.quick, n_threads=args.threads)
     if "bfcl" in sections:
-        from .bfcl import bfcl_bench, corpus_path
+        from .bfcl import CATEGORIES, bfcl_bench, corpus_path, table
 
         if corpus_path() is not None:
-            results["bfcl"] = bfcl_bench(args.model, per_category=3 if args.quick else 10, n_threads=args.threads)
+            per_category = max(1, args.limit // len(CATEGORIES)) if args.limit else (3 if args.quick else 10)
+            results["bfcl"] = bfcl_bench(args.model, per_category=per_category, n_threads=args.threads,
+                                         passes=tuple(args.bfcl_passes))
+            print(table(results["bfcl"]), file=sys.stderr)
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:

@@ -5,14 +5,19 @@ AST accuracy per category, and time per question against llama-cpp-python's
 Validity: every call edgeslm returns must name a provided function and its arguments must validate
 against that function's schema (re-checked here with ``jsonschema``, independently of the SDK).
 Accuracy follows BFCL's AST checker (see :func:`ast_match`); for a 135M model it is expected to be
-low. Run ``python benchmarks/bfcl.py --per-category 10``.
+low. Run ``python benchmarks/bfcl.py --per-category 10`` (or ``--limit 40 --passes auto`` for a
+bounded auto-mode run).
 
 Passes (greedy, parallel calls allowed in the parallel categories):
 
-* ``edgeslm`` / ``peer``: ``tool_choice="auto"``, as BFCL asks. Caveat on time: the peer's auto mode
+* ``edgeslm`` / ``peer``: ``tool_choice="auto"``, as BFCL asks, taking turns category by category
+  (so drift in a shared machine's speed falls on both alike). Caveat on time: the peer's auto mode
   first picks ``functions.<name>:`` or ``message:`` under a grammar, and its follow-up grammar for a
   message only allows ``<|im_end|>`` or a function name, so its text answers are empty, while
-  edgeslm's are real text (up to ``--max-tokens``).
+  edgeslm's are real text (up to ``--max-tokens``). Caveat on prompts: the peer's template lists the
+  tools only inside a system message, and BFCL questions have none, so as run the peer's prompt
+  carries no tool definitions at all. ``prompt_tokens`` therefore also reports both prompts with a
+  system message (``You are a helpful assistant.``), where both carry the tools.
 * ``edgeslm_named`` / ``peer_named``: ``tool_choice`` names the first ground-truth function, so both
   generate calls: the like-for-like speed comparison.
 * ``edgeslm_required``: ``tool_choice="required"`` (a tiny model seldom calls on its own; this
@@ -228,15 +233,40 @@ def run_edgeslm(model: Any, questions: list[tuple[str, dict[str, Any]]], max_tok
         t = time.perf_counter()
         error = None
         calls: list[tuple[str, dict[str, Any]]] = []
+        n_prompt = n_out = None
         try:
             choice: Any = named_choice(q) if tool_choice == "named" else tool_choice
             r = model.chat(messages_of(q), tools=tools_of(q), tool_choice=choice,
                            parallel_tool_calls=cat in PARALLEL, temperature=0, max_tokens=max_tokens)
             calls = [(c.name, c.arguments) for c in r.tool_calls]
+            n_prompt, n_out = r.usage.prompt_tokens, r.usage.completion_tokens
+            if r.error is not None:  # a call cut off by max_tokens (auto)
+                error = r.error.message
         except edgeslm.ToolCallError as exc:
             error = exc.message
-        out.append({"id": q["id"], "category": cat, "calls": calls, "error": error, "time_s": time.perf_counter() - t})
+        out.append({"id": q["id"], "category": cat, "calls": calls, "error": error, "time_s": time.perf_counter() - t,
+                    "prompt_tokens": n_prompt, "completion_tokens": n_out})
     return out
+
+
+SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
+
+
+def edgeslm_prompt_tokens(model: Any, questions: list[tuple[str, dict[str, Any]]]) -> list[int]:
+    """Prompt tokens of each question with its tools, after a :data:`SYSTEM` message (nothing generated)."""
+    engine = model._acquire()
+    try:
+        return [len(model._prompt_tokens(engine, model._tool_segments(engine, [SYSTEM, *messages_of(q)],
+                                                                      model_tools(q))))
+                for _, q in questions]
+    finally:
+        model._release()
+
+
+def model_tools(question: dict[str, Any]) -> list[Any]:
+    from ..tools import as_tools
+
+    return as_tools(tools_of(question))
 
 
 def _peer_worker(jobs: list[dict[str, Any]], q: Any, path: str, n_threads: int, max_tokens: int) -> None:
@@ -244,7 +274,20 @@ def _peer_worker(jobs: list[dict[str, Any]], q: Any, path: str, n_threads: int, 
 
     llm = peer_llama(path, n_ctx=4096, n_threads=n_threads, n_threads_batch=n_threads, verbose=False,
                           chat_format="chatml-function-calling")
+    prompts: list[str] = []
+    complete = llm.create_completion
+    measure = False
+
+    def spy(*args: Any, **kwargs: Any) -> Any:  # the prompts the chat handler evaluates
+        prompts.append(kwargs["prompt"] if "prompt" in kwargs else args[0])
+        if measure:  # only the prompt's size is wanted: stop before generating
+            raise _Measured
+        return complete(*args, **kwargs)
+
+    llm.create_completion = spy  # type: ignore[method-assign]
     for i, job in enumerate(jobs):
+        prompts.clear()
+        measure = bool(job.get("measure"))
         rename = {t["function"]["name"]: re.sub(r"[^A-Za-z0-9_-]", "_", t["function"]["name"]) for t in job["tools"]}
         back = {v: k for k, v in rename.items()}
         tools = [{"type": "function", "function": {**t["function"], "name": rename[t["function"]["name"]]}}
@@ -255,9 +298,11 @@ def _peer_worker(jobs: list[dict[str, Any]], q: Any, path: str, n_threads: int, 
         t0 = time.perf_counter()
         calls: list[Any] = []
         malformed = 0
+        n_out = None
         try:
             r = llm.create_chat_completion(messages=job["messages"], tools=tools, tool_choice=choice,
                                            temperature=0.0, max_tokens=max_tokens)
+            n_out = (r.get("usage") or {}).get("completion_tokens")
             for c in r["choices"][0]["message"].get("tool_calls") or []:
                 name = back.get(c["function"]["name"], c["function"]["name"])
                 try:
@@ -266,31 +311,51 @@ def _peer_worker(jobs: list[dict[str, Any]], q: Any, path: str, n_threads: int, 
                     calls.append((name, None))
                     malformed += 1
             err = None
+        except _Measured:
+            err = None
         except Exception as exc:  # the peer's own errors count as failed questions
             err = f"{type(exc).__name__}: {exc}"[:200]
-        q.put((i, calls, err, time.perf_counter() - t0))
+        dt = time.perf_counter() - t0
+        first = prompts[0] if prompts and isinstance(prompts[0], str) else None
+        n_prompt = len(llm.tokenize(first.encode("utf-8"), special=True)) if first is not None else None
+        q.put((i, calls, err, dt, n_prompt, n_out))
     q.put(None)
 
 
+class _Measured(Exception):
+    pass
+
+
 def run_peer(path: str, questions: list[tuple[str, dict[str, Any]]], n_threads: int = 2,
-             max_tokens: int = 256, tool_choice: str = "auto", timeout_s: float = 120.0) -> list[dict]:
+             max_tokens: int = 256, tool_choice: str = "auto", timeout_s: float = 120.0,
+             system: bool = False, measure: bool = False) -> list[dict]:
     """The peer in a child process, restarted after a crash or a question that runs past *timeout_s*
     (its argument completions ignore ``max_tokens`` and can run to the end of the context); such a
-    question counts as an error, with *timeout_s* as its time (a lower bound)."""
+    question counts as an error, with *timeout_s* as its time (a lower bound). ``prompt_tokens`` is
+    the size of the first prompt it evaluates; *system* puts :data:`SYSTEM` first; with *measure*
+    nothing is generated (only ``prompt_tokens`` is meaningful)."""
     from ._child import run_in_child
 
-    jobs = [{"messages": messages_of(q), "tools": tools_of(q),
-             "tool_choice": named_choice(q) if tool_choice == "named" else tool_choice} for _, q in questions]
+    jobs = [{"messages": [SYSTEM, *messages_of(q)] if system else messages_of(q), "tools": tools_of(q),
+             "tool_choice": named_choice(q) if tool_choice == "named" else tool_choice, "measure": measure}
+            for _, q in questions]
     results, failures = run_in_child(_peer_worker, (path, n_threads, max_tokens), jobs, timeout_s=timeout_s,
                                      first_extra_s=60.0)  # the first question of a child also loads the model
-    res: dict[int, dict] = {i: {"calls": calls, "error": err, "time_s": dt} for i, (calls, err, dt) in results.items()}
+    res: dict[int, dict] = {i: {"calls": calls, "error": err, "time_s": dt, "prompt_tokens": n, "completion_tokens": m}
+                            for i, (calls, err, dt, n, m) in results.items()}
     for i, why in failures.items():
-        res[i] = {"calls": [], "error": why, "time_s": timeout_s if why == "timeout" else None}
+        res[i] = {"calls": [], "error": why, "time_s": timeout_s if why == "timeout" else None, "prompt_tokens": None,
+                  "completion_tokens": None}
     out = []
     for i, (cat, q) in enumerate(questions):
         r = res.get(i, {"calls": [], "error": "not run", "time_s": None})
         out.append({"id": q["id"], "category": cat, **r})
     return out
+
+
+def _mean(values: list[Any]) -> float | None:
+    xs = [v for v in values if v is not None]
+    return sum(xs) / len(xs) if xs else None
 
 
 def _summary(rows: list[dict], questions: dict[str, dict]) -> dict[str, Any]:
@@ -310,6 +375,7 @@ def _summary(rows: list[dict], questions: dict[str, dict]) -> dict[str, Any]:
             "calls": emitted,
             "valid_calls": valid,
             "validity": (valid / emitted) if emitted else None,
+            "ast_matches": correct,
             "ast_accuracy": correct / len(rs),
             "errors": sum(1 for r in rs if r["error"]),
             "s_per_question": sum(times) / len(times) if times else None,
@@ -318,52 +384,83 @@ def _summary(rows: list[dict], questions: dict[str, dict]) -> dict[str, Any]:
     all_times = [r["time_s"] for r in rows if r["time_s"] is not None]
     emitted = sum(v["calls"] for v in by_cat.values())
     valid = sum(v["valid_calls"] for v in by_cat.values())
-    return {"categories": by_cat, "calls": emitted, "valid_calls": valid,
+    return {"categories": by_cat, "questions": len(rows), "calls": emitted, "valid_calls": valid,
+            "rows": [{k: r[k] for k in ("id", "calls", "error", "time_s", "prompt_tokens", "completion_tokens")
+                      if k in r} for r in rows],
             "validity": valid / emitted if emitted else None,
+            "with_calls": sum(v["with_calls"] for v in by_cat.values()),
+            "ast_matches": sum(v["ast_matches"] for v in by_cat.values()),
+            "prompt_tokens": _mean([r.get("prompt_tokens") for r in rows]),
             "s_per_question": sum(all_times) / len(all_times) if all_times else None,
             "median_s": statistics.median(all_times) if all_times else None,
             "errors": [{"id": r["id"], "error": r["error"]} for r in rows if r["error"]][:20]}
 
 
 def bfcl_bench(model_ref: str = "smollm2-135m", *, per_category: int = 10, n_threads: int = 2,
-               peer: bool = True, max_tokens: int = 256, required: bool = True, peer_timeout_s: float = 120.0,
-               progress: Any = None) -> dict[str, Any]:
-    """Run edgeslm (and the peer) on *per_category* questions of each category, with
-    ``tool_choice="auto"``; with *required* also a pass with ``tool_choice="required"`` (a tiny model
-    seldom calls on its own: this pass measures the validity of many more calls)."""
+               peer: bool = True, max_tokens: int = 256, passes: tuple[str, ...] = ("auto", "named", "required"),
+               peer_timeout_s: float = 120.0, progress: Any = None) -> dict[str, Any]:
+    """Run edgeslm (and the peer) on *per_category* questions of each category. *passes*: ``auto``
+    (``tool_choice="auto"``, edgeslm and the peer taking turns by category, plus both prompts' sizes
+    with a system message), ``named`` (the first expected function named, both), ``required``
+    (edgeslm only: a tiny model seldom calls on its own, so this measures the validity of many more
+    calls)."""
     import edgeslm
+
+    from ..tools import FORMATS
 
     questions = [(cat, q) for cat in CATEGORIES for q in load(cat, per_category)]
     by_id = {q["id"]: q for _, q in questions}
     model = edgeslm.load(model_ref, n_ctx=4096, n_threads=n_threads)
+    path = model.path
     try:  # warm up: tokenizer tables, grammar compiler
         model.chat([{"role": "user", "content": "hi"}], tools=tools_of(questions[0][1]), max_tokens=16)
     except edgeslm.ToolCallError:
         pass
-    result: dict[str, Any] = {"model": model_ref, "per_category": per_category, "n_threads": n_threads}
+    result: dict[str, Any] = {"model": model_ref, "per_category": per_category, "n_threads": n_threads,
+                              "max_tokens": max_tokens}
     report = progress or (lambda r: None)
     named_qs = [(c, q) for c, q in questions if named_choice(q) is not None]
     try:
-        result["edgeslm"] = _summary(run_edgeslm(model, questions, max_tokens), by_id)
-        report(result)
-        result["edgeslm_named"] = _summary(run_edgeslm(model, named_qs, max_tokens, tool_choice="named"), by_id)
-        report(result)
-        if required:
+        if "auto" in passes:
+            mine: list[dict] = []
+            theirs: list[dict] = []
+            for cat in CATEGORIES:  # take turns, so drift in the machine's speed falls on both alike
+                block = [(c, q) for c, q in questions if c == cat]
+                mine += run_edgeslm(model, block, max_tokens)
+                if peer:
+                    theirs += run_peer(path, block, n_threads, max_tokens, timeout_s=peer_timeout_s)
+            result["edgeslm"] = _summary(mine, by_id)
+            sizes: dict[str, Any] = {"edgeslm": result["edgeslm"]["prompt_tokens"]}
+            saved = model.tool_format
+            try:  # the prompt in each format, on this model's tokenizer
+                for fmt in (saved, *sorted(FORMATS.keys() - {saved})):
+                    model.tool_format = fmt
+                    sizes[f"edgeslm_with_system_{fmt}"] = _mean(edgeslm_prompt_tokens(model, questions))
+            finally:
+                model.tool_format = saved
+            if peer:
+                result["peer"] = {"name": "llama-cpp-python chatml-function-calling", **_summary(theirs, by_id)}
+                sizes["peer"] = result["peer"]["prompt_tokens"]
+                with_sys = run_peer(path, questions, n_threads, timeout_s=peer_timeout_s, system=True, measure=True)
+                sizes["peer_with_system"] = _mean([r["prompt_tokens"] for r in with_sys])
+                a, b = result["edgeslm"]["s_per_question"], result["peer"]["s_per_question"]
+                result["time_ratio_auto"] = a / b if a and b else None
+            result["prompt_tokens"] = sizes
+            report(result)
+        if "named" in passes:
+            result["edgeslm_named"] = _summary(run_edgeslm(model, named_qs, max_tokens, tool_choice="named"), by_id)
+            report(result)
+            if peer:
+                result["peer_named"] = _summary(run_peer(path, named_qs, n_threads, max_tokens, "named",
+                                                         peer_timeout_s), by_id)
+                a, b = result["edgeslm_named"]["s_per_question"], result["peer_named"]["s_per_question"]
+                result["time_ratio_named"] = a / b if a and b else None
+                report(result)
+        if "required" in passes:
             result["edgeslm_required"] = _summary(run_edgeslm(model, questions, max_tokens, "required"), by_id)
             report(result)
-        path = model.path
     finally:
         model.close()
-    if peer:
-        theirs = run_peer(path, questions, n_threads, max_tokens, timeout_s=peer_timeout_s)
-        result["peer"] = {"name": "llama-cpp-python chatml-function-calling", **_summary(theirs, by_id)}
-        report(result)
-        theirs_named = run_peer(path, named_qs, n_threads, max_tokens, "named", peer_timeout_s)
-        result["peer_named"] = _summary(theirs_named, by_id)
-        for key, (x, y) in {"time_ratio_auto": ("edgeslm", "peer"),
-                            "time_ratio_named": ("edgeslm_named", "peer_named")}.items():
-            a, b = result[x]["s_per_question"], result[y]["s_per_question"]
-            result[key] = a / b if a and b else None
     return result
 
 
@@ -385,8 +482,13 @@ def table(result: dict[str, Any]) -> str:
         s = result.get(sysname)
         if s:
             v = "-" if s["validity"] is None else f"{100 * s['validity']:.1f}%"
-            lines.append(f"{sysname}: {s['valid_calls']}/{s['calls']} valid calls ({v}), "
-                         f"{s['s_per_question']:.2f} s/question")
+            p = "-" if s.get("prompt_tokens") is None else f"{s['prompt_tokens']:.0f}"
+            lines.append(f"{sysname}: {s['valid_calls']}/{s['calls']} valid calls ({v}) in {s['with_calls']} of "
+                         f"{s['questions']} questions, {s['ast_matches']} AST matches, "
+                         f"{s['s_per_question']:.2f} s/question, {p} prompt tokens")
+    if result.get("prompt_tokens"):
+        lines.append("mean prompt tokens: " + ", ".join(
+            f"{k} {v:.0f}" for k, v in result["prompt_tokens"].items() if v is not None))
     for key in ("time_ratio_auto", "time_ratio_named"):
         if result.get(key) is not None:
             lines.append(f"time per question, edgeslm / peer ({key[11:]}): {result[key]:.3f}")
@@ -396,11 +498,13 @@ def table(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--per-category", type=int, default=10)
+    p.add_argument("--limit", type=int, default=None,
+                   help="about this many questions in all, split evenly over the categories (overrides --per-category)")
+    p.add_argument("--passes", nargs="+", default=["auto", "named", "required"], choices=["auto", "named", "required"])
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--no-peer", action="store_true")
-    p.add_argument("--no-required", action="store_true", help="skip the tool_choice='required' pass")
     p.add_argument("--peer-timeout", type=float, default=120.0, help="seconds per peer question")
     p.add_argument("--json", default=None, help="also write the JSON result to this file")
     args = p.parse_args(argv)
@@ -411,9 +515,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             Path(args.json + ".partial").write_text(json.dumps(partial, indent=2))
 
-    result = bfcl_bench(args.model, per_category=args.per_category, n_threads=args.threads,
-                        peer=not args.no_peer, max_tokens=args.max_tokens, required=not args.no_required,
-                        peer_timeout_s=args.peer_timeout, progress=progress)
+    per_category = max(1, args.limit // len(CATEGORIES)) if args.limit else args.per_category
+    result = bfcl_bench(args.model, per_category=per_category, n_threads=args.threads, peer=not args.no_peer,
+                        max_tokens=args.max_tokens, passes=tuple(args.passes), peer_timeout_s=args.peer_timeout,
+                        progress=progress)
     print(table(result))
     text = json.dumps(result, indent=2)
     print(text)

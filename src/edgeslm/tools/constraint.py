@@ -1,23 +1,32 @@
-"""The decoding constraint for replies that may call tools.
+"""Decoding constraints for replies that may call tools.
 
-It wraps a :class:`~edgeslm.decoding.constrain.GrammarConstraint` built from a format's grammar and
-adds two things the plain wrapper lacks:
+:class:`ToolConstraint` wraps a :class:`~edgeslm.decoding.constrain.GrammarConstraint` built from a
+call grammar and adds two things the plain wrapper lacks:
 
 * every end-of-generation token of the model (``<|im_end|>``, ``<end_of_turn>``, ``<|eot_id|>``...)
   is allowed wherever the grammar could end, not only the one EOS token llguidance knows;
 * *wrap-up*: once switched on (a runaway call), tokens that end a JSON string or close arrays,
   objects and the reply are boosted, among the allowed ones only, so validity is unaffected.
+
+:class:`ToolReply` is what the decoding loop sees. With ``tool_choice="required"`` it constrains the
+reply from its first token. In ``auto`` it is *lazy*: the text stays free (no mask at all) until it
+commits to a call (:class:`~edgeslm.tools.calls.CallDetector`); from there the call grammar takes
+over. The tokens already written from the start of the call are fed to the grammar first, so the
+call as a whole, its opening included, is one the grammar accepts.
 """
 
 from __future__ import annotations
 
+import codecs
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from ..decoding.constrain import GrammarConstraint, WrapUp, closing_tokens
+from .calls import CallDetector
 
-__all__ = ["ToolConstraint", "eog_tokens"]
+__all__ = ["ToolConstraint", "ToolReply", "eog_tokens"]
 
 
 def eog_tokens(engine: Any) -> np.ndarray:
@@ -33,7 +42,7 @@ def eog_tokens(engine: Any) -> np.ndarray:
 
 
 class ToolConstraint(WrapUp):
-    """A :class:`~edgeslm.decoding.loop.Constraint` for tool replies (see the module docstring)."""
+    """A :class:`~edgeslm.decoding.loop.Constraint` for tool calls (see the module docstring)."""
 
     max_period = 16  # cycles up to 16 tokens count as a runaway call (extraction: 24)
 
@@ -51,3 +60,137 @@ class ToolConstraint(WrapUp):
     # The end-of-generation tokens put back after masking make the grammar's count of allowed
     # tokens too low, so no token of a tool reply is taken as the only option.
     n_allowed = None  # type: ignore[assignment]
+
+
+class ToolReply:
+    """The constraint of one reply that may call tools (see the module docstring).
+
+    ``text`` is the reply so far; ``call_at`` the index in it where the calls begin (``None`` while
+    the reply is text); ``hold`` the index before which the text surely belongs to no call (what a
+    stream may show); ``error`` why a call that began could not be continued under its grammar.
+    """
+
+    n_allowed = None  # no token of a tool reply counts as the grammar's only option
+
+    def __init__(
+        self,
+        engine: Any,
+        *,
+        detector: CallDetector | None = None,
+        grammar: Callable[[str], str] | None = None,
+        required: str | None = None,
+        soft_limit: int = 1 << 30,
+    ) -> None:
+        self.engine = engine
+        self.detector = detector
+        self._grammar = grammar
+        self.soft_limit = soft_limit
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.text = ""
+        self._bytes = bytearray()
+        self._tokens: list[int] = []
+        self._ends: list[int] = []  # byte offset where each token ends
+        self.call_at: int | None = None
+        self.hold = 0
+        self.error: str | None = None
+        self.inner: ToolConstraint | None = None
+        self._call_tokens: list[int] = []
+        self._call_byte = 0  # where the calls begin, in bytes
+        self._scanned = 0  # bytes of the call fed to the wrap-up scanner
+        if required is not None:
+            self.inner = ToolConstraint(engine, required)
+            self.call_at = 0
+
+    # -------------------------------------------------------------- the Constraint protocol
+    def mask(self, logits: np.ndarray) -> None:
+        if self.inner is not None:
+            self.inner.mask(logits)
+
+    def consume(self, token: int) -> None:
+        self._append(token)
+        if self.inner is not None:
+            self.inner.consume(token)
+            self._track([token])
+            return
+        if self.detector is not None:
+            at = self.detector.search(self.text, self.hold)
+            if at is None:
+                self.hold = self.detector.hold(self.text, self.hold)
+            else:
+                self._begin(at)
+
+    def forced(self) -> list[int]:
+        if self.inner is None or self.error is not None:
+            return []
+        toks = self.inner.forced()
+        for t in toks:
+            self._append(t)
+        self._track(toks)
+        return toks
+
+    def done(self) -> bool:
+        return self.error is not None or (self.inner is not None and self.inner.done())
+
+    def accepting(self) -> bool:
+        if self.inner is not None:
+            return self.inner.accepting()
+        return self.error is None
+
+    # -------------------------------------------------------------- helpers
+    def finish(self) -> None:
+        """Flush the text decoder at the end of generation."""
+        self.text += self._decoder.decode(b"", final=True)
+
+    @property
+    def complete(self) -> bool:
+        """Whether the calls that began are complete under their grammar."""
+        return self.error is None and self.inner is not None and self.inner.accepting()
+
+    def _append(self, token: int) -> None:
+        piece = self.engine.token_bytes(token)
+        self._tokens.append(token)
+        self._bytes += piece
+        self._ends.append(len(self._bytes))
+        self.text += self._decoder.decode(piece)
+
+    def _track(self, tokens: list[int]) -> None:
+        assert self.inner is not None
+        self._call_tokens.extend(tokens)
+        start = self._call_byte + self._scanned
+        self.inner.scan.feed(bytes(self._bytes[start:]))
+        self._scanned = len(self._bytes) - self._call_byte
+        self.inner.watch(self._call_tokens, self.soft_limit)
+
+    def _begin(self, at: int) -> None:
+        """The reply commits to a call at ``text[at]``: switch the call grammar on and feed it the
+        tokens written from there (the first one may begin with text before the call: ``pre``)."""
+        assert self._grammar is not None
+        self.call_at = at
+        head = self.text[:at].encode("utf-8")
+        if bytes(self._bytes[: len(head)]) != head:  # undecodable bytes before the call
+            self.error = "the text before the call is not valid UTF-8"
+            return
+        last = first = next(i for i, end in enumerate(self._ends) if end > len(head))
+        start = self._ends[first - 1] if first else 0
+        while first and 0x80 <= self._bytes[start] < 0xC0:  # a character split across tokens
+            first -= 1
+            start = self._ends[first - 1] if first else 0
+        if start < len(head):  # text before the call shares its first token: it must be plain text
+            tok = self.engine.constraint_tokenizer()
+            if any(tok.is_special_token(t) for t in self._tokens[first : last + 1]):
+                self.error = "a control token comes right before the call"
+                return
+        try:
+            pre = bytes(self._bytes[start : len(head)]).decode("utf-8")
+        except UnicodeDecodeError:
+            self.error = "the text before the call is not valid UTF-8"
+            return
+        inner = ToolConstraint(self.engine, self._grammar(pre))
+        tokens = self._tokens[first:]
+        if inner.inner.matcher.validate_tokens(tokens) < len(tokens):
+            self.error = f"the call's opening does not fit the call syntax: {self.text[at:at + 60]!r}"
+            return
+        inner.inner.matcher.consume_tokens(tokens)
+        self.inner = inner
+        self._call_byte = len(head)
+        self._track(tokens)

@@ -7,19 +7,17 @@ A :class:`ToolFormat` does three things for one family:
   template. Markup the template would write itself (``<tool_call>``, ``<|tool|>``...) is wrapped
   with :class:`Markup`, so it alone is parsed for control tokens: tool results and arguments stay
   plain text.
-* ``grammar`` builds the llguidance Lark grammar for the reply: free text or the call syntax
-  (``auto``), calls only (``required`` / a named function), with each call's name one of the tools
-  and its arguments constrained by that tool's JSON Schema (``%json{...}``).
-* ``parse`` reads calls back from a reply.
+* ``grammar`` builds the llguidance Lark grammar of a reply made of calls in the family's own syntax
+  (``tool_choice="required"`` or a named function), each call's name one of the tools and its
+  arguments constrained by that tool's JSON Schema (``%json{...}``). In ``auto`` the reply is free
+  text until it commits to a call in any of the forms small models use (their own tags, bare or
+  fenced JSON, JSON lists, Python-style calls: :mod:`edgeslm.tools.calls`); ``detector`` finds that
+  point and :func:`~edgeslm.tools.calls.call_grammar` constrains the rest.
+* ``parse`` reads the text before the calls and the calls from a reply.
 
 Formats (``tool_format``): ``generic`` (``{"tool_calls": [...]}``), ``hermes`` (Qwen 2.5,
 ``<tool_call>`` blocks), ``phi4`` (``<|tool_call|>[...]<|/tool_call|>``), ``llama3``
 (``{"name": .., "parameters": ..}``, ``ipython`` results) and ``gemma3`` (a JSON list of calls).
-
-Formats without a trigger token (``generic``, ``llama3``, ``gemma3``) decide at the first character:
-a reply is either calls or text, and in ``auto`` the text may not contain a call's opening anywhere
-(:attr:`ToolFormat.call_patterns`), just as trigger formats' text may not contain their trigger. So
-a call cannot hide inside text, and :meth:`ToolFormat.parse` raises on one that does.
 """
 
 from __future__ import annotations
@@ -32,11 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import ToolCallError
+from .calls import MAX_PARALLEL, CallDetector, read_calls
 
 __all__ = ["FORMATS", "Markup", "ToolFormat", "detect_tool_format", "get_format"]
-
-#: Most calls one reply may hold when parallel calls are allowed (bounds a looping model).
-MAX_PARALLEL = 8
 
 Message = dict[str, Any]
 
@@ -85,16 +81,6 @@ def _lark_str(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def _regex_lit(text: str) -> str:
-    return re.escape(text).replace("/", "\\/")
-
-
-#: JSON whitespace, as a regex both Python and llguidance read alike (unlike ``\s``).
-_JSON_SPACE = " \t\r\n"
-_WS = r"[ \t\r\n]*"
-#: ``{"name"``: the start of a JSON call object.
-_NAME_OBJ = r"\{" + _WS + r'"name"'
-
 
 @dataclass(frozen=True)
 class ToolFormat:
@@ -107,11 +93,9 @@ class ToolFormat:
     call_close: str = ""
     sep: str = ", "
     args_key: str = "arguments"
-    trigger: str | None = None  # set when free text may come before the calls (they start at it)
     specials: tuple[str, ...] = ()  # markup that is one control token in the family's vocabulary
-    #: Without a trigger: regexes (Python and llguidance syntax alike) of a call's opening, which
-    #: ``auto`` text may not contain anywhere. ``generic``: ``{"tool_calls"``.
-    call_patterns: tuple[str, ...] = (r"\{" + _WS + r'"tool_calls"',)
+    #: Keys that may name the tool first in a bare JSON call (``{"name": ...``).
+    name_keys: tuple[str, ...] = ("name", "function", "tool")
 
     # ------------------------------------------------------------------ prompt
     def instructions(self, tools: Sequence[Any]) -> str:
@@ -208,24 +192,17 @@ class ToolFormat:
         self,
         tools: Sequence[tuple[str, dict[str, Any]]],
         *,
-        mode: str,
         parallel: bool,
         special_ids: dict[str, int],
     ) -> str:
-        """Lark grammar for a reply. *tools*: ``(name, llguidance JSON schema)``; *mode*:
-        ``"auto"`` (text or calls) or ``"required"`` (calls only)."""
+        """Lark grammar for a reply made of calls only, in this format's own syntax (``required``
+        or a named function). *tools*: ``(name, llguidance JSON schema)``."""
 
         def lit(text: str) -> str:
             parts = self._split_specials(text)
             return " ".join(f"<[{special_ids[p]}]>" if p in special_ids else _lark_str(p) for p in parts if p) or '""'
 
-        lines = []
-        if mode == "required":
-            lines.append("start: calls")
-        elif self.trigger:
-            lines.append("start: TEXT calls?")
-        else:
-            lines.append("start: calls | TEXT")
+        lines = ["start: calls"]
         more = f" ({lit(self.sep)} call){{0,{MAX_PARALLEL - 1}}}" if parallel else ""
         lines.append(f"calls: {lit(self.block_open) if self.block_open else ''} call{more} "
                      f"{lit(self.block_close) if self.block_close else ''}".rstrip())
@@ -236,102 +213,36 @@ class ToolFormat:
                       lit(self.call_close) if self.call_close else ""]
             lines.append(f"call_{i}: " + " ".join(p for p in pieces if p))
             lines.append(f"args_{i}: %json {json.dumps(schema, ensure_ascii=False)}")
-        lines.append(self._text_lexeme())
         return "\n".join(lines) + "\n"
 
-    def _text_lexeme(self) -> str:
-        """The ``TEXT`` lexeme of ``auto``: any text without the trigger; without a trigger, text
-        that neither starts with the opener nor holds a call's opening (``call_patterns``) anywhere."""
-        if self.trigger:
-            t = _regex_lit(self.trigger)
-            return f"TEXT: /(.|\\n)*/ & ~/(.|\\n)*{t}(.|\\n)*/"
-        text = f"/({_WS}[^{_regex_lit(self.opener)} \\t\\r\\n](.|\\n)*)?/"
-        if not self.call_patterns:
-            return f"TEXT: {text}"
-        calls = "|".join(p.replace("/", "\\/") for p in self.call_patterns)
-        return f"TEXT: {text} & ~/(.|\\n)*({calls})(.|\\n)*/"
+    # ------------------------------------------------------------------ finding and reading calls
+    def detector(self, py_names: Sequence[str] = ()) -> CallDetector:
+        """What commits an ``auto`` reply to a call; *py_names*: the tools (they may be called
+        Python-style, ``[name(arg=value)]``)."""
+        return CallDetector(self.name_keys, py_names)
 
-    @property
-    def opener(self) -> str:
-        """First character of a reply that calls tools (formats without a trigger)."""
-        return (self.block_open or self.call_open or "{")[0]
+    def find_call(self, text: str, names: Sequence[str] = ()) -> int:
+        """Where the first call begins in *text* (the tools *names* may be called Python-style), or -1."""
+        at = self.detector(names).search(text)
+        return -1 if at is None else at
 
-    # ------------------------------------------------------------------ parsing
-    def call_start(self, text: str) -> int | None:
-        """Where the calls begin in a (partial) reply: an index, -1 when the reply is text, or
-        ``None`` while undecided."""
-        if self.trigger:
-            i = text.find(self.trigger)
-            return i if i >= 0 else None
-        s = text.lstrip(_JSON_SPACE)  # the grammar's whitespace, not str.isspace()
-        if not s:
-            return None
-        return len(text) - len(s) if s[0] == self.opener else -1
-
-    def text_call(self, text: str) -> int:
-        """Where a call opens inside *text* read as a text answer (the trigger, or a match of
-        ``call_patterns``), or -1. The ``auto`` grammar makes this -1 for every reply it allows."""
-        if self.trigger:
-            return text.find(self.trigger)
-        found = [m.start() for p in self.call_patterns if (m := re.search(p, text))]
-        return min(found, default=-1)
-
-    def parse(self, text: str) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
-        """``(content, [(name, arguments)])`` from a reply; raises :class:`ToolCallError` on malformed calls."""
-        start = self.call_start(text)
-        if start is None or start < 0:
-            at = self.text_call(text)
-            if at >= 0:  # never dropped as text: a call there is malformed
-                raise ToolCallError(
-                    f"malformed {self.name} tool call: a call inside text: {text[at:at + 200]!r}",
-                    hint="this reply was not produced under the tool grammar",
-                )
-            return text, []
-        content, block = text[:start].strip(), text[start:]
+    def read(self, text: str, start: int) -> list[tuple[str, dict[str, Any]]]:
+        """The calls written in *text* from *start*; raises :class:`ToolCallError` on malformed ones."""
         try:
-            return content, self._parse_block(block.strip())
+            return read_calls(text, start, self.name_keys)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ToolCallError(
-                f"malformed {self.name} tool call: {exc}: {block[:200]!r}",
+                f"malformed {self.name} tool call: {exc}: {text[start:start + 200]!r}",
                 hint="this reply was not produced under the tool grammar",
             ) from None
 
-    def _parse_block(self, block: str) -> list[tuple[str, dict[str, Any]]]:
-        if not (block.startswith(self.block_open) and block.endswith(self.block_close)):
-            raise ValueError("the call block is not closed")
-        inner = block[len(self.block_open) : len(block) - len(self.block_close)]
-        return [_call(obj, self.args_key) for obj in _split_calls(inner, self.sep, self.call_open, self.call_close)]
-
-
-def _split_calls(inner: str, sep: str, open_: str, close: str) -> list[Any]:
-    dec = json.JSONDecoder()
-    out: list[Any] = []
-    pos = 0
-    while True:
-        if open_:
-            if not inner.startswith(open_, pos):
-                raise ValueError(f"expected {open_!r}")
-            pos += len(open_)
-        obj, pos = dec.raw_decode(inner, pos)
-        out.append(obj)
-        if close:
-            if not inner.startswith(close, pos):
-                raise ValueError(f"expected {close!r}")
-            pos += len(close)
-        if pos >= len(inner):
-            return out
-        if not inner.startswith(sep, pos):
-            raise ValueError(f"unexpected text after a call: {inner[pos:pos + 20]!r}")
-        pos += len(sep)
-
-
-def _call(obj: Any, args_key: str) -> tuple[str, dict[str, Any]]:
-    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-        raise ValueError("a call must be an object with a string 'name'")
-    args = obj.get(args_key, {})
-    if not isinstance(args, dict):
-        raise ValueError(f"'{args_key}' must be an object")
-    return obj["name"], args
+    def parse(self, text: str, names: Sequence[str] = ()) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
+        """``(text before the calls, [(name, arguments)])`` from a reply; raises :class:`ToolCallError`
+        on malformed calls. *names*: the tools, which may also be called Python-style."""
+        at = self.find_call(text, names)
+        if at < 0:
+            return text, []
+        return text[:at].strip(), self.read(text, at)
 
 
 def _content(m: Message, i: int) -> str:
@@ -358,8 +269,7 @@ class HermesFormat(ToolFormat):
     call_open: str = "<tool_call>\n"
     call_close: str = "\n</tool_call>"
     sep: str = "\n"
-    trigger: str | None = "<tool_call>"
-    call_patterns: tuple[str, ...] = ()
+    name_keys: tuple[str, ...] = ("name",)
     specials: tuple[str, ...] = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
 
     def system_with_tools(self, system: str | None, tools: Sequence[Any], mark: Markup) -> str:
@@ -387,8 +297,7 @@ class Phi4Format(ToolFormat):
     name: str = "phi4"
     block_open: str = "<|tool_call|>["
     block_close: str = "]<|/tool_call|>"
-    trigger: str | None = "<|tool_call|>"
-    call_patterns: tuple[str, ...] = ()
+    name_keys: tuple[str, ...] = ("name",)
     specials: tuple[str, ...] = ("<|tool|>", "<|/tool|>", "<|tool_call|>", "<|/tool_call|>")
 
     def system_with_tools(self, system: str | None, tools: Sequence[Any], mark: Markup) -> str:
@@ -409,7 +318,7 @@ class Llama3Format(ToolFormat):
     block_close: str = ""
     sep: str = "; "
     args_key: str = "parameters"
-    call_patterns: tuple[str, ...] = (_NAME_OBJ,)
+    name_keys: tuple[str, ...] = ("name",)
 
     def add_tools(self, msgs: list[Message], tools: Sequence[Any], mark: Markup) -> list[Message]:
         listing = "\n\n".join(json.dumps(t.to_openai(), indent=4, ensure_ascii=False) for t in tools)
@@ -435,19 +344,15 @@ class Gemma3Format(ToolFormat):
     """Gemma 3 (no tool tokens): functions described in the prompt, calls as a JSON list,
     results as a ```` ```tool_output ```` block in a user turn.
 
-    Gemma's other reply form, the Python-style ``[func(arg=value, ...)]``, is not produced: the prompt
-    asks for the JSON list and the grammar writes only it (each call's arguments checked by the tool's
-    JSON Schema). ``auto`` text may hold neither ``[{"name"`` nor ``[func(`` / ``[func(arg=``, and
-    :meth:`parse` raises on either, so such a call is never returned as text.
+    The prompt asks for the JSON list, which ``required`` writes. In ``auto``, Gemma's other reply
+    forms, Python-style ``[get_weather(city="Paris")]`` or a ```` ```tool_code ```` block, are caught
+    and constrained too (argument values are written as JSON).
     """
 
     name: str = "gemma3"
     block_open: str = "["
     block_close: str = "]"
-    call_patterns: tuple[str, ...] = (
-        r"\[" + _WS + _NAME_OBJ,
-        r"\[" + _WS + r"[A-Za-z_][A-Za-z0-9_.]*" + _WS + r"\(" + _WS + r"(\)|[A-Za-z_][A-Za-z0-9_]*" + _WS + "=)",
-    )
+    name_keys: tuple[str, ...] = ("name",)
 
     def system_with_tools(self, system: str | None, tools: Sequence[Any], mark: Markup) -> str:
         listing = "\n".join(_dumps(t.spec()) for t in tools)

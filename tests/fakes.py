@@ -1,0 +1,178 @@
+"""A scripted backend: a "model" that writes a given reply, for tests that must not depend on what
+a real model happens to say. It runs through the real ``Model``, decoding loop and constraints.
+
+The vocabulary is small and byte-level: the 256 bytes, some multi-byte pieces that are common in
+tool calls (so tokens straddle the places where a call begins, as real BPE tokens do), and the
+control tokens of the chat formats. Tokenization is greedy longest-match; control-token text is
+parsed only when asked (``special=True``), as the real backends do.
+
+The logits put (almost) all the mass on the next token of the script: the reply is the text after
+the last ``marker`` (the template's generation prompt) in the KV cache, and the next token is the
+first token of what remains of the script. A model may be given several scripts: it follows the
+first one that the reply so far begins (so a retry that the grammar starts differently can follow
+another one). Once the reply leaves every script, or the script is done, the end-of-sequence token
+is preferred.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from edgeslm.api.model import Model
+from edgeslm.backends.base import Backend
+from edgeslm.decoding.template import CHATML_TEMPLATE, GEMMA_TEMPLATE, ChatTemplate
+
+__all__ = ["MARKERS", "TEMPLATES", "FakeVocab", "ScriptedBackend", "scripted_model"]
+
+SPECIALS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>", "<|tool_call|>",
+    "<|/tool_call|>", "<|tool|>", "<|/tool|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>",
+    "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>", "<|python_tag|>",
+    "<start_of_turn>", "<end_of_turn>",
+)
+EOG = frozenset({"<|endoftext|>", "<|im_end|>", "<|end|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>"})
+PIECES = (
+    '{"', '"}', "name", '":', '": ', ' "', '",', '", "', "arguments", "parameters", '": {', "}}", ' {"', '":"',
+    "```", "```json", "json", "\n\n", "tool_calls", "function", '"type', "type", '[{"', "}]", "}}]", "weather",
+    "get_", "city", "Paris", "Oslo", "unit", "celsius", "The", " the", " is", " in", "Sure", "Let", " me",
+    " check", ". ", "ing", "tion", " {", " [", "time", "zone", "tool", "_code", ")]", '("', '")', '="', '", ',
+)
+
+PHI4_TEMPLATE = ("{% for message in messages %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+                 "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}")
+LLAMA3_TEMPLATE = ("{{ bos_token }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
+                   "'<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+                   "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+                   "{% endif %}")
+#: A chat template per tool format, as its family writes turns.
+TEMPLATES = {"generic": CHATML_TEMPLATE, "hermes": CHATML_TEMPLATE, "phi4": PHI4_TEMPLATE,
+             "llama3": LLAMA3_TEMPLATE, "gemma3": GEMMA_TEMPLATE}
+#: What each template writes right before the reply.
+MARKERS = {"generic": "<|im_start|>assistant\n", "hermes": "<|im_start|>assistant\n", "phi4": "<|assistant|>",
+           "llama3": "<|start_header_id|>assistant<|end_header_id|>\n\n", "gemma3": "<start_of_turn>model\n"}
+
+
+class FakeVocab:
+    """Bytes, :data:`PIECES` and :data:`SPECIALS`; greedy longest-match tokenization."""
+
+    def __init__(self) -> None:
+        self.plain: list[bytes] = [bytes([i]) for i in range(256)] + [p.encode() for p in PIECES]
+        self.special: dict[str, int] = {s: len(self.plain) + i for i, s in enumerate(SPECIALS)}
+        self.pieces: list[bytes] = self.plain + [s.encode() for s in SPECIALS]
+        self._ids = {p: i for i, p in enumerate(self.plain)}
+        self._longest = max(len(p) for p in self.plain)
+        self.eos = self.special["<|endoftext|>"]
+        self.eog = frozenset(self.special[s] for s in EOG)
+
+    def __len__(self) -> int:
+        return len(self.pieces)
+
+    def encode_plain(self, data: bytes) -> list[int]:
+        out: list[int] = []
+        i = 0
+        while i < len(data):
+            for n in range(min(self._longest, len(data) - i), 0, -1):
+                tok = self._ids.get(data[i : i + n])
+                if tok is not None:
+                    out.append(tok)
+                    i += n
+                    break
+        return out
+
+    def encode(self, text: str, *, special: bool) -> list[int]:
+        if not special:
+            return self.encode_plain(text.encode("utf-8"))
+        out: list[int] = []
+        pos = 0
+        while pos < len(text):
+            hits = [(text.find(s, pos), s) for s in SPECIALS if text.find(s, pos) >= 0]
+            if not hits:
+                out.extend(self.encode_plain(text[pos:].encode("utf-8")))
+                break
+            at, s = min(hits, key=lambda h: (h[0], -len(h[1])))
+            out.extend(self.encode_plain(text[pos:at].encode("utf-8")))
+            out.append(self.special[s])
+            pos = at + len(s)
+        return out
+
+    # the interface llguidance.TokenizerWrapper reads
+    @property
+    def tokens(self) -> list[bytes]:
+        return self.plain + [b"\xff" + s.encode() for s in SPECIALS]
+
+    @property
+    def special_token_ids(self) -> list[int]:
+        return sorted(self.special.values())
+
+    eos_token_id = property(lambda self: self.eos)
+    bos_token_id = None
+
+    def __call__(self, data: bytes | str) -> list[int]:
+        return self.encode_plain(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+class ScriptedBackend(Backend):
+    """A backend whose model writes *reply* (or one of several) after *marker* (see the module docstring)."""
+
+    name = "scripted"
+
+    def __init__(self, reply: str | Sequence[str], *, marker: str, n_ctx: int = 4096) -> None:
+        super().__init__()
+        self.vocab = FakeVocab()
+        self.replies = [reply] if isinstance(reply, str) else list(reply)
+        self.marker = marker
+        self.n_ctx = n_ctx
+        self.n_vocab = len(self.vocab)
+        self.eos_id = self.vocab.eos
+        self.path = "scripted"
+        self.evaluated = 0  # tokens evaluated, prompt included
+        self._lltok: Any = None
+
+    def tokenize(self, text: str, *, special: bool) -> list[int]:
+        return self.vocab.encode(text, special=special)
+
+    def token_bytes(self, token: int) -> bytes:
+        return self.vocab.pieces[token]
+
+    def is_eog(self, token: int) -> bool:
+        return token in self.vocab.eog
+
+    def eval(self, tokens: Sequence[int]) -> None:
+        self._tokens.extend(int(t) for t in tokens)
+        self.evaluated += len(tokens)
+
+    def trim(self, n_keep: int) -> None:
+        del self._tokens[n_keep:]
+
+    def written(self) -> str:
+        """What the model has written so far: the text after the last marker."""
+        context = b"".join(self.vocab.pieces[t] for t in self._tokens).decode("utf-8", errors="replace")
+        at = context.rfind(self.marker)
+        return context[at + len(self.marker) :] if at >= 0 else ""
+
+    def logits(self) -> np.ndarray:
+        done = self.written()
+        nxt = self.eos_id
+        script = next((r for r in self.replies if r.startswith(done)), None)
+        if script is not None and len(done) < len(script):
+            nxt = self.vocab.encode(script[len(done) :], special=True)[0]
+        out = np.zeros(self.n_vocab, dtype=np.float32)
+        out[nxt] = 30.0
+        return out
+
+    def constraint_tokenizer(self) -> Any:
+        if self._lltok is None:
+            import llguidance
+
+            self._lltok = llguidance.LLTokenizer(llguidance.TokenizerWrapper(self.vocab))
+        return self._lltok
+
+
+def scripted_model(tool_format: str, reply: str | Sequence[str]) -> Model:
+    """A :class:`Model` in *tool_format* (with that family's chat template) that writes *reply*."""
+    engine = ScriptedBackend(reply, marker=MARKERS[tool_format])
+    return Model(engine, name=f"scripted-{tool_format}", template=ChatTemplate(TEMPLATES[tool_format]),
+                 tool_format=tool_format)
