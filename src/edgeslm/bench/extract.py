@@ -86,10 +86,11 @@ def compliance(model: Any, rows: list[dict[str, Any]], *, max_tokens: int = 512)
     }
 
 
-def _peer_extract(llm: Any, schema: dict[str, Any], system: str, max_tokens: int) -> tuple[str, float]:
+def _peer_extract(llm: Any, schema: dict[str, Any], system: str, max_tokens: int,
+                  user: str = PROMPT) -> tuple[str, float]:
     t = time.perf_counter()
     r = llm.create_chat_completion(
-        messages=[{"role": "system", "content": system}, {"role": "user", "content": PROMPT}],
+        messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
         response_format={"type": "json_object", "schema": schema},
         temperature=0.0,
         max_tokens=max_tokens,
@@ -97,18 +98,19 @@ def _peer_extract(llm: Any, schema: dict[str, Any], system: str, max_tokens: int
     return r["choices"][0]["message"]["content"] or "", time.perf_counter() - t
 
 
-def _peer_worker(jobs: list[tuple[dict[str, Any], str]], q: Any, path: str, n_threads: int, max_tokens: int) -> None:
-    """Run the peer in a child process: its GBNF path can crash the process on some schemas."""
+def _peer_worker(jobs: list[tuple[Any, ...]], q: Any, path: str, n_threads: int, max_tokens: int) -> None:
+    """Run the peer in a child process: its GBNF path can crash the process on some schemas. A job
+    is ``(schema, system)`` (the user turn is the generic prompt) or ``(schema, system, user)``."""
     from ._peer import peer_llama
 
     llm = peer_llama(path, n_ctx=4096, n_threads=n_threads, n_threads_batch=n_threads, verbose=False)
-    for i, (schema, system) in enumerate(jobs):
-        text, dt = _peer_extract(llm, schema, system, max_tokens)
+    for i, (schema, system, *user) in enumerate(jobs):
+        text, dt = _peer_extract(llm, schema, system, max_tokens, *user)
         q.put((i, text, dt))
     q.put(None)
 
 
-def peer_run(path: str, n_threads: int, jobs: list[tuple[dict[str, Any], str]], max_tokens: int) -> dict[int, Any]:
+def peer_run(path: str, n_threads: int, jobs: list[tuple[Any, ...]], max_tokens: int) -> dict[int, Any]:
     """Results of the peer per job index, ``(text, seconds)``; a job that crashed or hung the
     child process (its GBNF path can crash on some schemas) is ``("<crash>", None)``."""
     from ._child import run_in_child
@@ -133,14 +135,15 @@ def _ours_extract(model: Any, schema: Any, max_tokens: int) -> dict[str, Any]:
 
 
 def extraction_bench(
-    model_ref: str = "smollm2-135m", *, quick: bool = False, n_threads: int = 2, block: int = 10
+    model_ref: str = "smollm2-135m", *, quick: bool = False, n_threads: int = 2, block: int = 10,
+    n: int | None = None, tick: Any = None,
 ) -> dict[str, Any]:
     """edgeslm extraction vs the llama-cpp-python GBNF peer on the same prompts and schemas."""
     import edgeslm
     from edgeslm.api.extract import extraction_messages, prepare_schema
     from edgeslm.decoding.schema import make_validator
 
-    rows = sample(load_corpus(), 30 if quick else 120)
+    rows = sample(load_corpus(), n or (30 if quick else 120))
     model = edgeslm.load(model_ref, n_ctx=4096, n_threads=n_threads)
     max_tokens = 256
     ours: list[dict[str, Any]] = []
@@ -159,6 +162,8 @@ def extraction_bench(
     for start in range(0, len(jobs), block):
         for s, _system in jobs[start : start + block]:
             ours.append(_ours_extract(model, s, max_tokens))
+            if tick:
+                tick(len(ours))
         done = peer_run(model.path, n_threads, jobs[start : start + block], max_tokens)
         peer.update({start + i: v for i, v in done.items()})
     # unconstrained: same prompts, same number of tokens, to isolate the grammar's cost

@@ -11,7 +11,8 @@ PROMPT = "Write a long story about a lighthouse keeper who finds a message in a 
 
 
 def decode_speed(
-    model_ref: str = "smollm2-135m", n_tokens: int = 128, reps: int = 3, n_threads: int = 2
+    model_ref: str = "smollm2-135m", n_tokens: int = 128, reps: int = 3, n_threads: int = 2,
+    tick: Any = None,
 ) -> dict[str, Any]:
     """Greedy decode tokens/s, edgeslm vs ``Llama.generate``, same model/threads, interleaved reps."""
     import edgeslm
@@ -21,12 +22,15 @@ def decode_speed(
     model = edgeslm.load(model_ref, n_threads=n_threads, n_ctx=2048)
     prompt = model.chat_prompt([{"role": "user", "content": PROMPT}])
     llm = peer_llama(model.path, n_ctx=2048, n_threads=n_threads, n_threads_batch=n_threads, verbose=False)
-    ours, theirs = [], []
+    ours, theirs, ttft, prompt_rate = [], [], [], []
     for _ in range(reps):
         # edgeslm: time from the first token to the last (prompt processing excluded)
         model.generate("x", max_tokens=1)  # evict the cache so both start cold
         r = model.chat([{"role": "user", "content": PROMPT}], max_tokens=n_tokens, temperature=0)
         ours.append(r.usage.decode_tokens_per_s)
+        ttft.append(r.usage.time_to_first_token_s)
+        if r.usage.time_to_first_token_s > 0:
+            prompt_rate.append(r.usage.prompt_tokens / r.usage.time_to_first_token_s)
         # llama-cpp-python
         t_first = None
         n = 0
@@ -38,6 +42,8 @@ def decode_speed(
                 t_first = time.perf_counter()
         dt = time.perf_counter() - (t_first or time.perf_counter())
         theirs.append((n - 1) / dt if dt > 0 else 0.0)
+        if tick:
+            tick(len(ours))
     model.close()
     o, t = statistics.median(ours), statistics.median(theirs)
     return {
@@ -47,4 +53,7 @@ def decode_speed(
         "edgeslm_tok_s": round(o, 1),
         "llama_cpp_python_tok_s": round(t, 1),
         "ratio": round(o / t, 3) if t else None,
+        "edgeslm_ttft_s": round(statistics.median(ttft), 4) if ttft else None,
+        "edgeslm_prompt_tok_s": round(statistics.median(prompt_rate), 1) if prompt_rate else None,
+        "reps": reps,
     }

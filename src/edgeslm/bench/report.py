@@ -1,0 +1,213 @@
+"""The benchmark's report: the machine, one record per model x backend x scenario beside its
+baseline from the same run, the ratios, and a cost view built from the figures just measured.
+
+The JSON written by ``--json`` has ``schema_version`` 1 and these stable keys (documented in
+``benchmarks/README.md``): ``machine``, ``records``, ``ratios``, ``cost``, ``assumptions``,
+``sections`` (each section's raw figures).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import platform
+import resource
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["CostAssumptions", "Report", "machine_info"]
+
+SCHEMA_VERSION = 1
+EDGESLM = "edgeslm"
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, GPU, RAM, OS and library versions of this machine."""
+    from ..runtime.hardware import detect
+
+    hw = detect()
+    return {
+        "os": f"{platform.system()} {platform.release()}", "arch": hw.arch, "cpu": hw.cpu_model,
+        "cpu_count": hw.cpu_count, "cpu_features": list(hw.cpu_features), "ram_total_bytes": hw.ram_total,
+        "gpus": [{"name": g.name, "api": g.api, "memory_bytes": g.memory_total} for g in hw.gpus],
+        "llama_gpu_offload": hw.llama_gpu_offload,
+        "versions": {"python": platform.python_version(), **{d: _version(d) for d in (
+            "edgeslm", "llama_cpp_python", "onnxruntime-genai", "llguidance", "numpy")}},
+    }
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+@dataclass
+class CostAssumptions:
+    """Prices and volume for the cost view: printed beside it; every speed in it is measured."""
+
+    requests_per_day: int = 100_000
+    device_cost_usd: float = 1500.0  # the machine the model runs on, bought once
+    device_lifetime_months: int = 36
+    device_watts: float = 60.0  # while busy
+    electricity_usd_per_kwh: float = 0.20
+    gpu_server_usd_per_hour: float = 1.20  # a rented single-GPU server
+    api_usd_per_m_input: float = 0.15  # a small frontier API model, per million tokens
+    api_usd_per_m_output: float = 0.60
+
+
+@dataclass
+class Report:
+    """Everything one bench run measured."""
+
+    quick: bool
+    machine: dict[str, Any] = field(default_factory=machine_info)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    sections: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    started_at: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    assumptions: CostAssumptions = field(default_factory=CostAssumptions)
+
+    # ------------------------------------------------------------------ records
+    def add(self, model: str, scenario: str, system: str, backend: str = "llama.cpp", **figures: Any) -> None:
+        self.records.append({"model": model, "backend": backend, "scenario": scenario, "system": system,
+                             "peak_rss_bytes": peak_rss_bytes(), **figures})
+
+    def ratios(self) -> list[dict[str, Any]]:
+        """edgeslm over its baseline, per model x scenario x metric, from records of this run only."""
+        out = []
+        keys = {(r["model"], r["backend"], r["scenario"]) for r in self.records}
+        for model, backend, scenario in sorted(keys):
+            rows = [r for r in self.records if (r["model"], r["backend"], r["scenario"]) == (model, backend, scenario)]
+            ours = next((r for r in rows if r["system"] == EDGESLM), None)
+            base = next((r for r in rows if r["system"] != EDGESLM), None)
+            if ours is None or base is None:
+                continue
+            for metric in ("decode_tok_s", "latency_p50_s", "latency_p95_s", "s_per_item", "valid_rate", "accuracy"):
+                a, b = ours.get(metric), base.get(metric)
+                if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b:
+                    out.append({"model": model, "backend": backend, "scenario": scenario, "metric": metric,
+                                "edgeslm": a, "baseline": b, "baseline_system": base["system"],
+                                "ratio": round(a / b, 3)})
+        return out
+
+    # ------------------------------------------------------------------ cost view
+    def cost(self) -> list[dict[str, Any]]:
+        """Monthly cost and p50 latency of this device, a rented GPU server and a frontier API for the
+        daily volume, from the measured extraction figures (per model)."""
+        a = self.assumptions
+        rows = []
+        for r in self.records:
+            if r["system"] != EDGESLM or r.get("s_per_item") is None or r["scenario"] not in ("task", "extract"):
+                continue
+            busy_s = a.requests_per_day * r["s_per_item"]  # one device, one request at a time
+            devices = max(1, int(-(-busy_s // 86400)))
+            kwh = busy_s / 3600 * a.device_watts / 1000 * 30
+            device_month = devices * a.device_cost_usd / a.device_lifetime_months + kwh * a.electricity_usd_per_kwh
+            tokens_in, tokens_out = r.get("prompt_tokens_mean"), r.get("completion_tokens_mean")
+            api_month = None
+            if tokens_in is not None and tokens_out is not None:
+                api_month = 30 * a.requests_per_day * (tokens_in * a.api_usd_per_m_input
+                                                       + tokens_out * a.api_usd_per_m_output) / 1e6
+            rows.append({
+                "model": r["model"], "scenario": r["scenario"],
+                "this_device": {"usd_per_month": round(device_month, 2), "devices_needed": devices,
+                                "latency_p50_s": r.get("latency_p50_s"), "data_goes": "stays on the device"},
+                "gpu_server": {"usd_per_month": round(a.gpu_server_usd_per_hour * 730, 2), "latency_p50_s": None,
+                               "data_goes": "your rented server"},
+                "frontier_api": {"usd_per_month": None if api_month is None else round(api_month, 2),
+                                 "latency_p50_s": None, "data_goes": "the API provider"},
+            })
+        return rows
+
+    # ------------------------------------------------------------------ output
+    def to_json(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, "started_at": self.started_at, "quick": self.quick,
+                "machine": self.machine, "records": self.records, "ratios": self.ratios(), "cost": self.cost(),
+                "assumptions": asdict(self.assumptions), "notes": self.notes, "sections": self.sections}
+
+    def tables(self) -> list[tuple[str, list[str], list[list[str]]]]:
+        """(title, header, rows) for each table; rendered by rich or as Markdown."""
+        out: list[tuple[str, list[str], list[list[str]]]] = []
+        m = self.machine
+        gpus = ", ".join(g["name"] for g in m["gpus"]) or "none"
+        out.append(("Machine", ["what", "value"], [
+            ["CPU", f"{m['cpu']} ({m['cpu_count']} CPUs)"], ["RAM", f"{m['ram_total_bytes'] / 2**30:.1f} GiB"],
+            ["GPU", gpus], ["OS", f"{m['os']} {m['arch']}"],
+            ["versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)],
+        ]))
+        ratio = {(r["model"], r["scenario"], r["metric"]): r["ratio"] for r in self.ratios()}
+
+        def f(v: Any, fmt: str = "{:.2f}") -> str:
+            return "-" if v is None else fmt.format(v)
+
+        speed = [r for r in self.records if r["scenario"] == "decode"]
+        if speed:
+            rows = [[r["model"], r["system"], f(r.get("decode_tok_s"), "{:.1f}"), f(r.get("prompt_tok_s"), "{:.0f}"),
+                     f(r.get("ttft_s"), "{:.3f}"),
+                     f(ratio.get((r["model"], "decode", "decode_tok_s")) if r["system"] == EDGESLM else None, "{:.3f}")]
+                    for r in speed]
+            out.append(("Decode speed (greedy, same prompt and threads)",
+                        ["model", "system", "decode tok/s", "prompt tok/s", "TTFT s", "ratio"], rows))
+        for scenario, title in (("extract", "Structured extraction (JSONSchemaBench sample)"),
+                                ("task", "Your task: accuracy and latency"), ("bfcl", "Tool calls (BFCL, auto)")):
+            recs = [r for r in self.records if r["scenario"] == scenario]
+            if not recs:
+                continue
+            rows = [[r["model"], r["system"], str(r.get("items", "-")), f(r.get("valid_rate"), "{:.0%}"),
+                     f(r.get("accuracy"), "{:.0%}"), f(r.get("latency_p50_s")), f(r.get("latency_p95_s")),
+                     f(r.get("s_per_item")),
+                     f(ratio.get((r["model"], scenario, "s_per_item")) if r["system"] == EDGESLM else None, "{:.3f}")]
+                    for r in recs]
+            out.append((title, ["model", "system", "items", "valid", "accuracy", "p50 s", "p95 s", "s/item",
+                                "time ratio"], rows))
+            fields = [(r["model"], r["system"], r.get("field_accuracy") or {}) for r in recs if r.get("field_accuracy")]
+            if fields:
+                names = sorted({k for _, _, fa in fields for k in fa})
+                out.append((f"{title}: accuracy per field", ["model", "system", *names],
+                            [[mo, sy, *[f(fa.get(k), "{:.0%}") for k in names]] for mo, sy, fa in fields]))
+        cost = self.cost()
+        if cost:
+            a = self.assumptions
+            rows = []
+            for c in cost:
+                for where in ("this_device", "gpu_server", "frontier_api"):
+                    d = c[where]
+                    rows.append([c["model"], where.replace("_", " "), f(d["usd_per_month"], "${:,.0f}"),
+                                 f(d["latency_p50_s"]), d["data_goes"]])
+            out.append((f"Cost for {a.requests_per_day:,} requests a day (assumptions below; latency measured here)",
+                        ["model", "where", "per month", "p50 s", "data goes to"], rows))
+            out.append(("Assumptions", ["assumption", "value"], [[k, str(v)] for k, v in asdict(a).items()]))
+        return out
+
+    def render(self, console: Any) -> None:
+        from rich.table import Table
+
+        for title, header, rows in self.tables():
+            t = Table(title=title, title_justify="left")
+            for h in header:
+                t.add_column(h)
+            for row in rows:
+                t.add_row(*row)
+            console.print(t)
+        for n in self.notes:
+            console.print(f"note: {n}", markup=False, highlight=False)
+
+    def markdown(self) -> str:
+        parts = [f"# edgeslm bench, {self.started_at}{' (quick)' if self.quick else ''}\n"]
+        for title, header, rows in self.tables():
+            parts.append(f"## {title}\n")
+            parts.append("| " + " | ".join(header) + " |")
+            parts.append("|" + "---|" * len(header))
+            parts += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+            parts.append("")
+        parts += [f"- {n}" for n in self.notes]
+        return "\n".join(parts) + "\n"
