@@ -36,6 +36,11 @@ def load(
     (see :func:`edgeslm.plan`). ``chat_template`` overrides the template stored in the model;
     ``tool_format`` the native tool-call format ("generic", "hermes", "phi4", "llama3", "gemma3").
     """
+    from ._validate import check_int, check_model_ref
+
+    check_model_ref(model)
+    check_int(n_ctx, "n_ctx", minimum=1, allow_none=True, hint="pass n_ctx=None for the planner's choice, or e.g. 4096")
+    check_int(n_threads, "n_threads", minimum=1, allow_none=True, hint="pass n_threads=None to use every core")
     if tool_format is not None:
         from ..tools.formats import get_format
 
