@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .._errors import ExtractionFailed, SchemaError
+from .._errors import ExtractionFailed, InvalidRequestError, SchemaError
 from ..decoding.loop import GenStats, generate_steps
 from ..decoding.sampling import Sampler, SamplingParams, retry_params
 
@@ -66,6 +66,8 @@ class ExtractionPlan:
             value = json.loads(text)
         except ValueError as exc:
             return None, [f"not JSON: {exc}"]
+        except RecursionError:
+            return None, ["nested too deeply to be read"]
         errors = [
             f"{'/'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"
             for e in self.validator.iter_errors(value)
@@ -163,15 +165,28 @@ def extraction_messages(
     instructions, schema and examples, so repeated extractions reuse its KV cache."""
     system = f"{instructions or DEFAULT_INSTRUCTIONS}\nJSON Schema: {json.dumps(schema, separators=(',', ':'))}"
     msgs = [{"role": "system", "content": system}]
-    for ex in examples or ():
+    if examples is not None and (isinstance(examples, (str, bytes, dict)) or not isinstance(examples, Sequence)):
+        raise TypeError("examples must be a list of (input, output) pairs or {'input': ..., 'output': ...} dicts")
+    for i, ex in enumerate(examples or ()):
         if isinstance(ex, dict) and "input" in ex and "output" in ex:
             inp, out = ex["input"], ex["output"]
-        else:
+        elif isinstance(ex, (tuple, list)) and len(ex) == 2:
             inp, out = ex
+        else:
+            raise InvalidRequestError(
+                f"examples[{i}] is not an (input, output) pair",
+                hint="pass examples=[(text, expected_output), ...] or [{'input': text, 'output': expected}, ...]",
+            )
         if hasattr(out, "model_dump"):
             out = out.model_dump(mode="json")
+        if not isinstance(out, str):
+            try:
+                out = json.dumps(out)
+            except (TypeError, ValueError, RecursionError) as exc:
+                raise InvalidRequestError(f"examples[{i}]: the output is not JSON data: {exc}",
+                                          hint="give outputs as dicts, lists and plain values") from None
         msgs.append({"role": "user", "content": str(inp)})
-        msgs.append({"role": "assistant", "content": out if isinstance(out, str) else json.dumps(out)})
+        msgs.append({"role": "assistant", "content": out})
     msgs.append({"role": "user", "content": text})
     return msgs
 

@@ -43,6 +43,11 @@ def load(
     that is not from the catalog is opened in a child once, so a hostile file cannot kill the app.
     ``safe_mode=False`` loads with the requested options directly.
     """
+    from ._validate import check_int, check_model_ref
+
+    check_model_ref(model)
+    check_int(n_ctx, "n_ctx", minimum=1, allow_none=True, hint="pass n_ctx=None for the planner's choice, or e.g. 4096")
+    check_int(n_threads, "n_threads", minimum=1, allow_none=True, hint="pass n_threads=None to use every core")
     if tool_format is not None:
         from ..tools.formats import get_format
 

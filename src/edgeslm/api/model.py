@@ -2,7 +2,9 @@
 
 A ``Model`` wraps a backend (the engine) and the shared decoding loop. Calls are serialized with
 a lock, so one model can be shared by many threads; a stream holds the lock until it is exhausted,
-closed, or garbage-collected (breaking out of a ``for`` loop over it is enough).
+closed, or garbage-collected, or until the ``for`` loop (or any other iteration) over it is left:
+iterating a :class:`ChatStream` goes through a loop iterator of its own, and dropping that iterator
+(as ``break`` does) closes the stream, even while the stream object is still referenced.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ..backends.base import Backend
 from ..decoding.loop import GenStats, generate_steps, stream_text
 from ..decoding.sampling import Sampler, SamplingParams
 from ..decoding.template import ChatTemplate
+from ._validate import AUTO_MAX_TOKENS, check_int, check_max_tokens, check_messages, check_text, max_tokens_or_auto
 from .results import ChatChunk, ChatResult, Extraction, Usage
 
 __all__ = ["ChatStream", "Message", "Model"]
@@ -49,6 +52,7 @@ class Model:
         self._lock = threading.Lock()
         self._owner: int | None = None
         self._open_stream: weakref.ref[Any] | None = None
+        self._controls: dict[int, bool] = {}  # token id -> whether it is a control token
         self.tool_format: str = tool_format or _default_tool_format(engine, template, info)
         """How this model is shown tools and writes calls: "generic", "hermes", "phi4", "llama3" or
         "gemma3" (from the catalog, else detected from the template; assign to override)."""
@@ -66,6 +70,7 @@ class Model:
                 forget_tokenizer(getattr(self._engine, "_lltok", None))  # its cached grammars too
                 self._engine.close()
                 self._engine = None
+                self._controls = {}
 
     def __enter__(self) -> Model:
         return self
@@ -112,6 +117,7 @@ class Model:
     # ------------------------------------------------------------------ prompts
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         """Tokens for *text* (control tokens parsed only when ``special=True``)."""
+        check_text(text, "text")
         engine = self._acquire()
         try:
             return engine.tokenize(text, special=special)
@@ -121,25 +127,37 @@ class Model:
     def _prompt_tokens(self, engine: Backend, segments: Sequence[tuple[str, bool]]) -> list[int]:
         toks: list[int] = []
         for text, special in segments:
+            check_text(text, "the prompt")  # a lone surrogate from anywhere (tool descriptions...)
             toks.extend(engine.tokenize(text, special=special))
         if engine.add_bos and engine.bos_id is not None and (not toks or toks[0] != engine.bos_id):
             toks.insert(0, engine.bos_id)
         return toks
 
+    def _control_ids(self, engine: Backend, text: str) -> list[int]:
+        """The control tokens in *text* when it is parsed for them (``<|im_start|>``...), in order."""
+        out = []
+        for t in engine.tokenize(text, special=True):
+            control = self._controls.get(t)
+            if control is None:
+                token_text = getattr(engine, "token_text", None)
+                piece = token_text(t) if token_text else engine.token_bytes(t).decode("utf-8", "replace")
+                # a control token: its text gives it only when parsed for control tokens
+                special = engine.tokenize(piece, special=True) if piece else []
+                control = self._controls[t] = special == [t] and engine.tokenize(piece, special=False) != special
+            if control:
+                out.append(t)
+        return out
+
     def _chat_segments(self, engine: Backend, messages: Sequence[Message], **kw: Any) -> list[tuple[str, bool]]:
+        msgs = check_messages(messages)
         if self.template is None:
             raise TemplateError(
                 f"model {self.name!r} has no chat template",
                 hint="use model.generate(prompt) for base models, or pass chat_template=... to load()",
             )
-        if _has_tool_messages(messages):
-            return self._tool_segments(engine, messages, [])
-        norm = _normalize_messages(messages)
-
-        def is_special(s: str) -> bool:
-            return engine.tokenize(s, special=True) != engine.tokenize(s, special=False)
-
-        return self.template.render(norm, is_special_text=is_special, **kw)
+        if _has_tool_messages(msgs):
+            return self._tool_segments(engine, msgs, [])
+        return self.template.render(msgs, control_tokens=lambda s: self._control_ids(engine, s), **kw)
 
     def _tool_segments(
         self, engine: Backend, messages: Sequence[Message], tools: Sequence[Any]
@@ -152,19 +170,12 @@ class Model:
                 f"model {self.name!r} has no chat template, so it cannot be given tools",
                 hint="pass chat_template=... to load()",
             )
-        if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-            raise TypeError("messages must be a list of {'role': ..., 'content': ...} dicts")
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or "role" not in m:
-                raise TypeError(f"messages[{i}] must be a dict with a 'role'")
+        msgs = check_messages(messages)
         mark = Markup()
-        plain = _normalize_messages(get_format(self.tool_format).prepare(messages, tools, mark))
-
-        def is_special(s: str) -> bool:
-            s = mark.unmarked(s)
-            return engine.tokenize(s, special=True) != engine.tokenize(s, special=False)
-
-        return mark.split(self.template.render(plain, is_special_text=is_special))
+        plain = _normalize_messages(get_format(self.tool_format).prepare(msgs, tools, mark))
+        # markup the format wrote (marked) is the template's own; everything else must stay plain
+        segments = self.template.render(plain, control_tokens=lambda s: self._control_ids(engine, mark.unmarked(s)))
+        return mark.split(segments)
 
     def chat_prompt(self, messages: Sequence[Message], **template_kwargs: Any) -> list[int]:
         """The prompt tokens :meth:`chat` would evaluate for *messages*."""
@@ -179,7 +190,7 @@ class Model:
         self,
         messages: Sequence[Message],
         *,
-        max_tokens: int = 512,
+        max_tokens: int | None = 512,
         temperature: float = 0.7,
         top_p: float = 0.95,
         top_k: int = 40,
@@ -194,8 +205,10 @@ class Model:
     ) -> Any:
         """Answer a conversation (OpenAI message dicts).
 
-        Returns a :class:`ChatResult`, or with ``stream=True`` an iterator of :class:`ChatChunk`.
-        ``temperature=0`` is greedy; with a fixed ``seed`` sampling is reproducible too.
+        Returns a :class:`ChatResult`, or with ``stream=True`` a :class:`ChatStream` of
+        :class:`ChatChunk` (leaving the loop over it ends it). ``max_tokens=None`` is auto (up to
+        2048 tokens, as the context window allows). ``temperature=0`` is greedy; with a fixed
+        ``seed`` sampling is reproducible too.
         ``response_format={"type": "json_schema", "json_schema": {"schema": {...}}}`` (or
         ``{"type": "json_object"}``) constrains the reply like :meth:`extract`: the text is JSON
         that validates, or :class:`ExtractionFailed` is raised.
@@ -209,6 +222,7 @@ class Model:
         """
         if kwargs:
             raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
+        check_max_tokens(max_tokens)
         if tools or tool_choice not in (None, "none"):
             if response_format is not None and _response_schema(response_format) is not None:
                 raise ToolCallError("tools and a JSON response_format cannot be combined",
@@ -232,13 +246,12 @@ class Model:
         return self._run(prompt, params, max_tokens, stops, stream)
 
     def _chat_tools(
-        self, messages: Sequence[Message], tools: Any, tool_choice: Any, parallel: bool, max_tokens: int,
+        self, messages: Sequence[Message], tools: Any, tool_choice: Any, parallel: bool, max_tokens: int | None,
         params: SamplingParams, stop: str | Sequence[str] | None, stream: bool,
     ) -> Any:
         from .tools import collect, plan_tools, tool_reply
 
-        if max_tokens < 1:
-            raise InvalidRequestError("max_tokens must be >= 1", hint="ask for at least one token")
+        max_tokens = max_tokens_or_auto(max_tokens)
         plan = plan_tools(tools, tool_choice, parallel, self.tool_format)
         stops = _stops(stop) + (self.template.stop if self.template else [])
         if plan.mode == "none":  # answer in text: the tools are not offered
@@ -262,27 +275,34 @@ class Model:
         *,
         max_rounds: int = 5,
         tool_choice: Any = "auto",
+        tool_timeout: float | None = 30.0,
+        max_result_chars: int | None = None,
         **chat_kwargs: Any,
     ) -> Any:
         """Let the model call Python *tools* until it answers: each round the calls are executed
         (arguments validated; enums, dataclasses and pydantic models built) and their results fed back
-        as ``role: "tool"`` messages. A tool that raises becomes an error message for the model.
+        as ``role: "tool"`` messages. A tool that raises, runs longer than ``tool_timeout`` seconds
+        (``None``: no limit) or returns more than ``max_result_chars`` characters (``None``: twice
+        the context window in tokens, as characters) becomes an error message for the model, and the
+        run goes on.
 
         Returns a :class:`ToolRun` (``result``, ``messages``, ``rounds``, ``stopped_reason`` =
-        ``"answer"`` or ``"max_rounds"``). Other keyword arguments go to :meth:`chat`.
+        ``"answer"``, ``"max_rounds"``, or ``"context_length"`` when the conversation no longer fits
+        the context window). Other keyword arguments go to :meth:`chat`.
         """
         from .tools import run_tools
 
         if chat_kwargs.get("stream"):
             raise InvalidRequestError("run_tools does not stream",
                                       hint="use chat(..., tools=..., stream=True) for each round")
-        return run_tools(self, messages, tools, max_rounds=max_rounds, tool_choice=tool_choice, **chat_kwargs)
+        return run_tools(self, messages, tools, max_rounds=max_rounds, tool_choice=tool_choice,
+                         tool_timeout=tool_timeout, max_result_chars=max_result_chars, **chat_kwargs)
 
     def generate(
         self,
         prompt: str,
         *,
-        max_tokens: int = 256,
+        max_tokens: int | None = 256,
         temperature: float = 0.7,
         top_p: float = 0.95,
         top_k: int = 40,
@@ -290,7 +310,9 @@ class Model:
         stop: str | Sequence[str] | None = None,
         stream: bool = False,
     ) -> Any:
-        """Continue raw text (no chat template; control tokens in *prompt* stay plain text)."""
+        """Continue raw text (no chat template; control tokens in *prompt* stay plain text).
+        ``max_tokens=None`` is auto (up to 2048 tokens, as the context window allows)."""
+        check_text(prompt, "prompt")
         params = SamplingParams(temperature, top_p, top_k, seed)
 
         def tokens(engine: Backend) -> list[int]:
@@ -315,11 +337,19 @@ class Model:
 
         Returns an :class:`Extraction` whose ``data`` always validates (a pydantic instance when a
         class was given). ``examples`` are ``(input, output)`` pairs or ``{"input", "output"}``
-        dicts. Raises :class:`SchemaError` for a schema that cannot be served and
+        dicts. ``max_tokens=None`` (the default) is auto: up to 2048 tokens, as the context window
+        allows. Raises :class:`SchemaError` for a schema that cannot be served and
         :class:`ExtractionFailed` when no attempt validated.
         """
         from .extract import extraction_messages, prepare_schema
 
+        check_text(text, "text")
+        if not text.strip():
+            raise InvalidRequestError("text is empty: there is nothing to extract from",
+                                      hint="pass the text to extract the data from")
+        if instructions is not None:
+            check_text(instructions, "instructions")
+        check_max_tokens(max_tokens)
         plan = prepare_schema(schema)
         msgs = extraction_messages(text, plan.schema, instructions, examples)
         params = SamplingParams(temperature=temperature, seed=seed)
@@ -335,12 +365,12 @@ class Model:
     ) -> tuple[Any, Any, int, Usage]:
         from .extract import run_extraction
 
-        if retries is not None and retries < 0:
-            raise InvalidRequestError("retries must be >= 0", hint="pass retries=0 for a single attempt")
+        check_int(retries, "retries", minimum=0, allow_none=True, hint="pass retries=0 for a single attempt")
+        check_max_tokens(max_tokens)
         engine = self._acquire()
         try:
             prompt = self._prompt_tokens(engine, self._chat_segments(engine, messages))
-            budget = max_tokens or max(1, min(2048, engine.n_ctx - len(prompt)))
+            budget = max_tokens if max_tokens is not None else max(1, min(AUTO_MAX_TOKENS, engine.n_ctx - len(prompt)))
             data, attempt, attempts, stats = run_extraction(
                 engine, prompt, plan, max_tokens=budget, sampling=params, retries=retries
             )
@@ -353,7 +383,7 @@ class Model:
         return data, attempt, attempts, usage
 
     def _chat_json(
-        self, messages: Sequence[Message], schema: Any, max_tokens: int, params: SamplingParams, stream: bool,
+        self, messages: Sequence[Message], schema: Any, max_tokens: int | None, params: SamplingParams, stream: bool,
     ) -> Any:
         from .extract import prepare_schema
 
@@ -366,9 +396,10 @@ class Model:
         return ChatStream(iter([ChatChunk(result.text, model=self.name, id=result.id),
                                 ChatChunk("", "stop", usage, model=self.name, id=result.id)]))
 
-    def _run(self, prompt_fn: Any, params: SamplingParams, max_tokens: int, stops: list[str], stream: bool) -> Any:
-        if max_tokens < 1:
-            raise InvalidRequestError("max_tokens must be >= 1", hint="ask for at least one token")
+    def _run(
+        self, prompt_fn: Any, params: SamplingParams, max_tokens: int | None, stops: list[str], stream: bool
+    ) -> Any:
+        max_tokens = max_tokens_or_auto(max_tokens)
         if stream:
             holder: list[weakref.ref[ChatStream]] = []
             s = ChatStream(self._stream(prompt_fn, params, max_tokens, stops, holder))
@@ -412,14 +443,19 @@ class Model:
 class ChatStream(Iterator[ChatChunk]):
     """Iterator of :class:`ChatChunk` returned by ``chat(..., stream=True)``.
 
-    Closing it (or breaking out of a ``for`` loop over it) stops generation at once.
+    The stream holds the model (other calls wait) until it is exhausted or closed. Closing it, or
+    leaving a ``for`` loop over it (``break``, ``return``, an exception), stops generation at once
+    and releases the model, even while a variable still refers to the stream: ``iter(stream)``
+    returns a loop iterator of its own, and when that iterator is dropped the stream is closed.
+    (Streams advanced only with ``next(stream)`` are released by ``close()``, ``with``, or when
+    the stream itself is garbage-collected.)
     """
 
     def __init__(self, gen: Iterator[ChatChunk]) -> None:
         self._gen = gen
 
-    def __iter__(self) -> ChatStream:
-        return self
+    def __iter__(self) -> Iterator[ChatChunk]:
+        return _StreamLoop(self)
 
     def __next__(self) -> ChatChunk:
         return next(self._gen)
@@ -435,6 +471,28 @@ class ChatStream(Iterator[ChatChunk]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _StreamLoop(Iterator[ChatChunk]):
+    """The iterator a ``for`` loop over a :class:`ChatStream` uses: the loop drops it when it ends
+    (``break`` included), and dropping it closes the stream."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: ChatStream) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> _StreamLoop:
+        return self
+
+    def __next__(self) -> ChatChunk:
+        return next(self._stream)
+
+    def __del__(self) -> None:
+        try:
+            self._stream.close()
+        except Exception:
+            pass
 
 
 def _usage(stats: GenStats) -> Usage:
@@ -507,8 +565,7 @@ def _stops(stop: str | Sequence[str] | None) -> list[str]:
 
 
 def _normalize_messages(messages: Sequence[Message]) -> list[Message]:
-    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-        raise TypeError("messages must be a list of {'role': ..., 'content': ...} dicts")
+    """The plain ``{role, content}`` messages a tool format prepared (contents as strings)."""
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m:

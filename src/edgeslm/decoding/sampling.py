@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,19 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        for name, kind in (("temperature", numbers.Real), ("top_p", numbers.Real), ("top_k", numbers.Integral)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                what = "an int" if kind is numbers.Integral else "a number"
+                raise TypeError(f"{name} must be {what}, not {type(value).__name__} ({value!r:.40})")
+        if self.seed is not None:
+            if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+                raise TypeError(f"seed must be an int or None, not {type(self.seed).__name__} ({self.seed!r:.40})")
+            if self.seed < 0:
+                raise InvalidRequestError(
+                    f"seed must be an int >= 0 (or None), not {self.seed}",
+                    hint="pass seed=None for a random seed, or any int >= 0 for reproducible sampling",
+                )
         if self.temperature < 0 or not math.isfinite(self.temperature):
             raise InvalidRequestError("temperature must be a finite number >= 0", hint="0 is greedy; 0.7 is usual")
         if not 0 < self.top_p <= 1:

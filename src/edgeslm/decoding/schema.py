@@ -14,7 +14,13 @@ enforces:
     every output against the original schema (:func:`make_validator`) and retry.
 ``refused``
     Not valid JSON Schema, a remote or unresolvable ``$ref`` (never fetched), an unsatisfiable
-    schema, or one that llguidance cannot compile even after relaxation.
+    schema, or one that llguidance cannot compile even after relaxation. Also refused, so that no
+    schema can make the check or the generation run without end: a schema of more than
+    :data:`MAX_SCHEMA_CHARS` characters or :data:`MAX_SCHEMA_DEPTH` levels of nesting, one whose
+    check takes longer than :data:`CHECK_TIME_LIMIT_S`, one no finite value satisfies (a
+    ``$ref`` cycle without a way out: ``{"$ref": "#"}``, a required property of its own type...),
+    and one whose shortest valid value is longer than :data:`MAX_MIN_CHARS` characters
+    (``"minLength": 1000000000``).
 
 Findings for llguidance 1.9.1 (strict mode, measured; see ``tests/test_schema.py``):
 
@@ -50,21 +56,25 @@ Findings for llguidance 1.9.1 (strict mode, measured; see ``tests/test_schema.py
 
 from __future__ import annotations
 
-import copy
+import contextvars
 import functools
 import json
 import math
 import re
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from .._errors import SchemaError
-
-if TYPE_CHECKING:
-    import jsonschema.protocols
+from ._regex import BoundedValidator, bounded_class
+from ._regex import search as _bounded_search
 
 __all__ = [
+    "CHECK_TIME_LIMIT_S",
     "GRAMMAR_OPTIONS",
+    "MAX_MIN_CHARS",
+    "MAX_SCHEMA_CHARS",
+    "MAX_SCHEMA_DEPTH",
     "SchemaSupport",
     "canonical_json",
     "check_schema",
@@ -87,6 +97,17 @@ LLG_FORMATS = frozenset({"date-time", "time", "date", "duration", "email", "host
 
 #: Largest ``minLength``/``maxLength`` the grammar enforces on a string that also has a ``pattern``.
 PATTERN_LENGTH_LIMIT = 256
+
+#: Longest schema accepted, in characters of compact JSON (checking a schema validates it against
+#: its meta-schema: about 2-4 s for 500,000 characters on a slow 2-core machine).
+MAX_SCHEMA_CHARS = 500_000
+#: Deepest nesting of JSON objects and arrays in a schema (llguidance's parser stops at 128).
+MAX_SCHEMA_DEPTH = 128
+#: Seconds :func:`check_schema` may spend compiling and relaxing a schema before it refuses it
+#: (one compilation in progress is finished first; meta-schema validation counts too).
+CHECK_TIME_LIMIT_S = 5.0
+#: Longest that the shortest valid value of a schema may be, in characters of JSON.
+MAX_MIN_CHARS = 100_000
 
 #: Validation keywords the grammar enforces (some only partly: the compiler refuses the rest).
 ENFORCED = frozenset(
@@ -196,33 +217,89 @@ def normalize_schema(schema: Any) -> dict | bool:
             f"a JSON Schema must be a dict or a bool, not {type(schema).__name__}",
             hint="pass a JSON Schema dict or a pydantic.BaseModel subclass",
         )
+    if _depth_over(schema, MAX_SCHEMA_DEPTH):
+        raise SchemaError(
+            f"the schema is nested more than {MAX_SCHEMA_DEPTH} levels deep (or contains itself)",
+            hint="flatten it: define repeated parts once under $defs and refer to them with $ref",
+        )
     try:
         # round-trip: plain JSON types only, and a private copy the caller cannot mutate
-        return json.loads(json.dumps(schema, allow_nan=False))
-    except (TypeError, ValueError) as e:
+        text = json.dumps(schema, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as e:
         raise SchemaError(f"the schema is not plain JSON: {e}", hint="use only JSON types") from None
+    if len(text) > MAX_SCHEMA_CHARS:
+        raise SchemaError(
+            f"the schema is {len(text):,} characters long, more than the {MAX_SCHEMA_CHARS:,} accepted",
+            hint="split it, or remove long descriptions and examples; a schema this size does not fit a "
+            "small model's context anyway",
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise SchemaError(
+            f"the schema holds text that is not valid Unicode (a lone surrogate {text[e.start]!r})",
+            hint="remove or replace the lone surrogate characters (\\ud800-\\udfff)",
+        ) from None
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether *value* nests dicts and lists more than *limit* levels deep (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            items: Any = v.values()
+        elif isinstance(v, (list, tuple)):
+            items = v
+        else:
+            continue
+        if d > limit:
+            return True
+        stack.extend((x, d + 1) for x in items if isinstance(x, (dict, list, tuple)))
+    return False
 
 
 def _key(schema: Any) -> str:
     return json.dumps(schema, separators=(",", ":"), ensure_ascii=False)
 
 
-def make_validator(schema: Any) -> jsonschema.protocols.Validator:
-    """A ``jsonschema`` validator for the ORIGINAL schema: checks formats, never fetches a ``$ref``."""
+def make_validator(schema: Any) -> BoundedValidator:
+    """A ``jsonschema`` validator for the ORIGINAL schema: checks formats, never fetches a ``$ref``.
+
+    Its regex checks (``pattern``, ``patternProperties``) run with a time limit, reading each
+    pattern as Python's ``re`` does (:mod:`edgeslm.decoding._regex`); a value nested too deeply to
+    validate is an error, not a ``RecursionError``."""
     import jsonschema
     from jsonschema_specifications import REGISTRY
 
     schema = normalize_schema(schema)
     cls = jsonschema.validators.validator_for(schema)
-    return cls(schema, registry=REGISTRY, format_checker=cls.FORMAT_CHECKER)
+    return BoundedValidator(bounded_class(cls)(schema, registry=REGISTRY, format_checker=cls.FORMAT_CHECKER))
 
 
 # --------------------------------------------------------------------------- llguidance compile
 
 
+class _OutOfTime(Exception):
+    """The check of one schema passed :data:`CHECK_TIME_LIMIT_S`."""
+
+
+#: Deadline (``time.monotonic()``) of the schema check running in this context, if any.
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("edgeslm_schema_deadline", default=None)
+
+
+def _check_time() -> None:
+    deadline = _DEADLINE.get()
+    if deadline is not None and time.monotonic() > deadline:
+        raise _OutOfTime
+
+
 def _compile_error(schema: dict, options: tuple[tuple[str, Any], ...] = ()) -> str | None:
     """Compile with llguidance; ``None`` when it compiles without error or warning."""
     from llguidance import LLMatcher
+
+    _check_time()
 
     opts = dict(GRAMMAR_OPTIONS, **dict(options))
     try:
@@ -464,10 +541,27 @@ def _get(s: Any, path: tuple) -> Any:
 
 
 def _replaced(s: dict, path: tuple, value: Any = None) -> dict:
-    s = copy.deepcopy(s)
-    parent = _get(s, path[:-1])
-    parent[path[-1]] = {} if value is None else value
-    return s
+    """A copy of *s* with the node at *path* replaced by *value* (``{}``, any JSON, by default).
+
+    Only the containers along the path are copied; everything else is shared, and never mutated."""
+    return _edited(s, path, lambda parent, key: parent.__setitem__(key, {} if value is None else value))
+
+
+def _without(s: dict, path: tuple, key: str) -> dict:
+    """A copy of *s* without keyword *key* in the node at *path* (path copying, as :func:`_replaced`)."""
+    return _edited(s, (*path, key), lambda parent, k: parent.pop(k))
+
+
+def _edited(s: dict, path: tuple, edit: Any) -> dict:
+    root: Any = dict(s)
+    node = root
+    for p in path[:-1]:
+        child = node[p]
+        child = dict(child) if isinstance(child, dict) else list(child)
+        node[p] = child
+        node = child
+    edit(node, path[-1])
+    return root  # type: ignore[no-any-return]
 
 
 def _ptr(path: tuple) -> str:
@@ -479,7 +573,8 @@ _NOT_DROPPABLE = frozenset({"properties", "patternProperties", "prefixItems", "i
 
 
 def _fallback(schema: dict, budget: int = 400) -> tuple[dict, list[str]] | None:
-    """Widen the schema until llguidance compiles it; ``None`` if only replacing the root would do.
+    """Widen the schema until llguidance compiles it; ``None`` if only replacing the root would do,
+    or when *budget* compilations did not find a way (the check's deadline also applies).
 
     Descends while replacing one subschema with ``{}`` (any JSON) fixes everything, then prefers
     dropping a single keyword of that node to replacing the node. Every step only widens."""
@@ -487,6 +582,8 @@ def _fallback(schema: dict, budget: int = 400) -> tuple[dict, list[str]] | None:
 
     def ok(s: dict) -> bool:
         nonlocal budget
+        if budget <= 0:
+            return False
         budget -= 1
         return _compile_error(s) is None
 
@@ -497,17 +594,19 @@ def _fallback(schema: dict, budget: int = 400) -> tuple[dict, list[str]] | None:
             return None
         node: tuple = ()
         while budget > 0:
-            fix = next((c for c in _children(_get(schema, node), node) if ok(_replaced(schema, c))), None)
+            kids = _children(_get(schema, node), node)
+            fix = next((c for c in kids if budget > 0 and ok(_replaced(schema, c))), None)
             if fix is None:
                 break
             node = fix
+        if budget <= 0:
+            return None
         here = _get(schema, node)
         dropped = False
         for k in list(here) if isinstance(here, dict) else []:
             if k in _NOT_DROPPABLE or k not in ENFORCED:
                 continue
-            trial = copy.deepcopy(schema)
-            del _get(trial, node)[k]
+            trial = _without(schema, node, k)
             if ok(trial):
                 schema, dropped = trial, True
                 notes.append(f"{_ptr(node)}: {k}")
@@ -521,6 +620,8 @@ def _fallback(schema: dict, budget: int = 400) -> tuple[dict, list[str]] | None:
         # independent failures under the root: widen its children cumulatively, then restore what can be
         trial, done = schema, []
         for c in _children(schema, ()):
+            if budget <= 0:
+                return None
             trial = _replaced(trial, c)
             done.append(c)
             if ok(trial):
@@ -528,26 +629,180 @@ def _fallback(schema: dict, budget: int = 400) -> tuple[dict, list[str]] | None:
         else:
             return None
         for c in done[:-1]:
-            restored = _replaced(trial, c, copy.deepcopy(_get(schema, c)))
+            restored = _replaced(trial, c, _get(schema, c))
             if ok(restored):
                 trial = restored
             else:
                 notes.append(f"{_ptr(c)}: subschema generated as any JSON")
         notes.append(f"{_ptr(done[-1])}: subschema generated as any JSON")
         schema = trial
-    return schema if _compile_error(schema) is None else None
+    return schema if ok(schema) else None
+
+
+# --------------------------------------------------------------------------- shortest valid value
+
+
+class _Shortest:
+    """A lower bound on the length (characters of compact JSON) of any value valid under a schema;
+    ``math.inf`` when no finite value is valid because of recursion (``{"$ref": "#"}``).
+
+    Keywords that only narrow the set of values (``pattern``, ``not``...) are ignored, so the bound
+    holds for any draft. Local ``$ref`` targets are solved together: each starts at infinity and
+    is lowered, round after round, until nothing changes (the least fixed point)."""
+
+    def __init__(self, root: Any, ref_overrides: bool, has_ids: bool) -> None:
+        self.root = root
+        self.ref_overrides = ref_overrides  # drafts 3-7: keywords beside $ref are ignored
+        self.has_ids = has_ids  # "#/..." may then be relative to a nested $id: not resolved
+        self.values: dict[str, float] = {}
+        self.targets: dict[str, Any] = {}
+        self.depth = 0
+
+    def length(self) -> float:
+        result = self.min(self.root)  # targets are first solved depth-first, as they are reached
+        for _ in range(64):
+            _check_time()
+            known = len(self.targets)
+            changed = False
+            for ref, node in list(self.targets.items()):
+                v = self.min(node)
+                if v < self.values[ref]:
+                    self.values[ref] = v
+                    changed = True
+            result = self.min(self.root)
+            if not changed and len(self.targets) == known:
+                return result
+        return 0.0  # not settled: claim nothing
+
+    def ref(self, ref: str) -> float:
+        if self.has_ids or not ref.startswith("#") or (len(ref) > 1 and not ref.startswith("#/")):
+            return 1.0  # anchors, relative and remote references: unknown, so claim nothing
+        if ref not in self.targets:
+            node = _resolve(self.root, ref)
+            if node is _MISSING:
+                return 1.0
+            self.targets[ref] = node
+            self.values[ref] = math.inf  # while it is being solved: a cycle back to it has no way out
+            if self.depth < 32:
+                self.depth += 1
+                self.values[ref] = self.min(node)
+                self.depth -= 1
+        return self.values[ref]
+
+    def min(self, s: Any) -> float:
+        if s is True:
+            return 1.0
+        if s is False:
+            return math.inf
+        if not isinstance(s, dict):
+            return 1.0
+        bounds: list[float] = []
+        if isinstance(s.get("$ref"), str):
+            bounds.append(self.ref(s["$ref"]))
+            if self.ref_overrides:
+                return bounds[0]
+        if "const" in s:
+            bounds.append(_json_len(s["const"]))
+        if isinstance(s.get("enum"), list) and s["enum"]:
+            bounds.append(min(_json_len(e) for e in s["enum"]))
+        if isinstance(s.get("allOf"), list):
+            bounds.extend(self.min(x) for x in s["allOf"])
+        for k in ("anyOf", "oneOf"):
+            if isinstance(s.get(k), list) and s[k]:
+                bounds.append(min(self.min(x) for x in s[k]))
+        t = s.get("type")
+        types = [x for x in t if isinstance(x, str)] if isinstance(t, list) else [t] if isinstance(t, str) else []
+        if types:
+            bounds.append(min(self.of_type(s, x) for x in types))
+        return max(bounds, default=1.0)
+
+    def of_type(self, s: dict, kind: str) -> float:
+        if kind == "string":
+            return 2.0 + _count(s.get("minLength"))
+        if kind in ("boolean", "null"):
+            return 4.0
+        if kind == "object":
+            props = s.get("properties") if isinstance(s.get("properties"), dict) else {}
+            required = [r for r in dict.fromkeys(s.get("required") or []) if isinstance(r, str)]
+            extra = s.get("additionalProperties")
+            total = 2.0 + max(0, len(required) - 1)
+            for name in required:
+                sub = props[name] if name in props else (extra if isinstance(extra, dict) else True)
+                total += _json_len(name) + 1 + self.min(sub)
+            more = _count(s.get("minProperties")) - len(required)
+            return total + 5.0 * more if more > 0 else total
+        if kind == "array":
+            prefix = s.get("prefixItems", s.get("items") if isinstance(s.get("items"), list) else [])
+            prefix = prefix if isinstance(prefix, list) else []
+            rest = s.get("items") if not isinstance(s.get("items"), list) else s.get("additionalItems")
+            n = _count(s.get("minItems"))
+            if n == 0:
+                return 2.0
+            head = prefix[:n]
+            total = 2.0 + (n - 1) + sum(self.min(x) for x in head)
+            if n > len(head):
+                total += (n - len(head)) * self.min(rest if rest is not None else True)
+            return total
+        return 1.0  # number, integer, unknown types
+
+
+_MISSING = object()
+
+
+def _resolve(root: Any, ref: str) -> Any:
+    """The node a local JSON-pointer ``$ref`` (``#``, ``#/$defs/a``) points at; ``_MISSING`` when none;
+    the root for other fragments (anchors), which are not resolved here."""
+    from urllib.parse import unquote
+
+    if not ref.startswith("#/"):
+        return root
+    node = root
+    for part in ref[2:].split("/"):
+        part = _unesc(unquote(part))
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return _MISSING
+    return node
+
+
+def _count(v: Any) -> int:
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 else 0
+
+
+def _json_len(v: Any) -> int:
+    return len(json.dumps(v, separators=(",", ":"), ensure_ascii=False))
 
 
 # --------------------------------------------------------------------------- check_schema
 
 
 def check_schema(schema: Any) -> SchemaSupport:
-    """Sort *schema* (dict, bool or pydantic model class) into exact / relaxed / refused."""
+    """Sort *schema* (dict, bool or pydantic model class) into exact / relaxed / refused.
+
+    Bounded on any input: schemas over :data:`MAX_SCHEMA_CHARS` characters or
+    :data:`MAX_SCHEMA_DEPTH` levels are refused at once, and a check that passes
+    :data:`CHECK_TIME_LIMIT_S` stops and refuses the schema, with the reason."""
     try:
         s = normalize_schema(schema)
     except SchemaError as e:
-        return SchemaSupport("refused", reason=e.message)
-    return _check_cached(_key(s))
+        return SchemaSupport("refused", reason=f"{e.message}; {e.hint}" if e.hint else e.message)
+    import jsonschema  # noqa: F401  (its first import takes seconds: not part of the time limit)
+
+    token = _DEADLINE.set(time.monotonic() + CHECK_TIME_LIMIT_S)
+    try:
+        return _check_cached(_key(s))
+    except _OutOfTime:  # not cached: a later check on a less busy machine may finish
+        return _refused(
+            f"checking this schema took more than {CHECK_TIME_LIMIT_S:g} s (the limit of check_schema); "
+            "simplify it (fewer properties, fewer nested allOf/anyOf/oneOf, simpler patterns)"
+        )
+    except RecursionError:
+        return _refused("the schema is nested too deeply to be checked; flatten it with $defs and $ref")
+    finally:
+        _DEADLINE.reset(token)
 
 
 def _refused(reason: str) -> SchemaSupport:
@@ -592,14 +847,34 @@ def _check_cached(key: str) -> SchemaSupport:
     except jsonschema.SchemaError as e:
         where = "/" + "/".join(str(x) for x in e.absolute_path)
         return _refused(f"not a valid JSON Schema at {where}: {e.message}; fix the schema")
+    _check_time()
     refs = list(_iter_refs(s))
-    if not _has_ids(s):
+    has_ids = _has_ids(s)
+    if not has_ids:
         remote = [r for r in refs if _REMOTE.match(r)]
         if remote:
             return _refused(
                 f"remote $ref {remote[0]!r} (remote schemas are never fetched); "
                 "inline the referenced schema under $defs and use a local '#/$defs/...' reference"
             )
+        missing = next((r for r in refs if r.startswith("#") and _resolve(s, r) is _MISSING), None)
+        if missing is not None:
+            return _refused(f"unresolvable $ref {missing!r}: nothing in the schema is at that pointer; "
+                            "point it at an existing subschema")
+    shortest = _Shortest(s, cls.__name__ in _DRAFTS_REF_OVERRIDES, has_ids).length()
+    if shortest == math.inf:
+        return _refused(
+            "no finite JSON value satisfies this schema: it requires a value that contains itself without "
+            "end (a $ref cycle with no way out, such as {'$ref': '#'}, or a required property of the "
+            "object's own type); give the recursion a way out (an optional property, an anyOf with a "
+            "non-recursive branch)"
+        )
+    if shortest > MAX_MIN_CHARS:
+        return _refused(
+            f"the shortest value this schema allows is {int(shortest):,} characters of JSON (minLength, "
+            f"minItems, minProperties...), more than the {MAX_MIN_CHARS:,} a generation can write; "
+            "lower those minimums"
+        )
 
     s = python_patterns(s)  # the grammar must read each regex as the validator does
     flags = _Flags()
@@ -624,6 +899,11 @@ def _check_cached(key: str) -> SchemaSupport:
             return _refused(f"unresolvable $ref: {err.splitlines()[0]}; point it at an existing subschema")
         if "unsatisfiable" in lowered:
             return _refused(f"the schema is unsatisfiable: {err.splitlines()[0]}; no value can validate")
+        if "too large" in lowered or "too complex" in lowered:
+            return _refused(
+                f"the schema is beyond the grammar engine's size limits ({err.splitlines()[0]}); split it, "
+                "or remove properties and alternatives"
+            )
         new = _Flags(
             oneof_to_anyof=flags.oneof_to_anyof or "oneof" in lowered,
             drop_prop_counts=flags.drop_prop_counts or "min/maxproperties" in lowered,
@@ -765,8 +1045,8 @@ class _Canon:
         try:
             wrapped = {k: v for k, v in self.root.items() if k in ("$defs", "definitions", "$schema")}
             wrapped["allOf"] = [sub]
-            cls = jsonschema.validators.validator_for(self.root)
-            return cls(wrapped).is_valid(inst)
+            cls = bounded_class(jsonschema.validators.validator_for(self.root))
+            return BoundedValidator(cls(wrapped)).is_valid(inst)
         except Exception:
             return False
 
@@ -882,7 +1162,4 @@ class _Canon:
 
 
 def _search(pattern: str, key: str) -> bool:
-    try:
-        return re.search(pattern, key) is not None
-    except re.error:
-        return False
+    return _bounded_search(pattern, key) is True
