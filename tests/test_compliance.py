@@ -26,13 +26,14 @@ def _report(name: str, r: dict) -> None:
         print("  ", f)
 
 
-@pytest.mark.timeout(2400)
+@pytest.mark.timeout(1200)
 def test_realistic_schemas_always_valid_and_rarely_failed(smollm2) -> None:
-    rows = sample([r for r in load_corpus() if r["subset"] != PUZZLES], 215)
+    # 60 schemas keep the suite short; the 215-schema sweep is benchmarks/extraction_compliance.py
+    rows = sample([r for r in load_corpus() if r["subset"] != PUZZLES], 60)
     r = compliance(smollm2, rows, max_tokens=256)
     _report("realistic", r)
     assert r.get("returned_invalid", 0) == 0
-    assert r["served"] >= 200
+    assert r["served"] >= 55
     assert r.get("extraction_failed", 0) / r["served"] < 0.02
 
 
