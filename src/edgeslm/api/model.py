@@ -215,10 +215,13 @@ class Model:
 
         ``tools`` (Python functions, ``@edgeslm.tool`` functions or OpenAI tool dicts) lets the model
         call them in its native format (:attr:`tool_format`); ``tool_choice`` is ``"auto"`` (text or
-        calls), ``"required"``, ``"none"`` or ``{"type": "function", "function": {"name": ...}}``.
-        Calls come back in ``result.tool_calls`` (``finish_reason="tool_calls"``), their arguments
-        validated against the tool's schema; a call that cannot be produced raises
-        :class:`ToolCallError`. Streams yield text deltas and then one chunk with the complete calls.
+        calls: a call is caught in whatever form the model starts it, then constrained), ``"required"``,
+        ``"none"`` or ``{"type": "function", "function": {"name": ...}}``. Calls come back in
+        ``result.tool_calls`` (``finish_reason="tool_calls"``; the text before them in ``result.text``),
+        their arguments validated against the tool's schema; a call that cannot be produced raises
+        :class:`ToolCallError`, except in ``auto`` a call cut off by ``max_tokens``, which ends the
+        result with ``finish_reason="length"`` and ``result.error``. Streams yield text deltas and then
+        one chunk with the complete calls.
         """
         if kwargs:
             raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
