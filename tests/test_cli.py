@@ -31,7 +31,7 @@ def test_cli_error_is_friendly() -> None:
     assert "error" in out.stderr and "Traceback" not in out.stderr
 
 
-@pytest.mark.parametrize("verb", ["chat", "doctor", "extract", "pull", "list", "rm", "verify", "bench"])
+@pytest.mark.parametrize("verb", ["chat", "doctor", "extract", "calibrate", "pull", "list", "rm", "verify", "bench"])
 def test_cli_help(verb: str) -> None:
     out = subprocess.run([sys.executable, "-m", "edgeslm", verb, "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "usage" in out.stdout

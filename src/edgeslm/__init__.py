@@ -19,6 +19,7 @@ from ._errors import (
     DownloadError,
     EdgeSLMError,
     EngineCrashError,
+    EscalationError,
     ExtractionFailed,
     GatedModelError,
     GenerationError,
@@ -35,12 +36,16 @@ from ._errors import (
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from .api.calibrate import calibrate
     from .api.load import load
     from .api.model import ChatStream, Model
     from .api.plan import plan
     from .api.results import ChatChunk, ChatResult, Extraction, ToolCall, Usage
     from .api.tools import ToolRun
     from .decoding.schema import SchemaSupport, check_schema
+    from .runtime.calibration import CalibrationReport
+    from .runtime.cloud import OpenAICompatible
+    from .runtime.escalation import CloudAnswer, Escalation, EscalationRequest
     from .runtime.hardware import Hardware, detect
     from .runtime.planner import Plan
     from .store import pull
@@ -48,15 +53,20 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BackendUnavailableError",
+    "CalibrationReport",
     "ChatChunk",
     "ChatResult",
     "ChatStream",
+    "CloudAnswer",
     "ContextLengthError",
     "CorruptModelError",
     "DiskFullError",
     "DownloadError",
     "EdgeSLMError",
     "EngineCrashError",
+    "Escalation",
+    "EscalationError",
+    "EscalationRequest",
     "Extraction",
     "ExtractionFailed",
     "GatedModelError",
@@ -68,6 +78,7 @@ __all__ = [
     "ModelClosedError",
     "ModelNotFoundError",
     "OfflineError",
+    "OpenAICompatible",
     "Plan",
     "SchemaError",
     "SchemaSupport",
@@ -79,6 +90,7 @@ __all__ = [
     "UnsafeTemplateError",
     "Usage",
     "__version__",
+    "calibrate",
     "check_schema",
     "detect",
     "load",
@@ -107,6 +119,12 @@ _LAZY = {
     "Plan": ".runtime.planner",
     "SchemaSupport": ".decoding.schema",
     "check_schema": ".decoding.schema",
+    "calibrate": ".api.calibrate",
+    "CalibrationReport": ".runtime.calibration",
+    "OpenAICompatible": ".runtime.cloud",
+    "CloudAnswer": ".runtime.escalation",
+    "Escalation": ".runtime.escalation",
+    "EscalationRequest": ".runtime.escalation",
 }
 
 

@@ -17,6 +17,7 @@ Hierarchy::
     ├── SchemaError               a schema is invalid or cannot be served
     ├── ExtractionFailed          no output validated after the allowed retries
     ├── ToolCallError             a tool call could not be produced or executed
+    ├── EscalationError           the escalation target's answer was missing or rejected
     ├── DownloadError             a download failed (network, HTTP, disk)
     │   ├── GatedModelError       the Hub repo needs a token / licence acceptance
     │   └── DiskFullError         not enough free disk for the download
@@ -33,6 +34,7 @@ __all__ = [
     "DownloadError",
     "EdgeSLMError",
     "EngineCrashError",
+    "EscalationError",
     "ExtractionFailed",
     "GatedModelError",
     "GenerationError",
@@ -133,6 +135,10 @@ class ExtractionFailed(EdgeSLMError):
 
 class ToolCallError(EdgeSLMError):
     """A tool call could not be produced, parsed, or executed."""
+
+
+class EscalationError(EdgeSLMError):
+    """The escalation target gave no usable answer (the local answer stands; see ``escalation_error``)."""
 
 
 class DownloadError(EdgeSLMError):

@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     import importlib
 
-    for mod in ("edgeslm.api.cli_extract", "edgeslm.store.cli"):
+    for mod in ("edgeslm.api.cli_extract", "edgeslm.api.cli_calibrate", "edgeslm.store.cli"):
         importlib.import_module(mod).register(sub)
     return parser
 

@@ -74,6 +74,9 @@ class ChatResult:
     error: ToolCallError | None = None
     """Set when the reply began a tool call it could not finish (``tool_choice="auto"``: cut off by
     ``max_tokens``, with ``finish_reason="length"``); ``text`` is then what came before the call."""
+    escalated: bool = False  # the answer came from the escalation target (``model`` names it)
+    escalation_trigger: str | None = None  # "invalid", "low_confidence" or "predicate"
+    escalation_error: str | None = None  # why a triggered escalation did not answer
 
     def to_dict(self) -> dict[str, Any]:
         """The OpenAI ``chat.completion`` shape."""
@@ -133,7 +136,12 @@ class ChatChunk:
 
 @dataclass
 class Extraction:
-    """Validated structured output from :meth:`Model.extract`."""
+    """Validated structured output from :meth:`Model.extract`.
+
+    With escalation: ``escalated`` says ``data`` came from the target (``model`` names the model
+    that answered), ``escalation_trigger`` what fired, ``escalation_error`` why a triggered
+    hand-off did not answer (the local data stands). ``confidence`` stays the local model's.
+    """
 
     data: Any
     confidence: float
@@ -142,6 +150,10 @@ class Extraction:
     attempts: int = 1
     escalated: bool = False
     support: Any = None
+    field_confidence: dict[str, float] = field(default_factory=dict)  # JSON pointer -> score
+    escalation_trigger: str | None = None
+    escalation_error: str | None = None
+    model: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         data = self.data.model_dump() if hasattr(self.data, "model_dump") else self.data
@@ -149,6 +161,10 @@ class Extraction:
             "data": data,
             "confidence": self.confidence,
             "escalated": self.escalated,
+            "escalation_trigger": self.escalation_trigger,
+            "escalation_error": self.escalation_error,
+            "field_confidence": self.field_confidence,
+            "model": self.model,
             "attempts": self.attempts,
             "usage": self.usage.to_dict(),
         }

@@ -28,7 +28,7 @@ def _default_task(quick: bool) -> tuple[list[Any], str | None]:
     """A sample of the labeled set shipped in benchmarks/ (when running from a checkout)."""
     try:
         from .labeled import load_task as load_labeled
-        from .labeled import task_names
+        from .labeled import tasks as task_names
     except ImportError:
         return [], None
     from .task import TaskExample
