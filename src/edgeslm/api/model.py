@@ -287,7 +287,8 @@ class Model:
         as ``role: "tool"`` messages. A tool that raises, runs longer than ``tool_timeout`` seconds
         (``None``: no limit) or returns more than ``max_result_chars`` characters (``None``: twice
         the context window in tokens, as characters) becomes an error message for the model, and the
-        run goes on.
+        run goes on. With a timeout, each call runs in a worker thread (left to finish in the
+        background when it is late); ``tool_timeout=None`` runs tools in the calling thread.
 
         Returns a :class:`ToolRun` (``result``, ``messages``, ``rounds``, ``stopped_reason`` =
         ``"answer"``, ``"max_rounds"``, or ``"context_length"`` when the conversation no longer fits
