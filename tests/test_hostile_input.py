@@ -199,6 +199,7 @@ def test_check_schema_stops_at_its_time_limit(monkeypatch: pytest.MonkeyPatch) -
     # 400 different patterns: each is compiled once to see whether the grammar can enforce it
     props = {f"p{i}": {"type": "string", "pattern": f"^([a-z][0-9]+y{{{i}}})+$"} for i in range(400)}
     monkeypatch.setattr(schema_mod, "CHECK_TIME_LIMIT_S", 0.3)
+    check_schema({"type": "string"})  # the validator's first import takes seconds: not what is measured
     t0 = time.perf_counter()
     sup = check_schema({"type": "object", "properties": props})
     assert time.perf_counter() - t0 < 4
