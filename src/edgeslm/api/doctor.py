@@ -17,7 +17,8 @@ __all__ = ["render", "report"]
 GIB = 1 << 30
 
 
-def _version(dist: str) -> str | None:
+def package_version(dist: str) -> str | None:
+    """The installed version of a distribution, or None."""
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
@@ -25,7 +26,7 @@ def _version(dist: str) -> str | None:
 
 
 def _llama_engine() -> dict[str, Any]:
-    out: dict[str, Any] = {"package": "llama-cpp-python", "version": _version("llama_cpp_python")}
+    out: dict[str, Any] = {"package": "llama-cpp-python", "version": package_version("llama_cpp_python")}
     if out["version"] is None:
         out["error"] = "not installed: pip install llama-cpp-python"
         return out
@@ -49,18 +50,18 @@ def _llama_engine() -> dict[str, Any]:
 
 
 def _onnx_engine() -> dict[str, Any]:
-    ver = _version("onnxruntime-genai") or _version("onnxruntime-genai-cuda")
+    ver = package_version("onnxruntime-genai") or package_version("onnxruntime-genai-cuda")
     out: dict[str, Any] = {"package": "onnxruntime-genai", "version": ver}
     if ver is None:
         out["error"] = "not installed: pip install onnxruntime-genai"
         return out
     providers = ["cpu"]
-    if _version("onnxruntime-genai-cuda"):
+    if package_version("onnxruntime-genai-cuda"):
         providers.append("cuda")
-    if _version("onnxruntime-genai-directml"):
+    if package_version("onnxruntime-genai-directml"):
         providers.append("dml")
     out["providers"] = providers
-    ort = _version("onnxruntime") or _version("onnxruntime-gpu")
+    ort = package_version("onnxruntime") or package_version("onnxruntime-gpu")
     if ort:
         out["onnxruntime"] = ort
     return out

@@ -9,7 +9,6 @@ The JSON written by ``--json`` has ``schema_version`` 1 and these stable keys (d
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.metadata
 import platform
 import resource
 import sys
@@ -22,15 +21,9 @@ SCHEMA_VERSION = 1
 EDGESLM = "edgeslm"
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def machine_info() -> dict[str, Any]:
     """CPU, GPU, RAM, OS and library versions of this machine."""
+    from ..api.doctor import package_version
     from ..runtime.hardware import detect
 
     hw = detect()
@@ -39,7 +32,7 @@ def machine_info() -> dict[str, Any]:
         "cpu_count": hw.cpu_count, "cpu_features": list(hw.cpu_features), "ram_total_bytes": hw.ram_total,
         "gpus": [{"name": g.name, "api": g.api, "memory_bytes": g.memory_total} for g in hw.gpus],
         "llama_gpu_offload": hw.llama_gpu_offload,
-        "versions": {"python": platform.python_version(), **{d: _version(d) for d in (
+        "versions": {"python": platform.python_version(), **{d: package_version(d) for d in (
             "edgeslm", "llama_cpp_python", "onnxruntime-genai", "llguidance", "numpy")}},
     }
 
