@@ -10,6 +10,9 @@ what it means to ``jsonschema`` and to the grammar), with a timeout: each search
 :data:`PATTERN_TIME_LIMIT_S`, and all the searches of one validation together
 :data:`VALIDATION_TIME_LIMIT_S`. A search that runs out of time counts as a failed check, so the
 output is rejected (and the attempt retried), never accepted unchecked.
+
+Not covered: ``unevaluatedProperties`` (drafts 2019-09 and 2020-12) matches property names against
+``patternProperties`` inside ``jsonschema`` itself, with ``re``.
 """
 
 from __future__ import annotations
