@@ -10,8 +10,9 @@ bounded auto-mode run).
 
 Passes (greedy, parallel calls allowed in the parallel categories):
 
-* ``edgeslm`` / ``peer``: ``tool_choice="auto"``, as BFCL asks, taking turns category by category
-  (so drift in a shared machine's speed falls on both alike). Caveat on time: the peer's auto mode
+* ``edgeslm`` / ``peer``: ``tool_choice="auto"``, as BFCL asks, taking turns question by question
+  (so drift in a shared machine's speed falls on both alike; the peer's child process is started
+  for each question, outside the timed part). Caveat on time: the peer's auto mode
   first picks ``functions.<name>:`` or ``message:`` under a grammar, and its follow-up grammar for a
   message only allows ``<|im_end|>`` or a function name, so its text answers are empty, while
   edgeslm's are real text (up to ``--max-tokens``). Caveat on prompts: the peer's template lists the
@@ -424,11 +425,12 @@ def bfcl_bench(model_ref: str = "smollm2-135m", *, per_category: int = 10, n_thr
         if "auto" in passes:
             mine: list[dict] = []
             theirs: list[dict] = []
-            for cat in CATEGORIES:  # take turns, so drift in the machine's speed falls on both alike
-                block = [(c, q) for c, q in questions if c == cat]
-                mine += run_edgeslm(model, block, max_tokens)
-                if peer:
-                    theirs += run_peer(path, block, n_threads, max_tokens, timeout_s=peer_timeout_s)
+            for i, item in enumerate(questions):  # take turns question by question (who goes first too),
+                if peer and i % 2:                # so drift in the machine's speed falls on both alike
+                    theirs += run_peer(path, [item], n_threads, max_tokens, timeout_s=peer_timeout_s)
+                mine += run_edgeslm(model, [item], max_tokens)
+                if peer and not i % 2:
+                    theirs += run_peer(path, [item], n_threads, max_tokens, timeout_s=peer_timeout_s)
             result["edgeslm"] = _summary(mine, by_id)
             sizes: dict[str, Any] = {"edgeslm": result["edgeslm"]["prompt_tokens"]}
             saved = model.tool_format
