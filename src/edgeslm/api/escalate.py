@@ -64,6 +64,20 @@ def _raise_with(error: BaseException, out: EscalationOutcome) -> None:
     raise error
 
 
+def _kept_local(local: Any, error: Exception | None, out: Any) -> Any:
+    """No escalation answered: the local result, marked with the trigger and the hand-off's error,
+    or the local error (with the hand-off's outcome) when there is no local result."""
+    if local is None:
+        assert error is not None
+        if out is None:
+            raise error
+        _raise_with(error, out)
+    if out is not None:
+        local.escalation_trigger = out.trigger
+        local.escalation_error = out.error
+    return local
+
+
 def extract_with_escalation(
     escalation: Escalation,
     run_local: Callable[[], Extraction],
@@ -94,16 +108,7 @@ def extract_with_escalation(
     if local is not None and escalation.report is not None:
         local.confidence = escalation.calibrated(scores.get(escalation.report.score, raw))  # type: ignore[arg-type]
     if out is None or not out.escalated:
-        if local is None:
-            assert error is not None
-            if out is None:
-                raise error
-            _raise_with(error, out)
-        assert local is not None
-        if out is not None:
-            local.escalation_trigger = out.trigger
-            local.escalation_error = out.error
-        return local
+        return _kept_local(local, error, out)
     return Extraction(
         data=out.data,
         confidence=local.confidence if local is not None else 0.0,
@@ -139,16 +144,7 @@ def chat_with_escalation(
                          if local.tool_calls else local.text)
     out = escalation.handle(request, local, confidence, error, model_class=model_class)
     if out is None or not out.escalated:
-        if local is None:
-            assert error is not None
-            if out is None:
-                raise error
-            _raise_with(error, out)
-        assert local is not None
-        if out is not None:
-            local.escalation_trigger = out.trigger
-            local.escalation_error = out.error
-        return local
+        return _kept_local(local, error, out)
     calls = [ToolCall(c["id"], c["name"], c["arguments"]) for c in out.tool_calls]
     return ChatResult(
         text=out.text or "",
