@@ -200,6 +200,15 @@ def test_check_schema_stops_at_its_time_limit(monkeypatch: pytest.MonkeyPatch) -
     props = {f"p{i}": {"type": "string", "pattern": f"^([a-z][0-9]+y{{{i}}})+$"} for i in range(400)}
     monkeypatch.setattr(schema_mod, "CHECK_TIME_LIMIT_S", 0.3)
     check_schema({"type": "string"})  # the validator's first import takes seconds: not what is measured
+    # a fast machine compiles all 400 in under 0.3 s: each compile is made to take at least 5 ms,
+    # so the whole check takes 2 s or more unless the limit stops it
+    real_compile = schema_mod._compile_error
+
+    def slow_compile(*args, **kwargs):  # type: ignore[no-untyped-def]
+        time.sleep(0.005)
+        return real_compile(*args, **kwargs)
+
+    monkeypatch.setattr(schema_mod, "_compile_error", slow_compile)
     t0 = time.perf_counter()
     sup = check_schema({"type": "object", "properties": props})
     assert time.perf_counter() - t0 < 4
