@@ -50,7 +50,7 @@ def onnx_decode_speed(folder: Path, n_tokens: int = 128, reps: int = 5) -> dict[
     model = edgeslm.load(folder, backend="onnx", n_ctx=2048)
     msgs = [{"role": "user", "content": PROMPT}]
     prompt = model.chat_prompt(msgs)
-    og_model = model._engine._model  # same session: same threads and kernels
+    og_model = model._engine.og_model  # same session: same threads and kernels
     ours: list[float] = []
     theirs: list[float] = []
     counts: list[tuple[int, int]] = []

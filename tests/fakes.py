@@ -16,16 +16,21 @@ is preferred.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 
 from edgeslm.api.model import Model
 from edgeslm.backends.base import Backend
+from edgeslm.backends.registry import BackendSpec, OpenRequest, register_backend
 from edgeslm.decoding.template import CHATML_TEMPLATE, GEMMA_TEMPLATE, ChatTemplate
 
-__all__ = ["MARKERS", "TEMPLATES", "FakeVocab", "ScriptedBackend", "scripted_model"]
+__all__ = [
+    "MARKERS", "SCRIPTED_SPEC", "TEMPLATES", "FakeVocab", "ScriptedBackend", "register_scripted", "scripted_model",
+    "write_script",
+]
 
 SPECIALS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>", "<|tool_call|>",
@@ -125,11 +130,12 @@ class ScriptedBackend(Backend):
         self.replies = [reply] if isinstance(reply, str) else list(reply)
         self.marker = marker
         self.n_ctx = n_ctx
+        self.n_ctx_train = n_ctx
         self.n_vocab = len(self.vocab)
         self.eos_id = self.vocab.eos
         self.path = "scripted"
         self.evaluated = 0  # tokens evaluated, prompt included
-        self._lltok: Any = None
+        self.closed = False
 
     def tokenize(self, text: str, *, special: bool) -> list[int]:
         return self.vocab.encode(text, special=special)
@@ -163,12 +169,15 @@ class ScriptedBackend(Backend):
         out[nxt] = 30.0
         return out
 
-    def constraint_tokenizer(self) -> Any:
-        if self._lltok is None:
-            import llguidance
+    def token_text(self, token: int) -> str:
+        return self.vocab.pieces[token].decode("utf-8", "replace")
 
-            self._lltok = llguidance.LLTokenizer(llguidance.TokenizerWrapper(self.vocab))
-        return self._lltok
+    def control_tokens(self) -> list[int]:
+        return self.vocab.special_token_ids
+
+    def close(self) -> None:
+        super().close()
+        self.closed = True
 
 
 def scripted_model(tool_format: str, reply: str | Sequence[str]) -> Model:
@@ -176,3 +185,40 @@ def scripted_model(tool_format: str, reply: str | Sequence[str]) -> Model:
     engine = ScriptedBackend(reply, marker=MARKERS[tool_format])
     return Model(engine, name=f"scripted-{tool_format}", template=ChatTemplate(TEMPLATES[tool_format]),
                  tool_format=tool_format)
+
+
+# ----------------------------------------------------------------------------- through the registry
+
+
+def write_script(path: Path, tool_format: str, reply: str | Sequence[str], *, n_ctx: int = 4096) -> Path:
+    """A "model file" for the scripted backend: which family's template it uses, and what it writes."""
+    replies = [reply] if isinstance(reply, str) else list(reply)
+    path.write_text(json.dumps({"format": tool_format, "replies": replies, "n_ctx": n_ctx}), encoding="utf-8")
+    return path
+
+
+def _open_script(path: Path, req: OpenRequest) -> ScriptedBackend:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    fmt = data["format"]
+    engine = ScriptedBackend(data["replies"], marker=MARKERS[fmt], n_ctx=min(req.n_ctx, data.get("n_ctx", 4096)))
+    engine.path = str(path)
+    engine.chat_template = TEMPLATES[fmt]
+    engine.metadata = {"general.architecture": "scripted", "scripted.tool_format": fmt}
+    return engine
+
+
+#: The scripted backend as an engine of its own: ``edgeslm.load("x.script.json")`` opens it once
+#: :func:`register_scripted` has run (the tests register it the way a plugin would).
+SCRIPTED_SPEC = BackendSpec(
+    name="scripted",
+    formats=("scripted",),
+    devices=("cpu",),
+    describe="a .script.json file (tests/fakes.py)",
+    opens=lambda p: p.is_file() and p.name.endswith(".script.json"),
+    open=_open_script,
+)
+
+
+def register_scripted() -> None:
+    """Register :data:`SCRIPTED_SPEC` (again, if it already is)."""
+    register_backend(SCRIPTED_SPEC, replace=True)

@@ -441,3 +441,90 @@ def test_end_to_end_with_the_bundled_model(smollm2: Any, cloud: CloudStandin) ->
                                 extraction_request(EVENT_TEXT, schema))
     assert x.escalated and x.data == json.loads(EVENT_ANSWER) and x.usage.completion_tokens > 0
     assert cloud.bodies()[0]["messages"] == extraction_messages(EVENT_TEXT, schema)
+
+
+# ----------------------------------------------------------------------------------------- wired into Model
+
+
+def _scripted(tmp_path: Path, reply: Any, **load_kw: Any) -> edgeslm.Model:
+    from tests.fakes import register_scripted, write_script
+
+    register_scripted()
+    return edgeslm.load(write_script(tmp_path / "m.script.json", "hermes", reply), tool_format="hermes", **load_kw)
+
+
+def test_load_escalation_is_the_default_of_extract_and_chat(cloud: CloudStandin, tmp_path: Path) -> None:
+    """load(escalation=) routes Model.extract and Model.chat; a call's own escalation= overrides it."""
+    vip = edgeslm.Escalation(target(cloud), when=lambda req, local: "VIP" in json.dumps(req.messages),
+                             on_invalid=False)
+    m = _scripted(tmp_path, '{"name":"Ann","email":"ann@example.com"}', escalation=vip)
+    x = m.extract("VIP: " + TEXT, CONTACT)
+    assert x.escalated and x.escalation_trigger == "predicate" and x.model == "standin-large"
+    assert x.data == {"name": "Ann Lee", "email": "[EMAIL]"}
+    y = m.extract(TEXT, CONTACT)
+    assert not y.escalated and y.data == {"name": "Ann", "email": "ann@example.com"} and y.model == m.name
+    assert y.field_confidence.keys() == {"/name", "/email"} and set(y.scores) >= {"mean_prob", "min_prob"}
+    z = m.extract("VIP: " + TEXT, CONTACT, escalation=False)  # off for this call
+    assert not z.escalated
+    assert len(cloud.requests) == 1
+    stats = m.stats()
+    assert stats["calls"] == 2 and stats["escalated"] == 1 and stats["escalation_rate"] == 0.5
+    assert stats["triggers"] == {"predicate": 1}
+    cloud.answer = reply_content("Handled by the big model.")
+    r = m.chat([{"role": "user", "content": "VIP question"}])
+    assert r.escalated and r.text == "Handled by the big model." and r.model == "standin-large"
+    s = list(m.chat([{"role": "user", "content": "VIP question"}], stream=True))  # streams stay local
+    assert "".join(c.delta for c in s).startswith('{"name"')
+    m.close()
+    with pytest.raises(edgeslm.InvalidRequestError, match="must be an edgeslm.Escalation"):
+        edgeslm.load(tmp_path / "m.script.json", escalation="https://api.example.com")
+
+
+def test_a_tool_call_that_cannot_be_made_locally_escalates(cloud: CloudStandin, tmp_path: Path) -> None:
+    unique = {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"},
+                                                         "uniqueItems": True}}, "required": ["tags"]}
+    tool = {"type": "function", "function": {"name": "tag", "description": "Tag it.", "parameters": unique}}
+    bad = '<tool_call>\n{"name": "tag", "arguments": {"tags": ["a", "a"]}}\n</tool_call>'
+    m = _scripted(tmp_path, bad)  # writes the same invalid call on every attempt
+    cloud.answer = reply_tool_calls(("tag", {"tags": ["a", "b"]}))
+    esc = edgeslm.Escalation(target(cloud))  # on_invalid
+    r = m.chat([{"role": "user", "content": "tag a and b"}], tools=[tool], tool_choice="required", escalation=esc)
+    assert r.escalated and r.escalation_trigger == "invalid" and r.finish_reason == "tool_calls"
+    assert [(c.name, c.arguments) for c in r.tool_calls] == [("tag", {"tags": ["a", "b"]})]
+    with pytest.raises(edgeslm.ToolCallError):  # without escalation the failure is the app's to see
+        m.chat([{"role": "user", "content": "tag a and b"}], tools=[tool], tool_choice="required")
+    m.close()
+
+
+@requires_smollm2
+def test_chat_and_tools_open_no_socket_without_escalation(smollm2: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    attempts: list[Any] = []
+
+    def record(self: socket.socket, address: Any, *a: Any) -> None:
+        attempts.append(address)
+        raise OSError("network disabled in this test")
+
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return "sunny"
+
+    monkeypatch.setattr(socket.socket, "connect", record)
+    monkeypatch.setattr(socket.socket, "connect_ex", record)
+    r = smollm2.chat([{"role": "user", "content": "Say hi."}], max_tokens=8, temperature=0)
+    assert r.text and not r.escalated
+    t = smollm2.chat([{"role": "user", "content": "Weather in Oslo?"}], tools=[get_weather],
+                     tool_choice="required", max_tokens=48, temperature=0)
+    assert t.tool_calls and t.tool_calls[0].name == "get_weather"
+    run = smollm2.run_tools([{"role": "user", "content": "Weather in Oslo?"}], [get_weather], max_rounds=2,
+                            tool_choice="required", max_tokens=48, temperature=0)
+    assert run.calls and attempts == []
+
+
+@requires_smollm2
+def test_the_bundled_model_escalates_through_its_own_extract(smollm2: Any, cloud: CloudStandin) -> None:
+    schema = _events_schema()
+    cloud.answer = reply_content(EVENT_ANSWER)
+    esc = edgeslm.Escalation(target(cloud), min_confidence=1.0)  # every real answer is unsure enough
+    x = smollm2.extract(EVENT_TEXT, schema, max_tokens=48, escalation=esc)
+    assert x.escalated and x.data == json.loads(EVENT_ANSWER) and x.usage.completion_tokens > 0
+    assert esc.stats.snapshot()["escalated"] == 1

@@ -165,40 +165,42 @@ def test_a_value_cut_off_by_max_tokens_is_never_returned(smollm2) -> None:
 def test_a_runaway_number_is_steered_to_end(smollm2) -> None:
     import numpy as np
 
-    from edgeslm.decoding.constrain import MAX_NUMBER_CHARS, GrammarConstraint, WrapUp, closing_tokens
+    from edgeslm.decoding.constrain import MAX_NUMBER_CHARS, GrammarConstraint, JsonWrapUp, closing_tokens
     from edgeslm.decoding.schema import grammar_for
 
     engine = smollm2._engine
     grammar = grammar_for({"type": "array", "items": {"type": "number"}})
-    c = WrapUp(GrammarConstraint(engine.constraint_tokenizer(), grammar), closing_tokens(engine))
+    c, wrap = GrammarConstraint(engine, grammar), JsonWrapUp.for_backend(engine)
     digit = engine.tokenize("7", special=False)[-1]
+    out: list[int] = []
     text = "["
     for t in engine.tokenize("[", special=False):
         c.consume(t)
-        c.scan.feed(engine.token_bytes(t))
+        out.append(t)
     for _ in range(MAX_NUMBER_CHARS + 2):
         logits = np.zeros(engine.n_vocab, dtype=np.float32)
         logits[digit] = 30.0  # the model "wants" another digit, forever
         c.mask(logits)
+        wrap(out, logits)  # the processor, as the loop calls it
         t = int(np.argmax(logits))
         c.consume(t)
-        c.scan.feed(engine.token_bytes(t))
+        out.append(t)
         text += engine.token_bytes(t).decode()
         if t != digit:
             break
     # the number grew to the limit, then a token that ends it won (it was allowed: ',' or ']')
     assert text[1:].rstrip(",]").isdigit() and len(text[1:].rstrip(",]")) == MAX_NUMBER_CHARS, text
-    assert text[-1] in ",]" and c.steered and not c.on
+    assert text[-1] in ",]" and wrap.steered and not wrap.on
     # a number that cannot end yet (after "e") is never cut: only allowed tokens are boosted
-    c2 = WrapUp(GrammarConstraint(engine.constraint_tokenizer(), grammar_for({"type": "number"})),
-                closing_tokens(engine))
-    for t in [*engine.tokenize("1" * (MAX_NUMBER_CHARS - 1), special=False), *engine.tokenize("e", special=False)]:
+    c2, wrap2 = GrammarConstraint(engine, grammar_for({"type": "number"})), JsonWrapUp.for_backend(engine)
+    out2 = [*engine.tokenize("1" * (MAX_NUMBER_CHARS - 1), special=False), *engine.tokenize("e", special=False)]
+    for t in out2:
         c2.consume(t)
-        c2.scan.feed(engine.token_bytes(t))
-    assert c2.scan.number_len == MAX_NUMBER_CHARS
     logits = np.zeros(engine.n_vocab, dtype=np.float32)
     c2.mask(logits)
-    assert not c2.steered and np.isneginf(logits[closing_tokens(engine).enders]).all()
+    wrap2(out2, logits)
+    assert wrap2.scan.number_len == MAX_NUMBER_CHARS
+    assert not wrap2.steered and np.isneginf(logits[closing_tokens(engine).enders]).all()
 
 
 def test_tighten_narrows_the_generation_grammar_only() -> None:
@@ -267,10 +269,11 @@ def test_closing_a_model_frees_its_cached_grammars(smollm2_path) -> None:
 
     m = edgeslm.load(str(smollm2_path), n_ctx=512)
     m.extract("Ann, 30, Oslo", PERSON, max_tokens=32, retries=0)
-    tok_id = id(m._engine.constraint_tokenizer())
-    assert any(k[0] == tok_id for k in constrain._PROTOS) and tok_id in constrain._TOKENIZERS
-    m.close()
-    assert not any(k[0] == tok_id for k in constrain._PROTOS) and tok_id not in constrain._TOKENIZERS
+    engine = m._engine
+    cache = constrain.constraints(engine)
+    assert len(cache) >= 1 and cache._tokenizer is not None
+    m.close()  # the llguidance tokenizer points into llama.cpp's vocabulary: dropped with it
+    assert len(cache) == 0 and cache._tokenizer is None
 
 
 def test_examples_and_instructions(smollm2) -> None:

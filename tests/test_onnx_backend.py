@@ -88,6 +88,12 @@ def test_load_auto_and_explicit_backend(onnx_dir: Path, onnx_model) -> None:
     with edgeslm.load(onnx_dir, backend="onnx", device="cpu", n_ctx=256) as m:
         assert m.backend == "onnx" and m.n_ctx == 256
         assert m.chat(Q, max_tokens=8, temperature=0).text.strip()
+    # the folder's genai_config.json names the folder, through the registry as load("folder") does
+    with edgeslm.load(onnx_dir / "genai_config.json", n_ctx=256) as m:
+        assert m.backend == "onnx" and m.path == str(onnx_dir)
+        assert m.chat(Q, max_tokens=4, temperature=0).text.strip()
+    with pytest.raises(edgeslm.BackendUnavailableError, match="use backend='onnx'"):
+        edgeslm.load(onnx_dir, backend="llama.cpp")
 
 
 def test_bad_device_and_corrupt_folder(onnx_dir: Path, tmp_path: Path) -> None:

@@ -101,9 +101,8 @@ def _graph() -> dict[str, set[str]]:
     return {_module_name(f): _imports(f, modules) for f in files}
 
 
-# Known cycles outside the model store, left to their owners: api.tools imports api.model's
-# _usage inside a function while api.model imports api.tools inside its methods.
-KNOWN_OUTSIDE_STORE = [["edgeslm.api.model", "edgeslm.api.tools"]]
+# No cycle is tolerated anywhere (api.model <-> api.tools was the last, gone with api.generation).
+KNOWN_OUTSIDE_STORE: list[list[str]] = []
 
 
 def test_store_modules_import_in_layers() -> None:
@@ -120,3 +119,30 @@ def test_no_import_cycles_in_edgeslm() -> None:
     cycles = _cycles(_graph())
     assert [c for c in cycles if any(m.startswith("edgeslm.store") for m in c)] == []
     assert [c for c in cycles if c not in KNOWN_OUTSIDE_STORE] == []
+
+
+def test_decoding_imports_no_upper_layer() -> None:
+    """decoding/ is below api/, store/ and tools/: it imports none of them."""
+    g = _graph()
+    bad = {m: sorted(d for d in deps if d.split(".")[1] in ("api", "store", "tools"))
+           for m, deps in g.items() if m.startswith("edgeslm.decoding")}
+    assert {m: d for m, d in bad.items() if d} == {}
+
+
+def test_nothing_outside_backends_touches_a_backend_private_attribute() -> None:
+    """Code outside backends/ uses only what backends/base.py declares: no ``engine._x``."""
+    import ast
+
+    engine_names = {"engine", "backend", "eng", "_engine"}
+    found = []
+    for f in sorted((SRC / "edgeslm").rglob("*.py")):
+        if "backends" in f.parts:
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if not (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")):
+                continue
+            v = node.value
+            owner = v.id if isinstance(v, ast.Name) else v.attr if isinstance(v, ast.Attribute) else None
+            if owner in engine_names:
+                found.append(f"{f.relative_to(SRC)}:{node.lineno}: {owner}.{node.attr}")
+    assert found == []

@@ -103,7 +103,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", default="smollm2-135m", help="catalog id, .gguf file or ONNX folder")
-    p.add_argument("--backend", default="auto", choices=["auto", "llama.cpp", "onnx"])
+    p.add_argument("--backend", default="auto", help="auto (the one that opens the model), or a registered "
+                   "backend: llama.cpp, onnx, or one a plugin adds")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "metal", "gpu"])
     p.add_argument("--n-ctx", type=int, default=None, help="context window in tokens")
 

@@ -16,15 +16,23 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .._errors import ExtractionFailed, InvalidRequestError
+from ..decoding.scores import CANDIDATES
 from ..runtime.calibration import CalibrationReport, build_report
 
 __all__ = ["DEFAULT_SCORES", "calibrate", "fields_match"]
 
 ScoreFn = Callable[[Any], float]
 
+def _score(name: str) -> ScoreFn:
+    return lambda x: float(x.scores.get(name, x.confidence))
+
+
 DEFAULT_SCORES: dict[str, ScoreFn] = {
-    # geometric mean of the probabilities of the freely chosen tokens (see api/extract.py)
+    # the geometric mean of the free tokens' probabilities, capped at 0.5 when the output was
+    # steered to close (Extraction.confidence before calibration), then each raw candidate of
+    # edgeslm.decoding.scores: the one with the best AUROC on the labeled data is calibrated
     "confidence": lambda x: float(x.confidence),
+    **{name: _score(name) for name in CANDIDATES},
 }
 
 

@@ -100,7 +100,7 @@ def extract_with_escalation(
     except ExtractionFailed as exc:
         error = exc
     raw = local.confidence if local is not None else None
-    scores = dict(scores or {})
+    scores = {**(local.scores if local is not None else {}), **dict(scores or {})}
     if raw is not None:
         scores.setdefault("confidence", raw)
         request.local = _json_data(local.data) if local is not None else None

@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._errors import ExtractionFailed, InvalidRequestError, SchemaError
 from ..decoding.loop import GenStats, generate_steps
-from ..decoding.sampling import Sampler, SamplingParams, retry_params
+from ..decoding.sampling import Sampler, SamplingParams
+from .results import Usage
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
@@ -200,6 +200,10 @@ class Attempt:
     wrapped_up: bool
     confidence: float
     stats: GenStats
+    scores: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Candidate confidence scores (:func:`edgeslm.decoding.scores.candidate_scores`)."""
+    fields: dict[str, float] = dataclasses.field(default_factory=dict)
+    """JSON pointer -> the lowest free-token probability of that value."""
 
 
 def constrained_json(
@@ -214,37 +218,37 @@ def constrained_json(
 
     When the output starts repeating itself, or has used 60 % of ``max_tokens``, generation is
     steered to close the JSON as soon as the grammar allows; a number that runs past 24
-    characters is steered to end (see :class:`WrapUp`).
+    characters is steered to end (the :class:`~edgeslm.decoding.constrain.JsonWrapUp` processor).
     """
-    from ..decoding.constrain import GrammarConstraint, WrapUp, closing_tokens
+    from ..decoding.constrain import GrammarConstraint, JsonWrapUp
+    from ..decoding.scores import TokenScore, candidate_scores, field_scores
 
-    constraint = WrapUp(GrammarConstraint(engine.constraint_tokenizer(), plan.grammar), closing_tokens(engine))
-    soft_limit = max(16, int(max_tokens * 0.6))
+    constraint = GrammarConstraint(engine, plan.grammar)
+    wrap = JsonWrapUp.for_backend(engine, soft_limit=max(16, int(max_tokens * 0.6)))
     stats = GenStats()
     pieces: list[bytes] = []
-    tokens: list[int] = []
-    logps: list[float] = []
-    steps = generate_steps(
-        engine, prompt, Sampler(params), max_tokens, constraint=constraint, logprobs=True, stats=stats
-    )
+    scored: list[TokenScore] = []
+    at = 0
+    steps = generate_steps(engine, prompt, Sampler(params), max_tokens, constraint=constraint, processors=[wrap],
+                           logprobs=True, stats=stats)
     try:
         for step in steps:
-            constraint.scan.feed(step.piece)
             pieces.append(step.piece)
-            tokens.append(step.token)
-            if not step.forced and step.logprob is not None and not constraint.on:
-                logps.append(step.logprob)
-            constraint.watch(tokens, soft_limit)
+            free = not step.forced and step.logprob is not None and not wrap.on
+            scored.append(TokenScore(at, at + len(step.piece), step.logprob if free else None, step.margin))
+            at += len(step.piece)
     finally:
         steps.close()
-    conf = math.exp(sum(logps) / len(logps)) if logps else 1.0
-    if constraint.on or constraint.steered:
+    fields = field_scores(scored, b"".join(pieces))
+    scores = candidate_scores(scored, fields)
+    conf = scores["mean_prob"]
+    if wrap.on or wrap.steered:
         conf = min(conf, 0.5)  # the model did not finish (a value, or the JSON) by itself: say so
     text = b"".join(pieces).decode("utf-8", errors="replace")
     # complete: the grammar ended it, or the model chose to stop where the grammar allows. A value
     # cut off by max_tokens can still parse ("12" of "123456789"), so accepting() is not enough.
     complete = constraint.accepting() and (constraint.done() or not stats.hit_limit)
-    return Attempt(text, complete, constraint.on or constraint.steered, conf, stats)
+    return Attempt(text, complete, wrap.on or wrap.steered, conf, stats, scores, fields)
 
 
 def run_extraction(
@@ -255,35 +259,32 @@ def run_extraction(
     max_tokens: int,
     sampling: SamplingParams,
     retries: int | None,
-) -> tuple[Any, Attempt, int, list[GenStats]]:
-    """Attempt up to ``1 + retries`` times; return (data, attempt, attempts, all stats).
+) -> tuple[Any, Attempt, int, Usage]:
+    """Attempt up to ``1 + retries`` times; return (data, attempt, attempts, usage of all).
 
-    The first attempt uses *sampling*, the retries :func:`~edgeslm.decoding.sampling.retry_params`.
-    ``retries=None`` picks 2 for schemas the grammar enforces exactly (only a cut-off can fail) and
-    3 for relaxed ones (validation of unenforced keywords can fail). Measured on 215 realistic
-    JSONSchemaBench schemas with SmolLM2-135M, no extraction succeeded later than its third attempt.
+    The retry policy is the one of every constrained generation (:mod:`edgeslm.api.generation`):
+    ``retries=None`` picks 2 for schemas the grammar enforces exactly and 3 for relaxed ones.
     """
-    if retries is None:
-        retries = 2 if plan.support.exact else 3
-    errors: list[str] = []
-    last: Attempt | None = None
-    all_stats: list[GenStats] = []
-    for i in range(retries + 1):
-        params = retry_params(sampling, i) if i else sampling
-        att = constrained_json(engine, prompt, plan, max_tokens=max_tokens, params=params)
-        all_stats.append(att.stats)
-        last = att
+    from .generation import default_retries, drain, run_attempts, sum_usage
+
+    n = default_retries(plan.support.exact) if retries is None else retries
+
+    def attempt(i: int, params: SamplingParams) -> Generator[str, None, Attempt]:
+        return constrained_json(engine, prompt, plan, max_tokens=max_tokens, params=params)
+        yield  # a generator that shows no text
+
+    def check(att: Attempt) -> tuple[Any, list[str]]:
         if not att.complete:
-            errors = [f"the output was cut off at {att.stats.completion_tokens} tokens (max_tokens)"]
-            continue
-        data, errors = plan.validate(att.text)
-        if not errors:
-            return data, att, i + 1, all_stats
-    assert last is not None
+            return None, [f"the output was cut off at {att.stats.completion_tokens} tokens (max_tokens)"]
+        return plan.validate(att.text)
+
+    data, last, attempts, all_stats, errors = drain(run_attempts(attempt, check, sampling, n))
+    if not errors:
+        return data, last, attempts, sum_usage(all_stats)
     raise ExtractionFailed(
-        f"no output validated against the schema in {retries + 1} attempts: {'; '.join(errors[:3])}",
+        f"no output validated against the schema in {n + 1} attempts: {'; '.join(errors[:3])}",
         last_output=last.text,
         errors=errors,
-        attempts=retries + 1,
+        attempts=n + 1,
         hint="raise max_tokens=, give instructions= or examples=, simplify the schema, or use a larger model",
     )

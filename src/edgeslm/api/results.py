@@ -150,10 +150,15 @@ class Extraction:
     attempts: int = 1
     escalated: bool = False
     support: Any = None
-    field_confidence: dict[str, float] = field(default_factory=dict)  # JSON pointer -> score
+    field_confidence: dict[str, float] = field(default_factory=dict)
+    """JSON pointer -> how sure the model was of that value: the lowest probability among the
+    tokens it chose to write it (1.0 when the grammar forced every one)."""
     escalation_trigger: str | None = None
     escalation_error: str | None = None
     model: str = ""
+    scores: dict[str, float] = field(default_factory=dict)
+    """The raw candidate confidence scores (``mean_prob``, ``min_prob``, ``q10_prob``,
+    ``mean_margin``, ``min_margin``, ``min_field``); ``edgeslm.calibrate`` picks and calibrates one."""
 
     def to_dict(self) -> dict[str, Any]:
         data = self.data.model_dump() if hasattr(self.data, "model_dump") else self.data

@@ -25,21 +25,19 @@ import functools
 import json
 import threading
 import uuid
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._errors import ContextLengthError, EdgeSLMError, InvalidRequestError, SchemaError, ToolCallError
+from ..backends.base import Backend
 from ..decoding.loop import GenStats, generate_steps, partial_stop_len
-from ..decoding.sampling import Sampler, SamplingParams, retry_params
+from ..decoding.sampling import Sampler, SamplingParams
 from ..tools.calls import CLOSE_TAGS, TAGS, CallDetector, call_grammar
 from ..tools.formats import ToolFormat, get_format
 from ..tools.spec import Tool, as_tools
+from .generation import Generation, default_retries, drain, new_id, run_attempts, sum_usage, usage_of
 from .results import ChatChunk, ChatResult, ToolCall
-
-if TYPE_CHECKING:
-    from ..backends.base import Backend
-    from .model import Model
 
 __all__ = ["ToolPlan", "ToolRun", "plan_tools", "run_tools", "tool_reply"]
 
@@ -193,6 +191,7 @@ class _Outcome:
     stats: GenStats
     stop_hit: bool = False
     error: str | None = None  # why a call that began could not go on under its grammar
+    first: bool = True  # the first attempt (retries continue its calls)
 
 
 def _attempt(
@@ -297,75 +296,75 @@ def _check_text(plan: ToolPlan, text: str) -> None:
 
 
 def tool_reply(
-    model: Model, messages: Sequence[Message], plan: ToolPlan, params: SamplingParams, max_tokens: int,
-    stops: list[str], holder: list[Any], retries: int | None = None,
+    service: Generation, prompt_fn: Callable[[Backend], list[int]], plan: ToolPlan, params: SamplingParams,
+    max_tokens: int, stops: list[str], holder: list[Any], retries: int | None = None,
 ) -> Iterator[ChatChunk]:
-    """Stream one reply that may call tools: text deltas, then one chunk with the calls, then the last chunk."""
-    from .model import _usage
-
-    cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-    engine = model._acquire()
-    try:
-        model._open_stream = holder[0] if holder else None
-        prompt = model._prompt_tokens(engine, model._tool_segments(engine, messages, plan.tools))
-        budget = max_tokens
+    """Stream one reply that may call tools: text deltas, then one chunk with the calls, then the last
+    chunk. Calls that do not validate are generated again from where they began, with the retry
+    policy of every constrained generation (:mod:`edgeslm.api.generation`)."""
+    name = service.name
+    cid = new_id()
+    with service.holding(holder) as engine:
+        prompt = prompt_fn(engine)
         required = plan.mode == "required"
-        out = yield from _chunks(_attempt(engine, prompt, plan, params, budget, stops, required=required),
-                                 model.name, cid)
-        all_stats = [out.stats]
-        if out.call_at < 0:
-            _check_text(plan, out.text)
-            usage = _usage(out.stats)
+        prefix = ""
+
+        def attempt(i: int, p: SamplingParams) -> Generator[str, None, _Outcome]:
+            nonlocal prefix
+            if i == 0:
+                out = yield from _attempt(engine, prompt, plan, p, max_tokens, stops, required=required)
+                prefix = out.text[: out.call_at] if out.call_at >= 0 else ""
+                return out
+            retry_prompt = prompt + engine.tokenize(prefix, special=False) if prefix else prompt
+            out = drain(_attempt(engine, retry_prompt, plan, p, max_tokens, [], required=True))  # not shown
+            out.text, out.call_at, out.first = prefix + out.text, len(prefix), False
+            return out
+
+        def check(out: _Outcome) -> tuple[Any, list[str]]:
+            if out.call_at < 0:  # a text answer (only the first attempt can be one)
+                _check_text(plan, out.text)
+                return _TEXT, []
+            if not required and out.error is None and not out.complete and out.stats.hit_limit and out.first:
+                return _CUT_OFF, []  # auto: the reply committed to a call that max_tokens cut off
+            return _check_calls(plan, out)
+
+        n = default_retries(plan.exact) if retries is None else retries
+        calls, out, attempts, all_stats, errors = yield from _chunks(
+            run_attempts(attempt, check, params, n), name, cid)
+        if calls is _TEXT:
             finish = "length" if out.stats.hit_limit and not out.stop_hit else "stop"
-            yield ChatChunk("", finish, usage, model=model.name, id=cid)
+            yield ChatChunk("", finish, usage_of(out.stats), model=name, id=cid)
             return
-        if not required and out.error is None and not out.complete and out.stats.hit_limit:
-            # auto: the reply committed to a call that max_tokens cut off; the text before it stays
+        if calls is _CUT_OFF:  # the text before the call stays
             error = ToolCallError(
                 f"the tool call was cut off at {out.stats.completion_tokens} tokens (max_tokens): "
                 f"{out.text[out.call_at:out.call_at + 200]!r}",
                 hint="raise max_tokens= so the call fits",
             )
-            yield ChatChunk("", "length", _usage(out.stats), model=model.name, id=cid, error=error)
+            yield ChatChunk("", "length", usage_of(out.stats), model=name, id=cid, error=error)
             return
-        prefix = out.text[: out.call_at]
-        calls, errors = _check_calls(plan, out)
-        n_retries = retries if retries is not None else (2 if plan.exact else 5)
-        attempt = 0
-        while errors and attempt < n_retries:
-            attempt += 1
-            retry_prompt = prompt + engine.tokenize(prefix, special=False) if prefix else prompt
-            gen = _attempt(engine, retry_prompt, plan, retry_params(params, attempt), budget, [], required=True)
-            retry = yield from _chunks(gen, model.name, cid, silent=True)
-            all_stats.append(retry.stats)
-            retry.text = prefix + retry.text
-            retry.call_at = len(prefix)
-            calls, errors = _check_calls(plan, retry)
-            out = retry
         if errors:
             raise ToolCallError(
-                f"no valid tool call after {attempt + 1} attempt(s): {'; '.join(errors[:3])}",
+                f"no valid tool call after {attempts} attempt(s): {'; '.join(errors[:3])}",
                 hint="raise max_tokens=, simplify the tool's parameter schema, or use a larger model; "
                 "tool_choice='auto' lets the model answer in text instead",
             )
-        usage = _usage(all_stats[0])
-        usage.completion_tokens = sum(s.completion_tokens for s in all_stats)
-        usage.forced_tokens = sum(s.forced_tokens for s in all_stats)
-        usage.total_time_s = sum(_usage(s).total_time_s for s in all_stats)
-        yield ChatChunk("", tool_calls=calls, model=model.name, id=cid)
-        yield ChatChunk("", "tool_calls", usage, model=model.name, id=cid)
-    finally:
-        model._release()
+        yield ChatChunk("", tool_calls=calls, model=name, id=cid)
+        yield ChatChunk("", "tool_calls", sum_usage(all_stats), model=name, id=cid)
 
 
-def _chunks(gen: Generator[str, None, _Outcome], name: str, cid: str, silent: bool = False) -> Generator[
-        ChatChunk, None, _Outcome]:
+_TEXT = object()  # the reply is a text answer
+_CUT_OFF = object()  # an auto reply's call was cut off by max_tokens
+
+
+def _chunks(gen: Generator[str, None, Any], name: str, cid: str) -> Generator[ChatChunk, None, Any]:
+    """Text deltas as chunks; returns what *gen* returns."""
     while True:
         try:
             delta = next(gen)
         except StopIteration as stop:
             return stop.value
-        if delta and not silent:
+        if delta:
             yield ChatChunk(delta, model=name, id=cid)
 
 
@@ -441,7 +440,7 @@ def _check_run_options(max_rounds: Any, tool_timeout: Any, max_result_chars: Any
 
 
 def run_tools(
-    model: Model, messages: Sequence[Message], tools: Any, *, max_rounds: int = 5, tool_choice: Any = "auto",
+    model: Any, messages: Sequence[Message], tools: Any, *, max_rounds: int = 5, tool_choice: Any = "auto",
     tool_timeout: float | None = 30.0, max_result_chars: int | None = None, **chat_kwargs: Any,
 ) -> ToolRun:
     """Ask, execute the calls, feed the results back; repeat until an answer or ``max_rounds``.

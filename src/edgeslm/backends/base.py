@@ -18,7 +18,11 @@ logits; ``seq_copy(src, dst, n)`` shares the first ``n`` cached tokens of one se
 (a common prompt prefix is evaluated once), ``seq_trim`` and ``seq_tokens`` work per sequence.
 
 Backends are not thread-safe; :class:`edgeslm.Model` serializes calls.
-A new engine (MLX, an NPU runtime) is one module implementing this class, nothing more.
+A new engine (MLX, an NPU runtime) is one module implementing this class and describing itself
+with a :class:`~edgeslm.backends.registry.BackendSpec` (see :mod:`edgeslm.backends.registry`).
+This class declares everything the rest of edgeslm uses of a backend; nothing else is touched.
+Constrained decoding keeps its own per-model state (the llguidance tokenizer, compiled grammars)
+in :mod:`edgeslm.decoding.constrain`, not on the backend.
 """
 
 from __future__ import annotations
@@ -44,7 +48,12 @@ class Backend(ABC):
     eos_id: int | None = None
     add_bos: bool = False
     chat_template: str | None = None
+    n_ctx_train: int = 0
+    """The context length the model was trained with (0: unknown)."""
+    plan: Any = None
+    """The :class:`edgeslm.Plan` it was opened with (set by ``edgeslm.load``)."""
     metadata: dict[str, Any]
+    """The model's own metadata (GGUF keys, or their equivalent): ``general.architecture``..."""
 
     def __init__(self) -> None:
         self.metadata = {}
@@ -66,6 +75,18 @@ class Backend(ABC):
     @abstractmethod
     def is_eog(self, token: int) -> bool:
         """Whether *token* ends generation (EOS, EOT, ...)."""
+
+    def token_text(self, token: int) -> str:
+        """The text of a token (a control token's own name, e.g. ``<|im_end|>``)."""
+        return self.token_bytes(token).decode("utf-8", "replace")
+
+    def control_tokens(self) -> list[int]:
+        """Control tokens of the vocabulary (never produced by plain text); by default the
+        end-of-generation tokens and BOS."""
+        out = [t for t in range(self.n_vocab) if self.is_eog(t)]
+        if self.bos_id is not None and self.bos_id not in out:
+            out.append(self.bos_id)
+        return out
 
     @abstractmethod
     def eval(self, tokens: Sequence[int]) -> None:
@@ -120,5 +141,28 @@ class Backend(ABC):
         return 0
 
     def constraint_tokenizer(self) -> Any:
-        """An ``llguidance.LLTokenizer`` for this vocabulary (built once, then cached)."""
-        raise NotImplementedError
+        """A new ``llguidance.LLTokenizer`` for this vocabulary. The decoding layer builds it once per
+        model and keeps it (:func:`edgeslm.decoding.constrain.constraints`); engines need not cache.
+
+        This default reads :meth:`token_bytes`, :meth:`control_tokens` and :meth:`tokenize`; an
+        engine with a faster native path (llama.cpp's vocabulary) overrides it."""
+        import llguidance
+
+        controls = set(self.control_tokens())
+        tokens = [b"\xff" + self.token_text(t).encode("utf-8") if t in controls else self.token_bytes(t)
+                  for t in range(self.n_vocab)]
+        eos = self.eos_id if self.eos_id is not None else next(iter(sorted(controls)), 0)
+        backend = self
+
+        class _Vocab:
+            eos_token_id = eos
+            bos_token_id = self.bos_id
+            special_token_ids = sorted(controls)
+
+            def __init__(self) -> None:
+                self.tokens = tokens
+
+            def __call__(self, data: bytes) -> list[int]:
+                return backend.tokenize(data.decode("utf-8", "replace"), special=False)
+
+        return llguidance.LLTokenizer(llguidance.TokenizerWrapper(_Vocab()))

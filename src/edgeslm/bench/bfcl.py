@@ -255,13 +255,7 @@ SYSTEM = {"role": "system", "content": "You are a helpful assistant."}
 
 def edgeslm_prompt_tokens(model: Any, questions: list[tuple[str, dict[str, Any]]]) -> list[int]:
     """Prompt tokens of each question with its tools, after a :data:`SYSTEM` message (nothing generated)."""
-    engine = model._acquire()
-    try:
-        return [len(model._prompt_tokens(engine, model._tool_segments(engine, [SYSTEM, *messages_of(q)],
-                                                                      model_tools(q))))
-                for _, q in questions]
-    finally:
-        model._release()
+    return [len(model.chat_prompt([SYSTEM, *messages_of(q)], tools=model_tools(q))) for _, q in questions]
 
 
 def model_tools(question: dict[str, Any]) -> list[Any]:

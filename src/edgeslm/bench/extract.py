@@ -248,10 +248,9 @@ def grammar_overhead(model: Any, n: int = 200) -> dict[str, Any]:
         pass
     for key, m in models:
         eng = m._engine
-        tok = eng.constraint_tokenizer()
         rng = np.random.default_rng(0)
         logits = rng.standard_normal(eng.n_vocab).astype(np.float32)
-        c = GrammarConstraint(tok, plan.grammar)
+        c = GrammarConstraint(eng, plan.grammar)
         sampler = Sampler(SamplingParams())
         # enter the string value, then time free choices inside it
         for t in eng.tokenize('{"notes":"', special=False):
@@ -271,15 +270,15 @@ def grammar_overhead(model: Any, n: int = 200) -> dict[str, Any]:
     # cold compile: schema check + grammar + the matcher for this tokenizer, every cache cleared
     from edgeslm.decoding import constrain, schema
 
-    tok = model._engine.constraint_tokenizer()
+    tok = constrain.constraints(model._engine).tokenizer
     comp = []
     for r in sample(load_corpus(), 100):
         for cached in (schema._check_cached, schema._grammar_cached, schema._pattern_ok, schema._number_ok):
             cached.cache_clear()
-        constrain._PROTOS.clear()
+        fresh = constrain.ConstraintCache.for_tokenizer(tok)  # no compiled grammar kept
         t0 = time.perf_counter()
         try:
-            GrammarConstraint(tok, prepare_schema(r["schema"]).grammar)
+            GrammarConstraint(fresh, prepare_schema(r["schema"]).grammar)
         except edgeslm.SchemaError:
             continue
         comp.append(time.perf_counter() - t0)

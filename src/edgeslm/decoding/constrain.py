@@ -1,72 +1,178 @@
-"""Grammar constraint for the decoding loop: an llguidance matcher behind the ``Constraint`` protocol.
+"""Grammar constraints for the decoding loop, and the per-model state they need.
 
-Build the grammar with :func:`edgeslm.decoding.schema.grammar_for`; build the tokenizer once per model
-(``llguidance.llamacpp.lltokenizer_from_vocab`` takes about 0.2-1 s) and share it.
+* :class:`GrammarConstraint`: an llguidance matcher behind the loop's ``Constraint`` protocol.
+* :class:`ConstraintCache` (:func:`constraints`, :func:`release`): per model, the llguidance
+  tokenizer, compiled grammars and token sets, owned here and freed with the model.
+* :class:`JsonWrapUp`: a logits processor that steers a runaway JSON generation to close (composed
+  with a constraint by the loop, see :func:`edgeslm.decoding.loop.generate_steps`).
+
+Build grammars with :func:`edgeslm.decoding.schema.grammar_for`.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from .._errors import GenerationError, SchemaError
+from ..backends.base import Backend
 
 if TYPE_CHECKING:
     import llguidance
 
-__all__ = ["GrammarConstraint", "accepts"]
+__all__ = [
+    "ConstraintCache", "GrammarConstraint", "JsonWrapUp", "accepts", "closing_tokens", "constraints", "live_caches",
+    "release",
+]
 
 
-def _matcher(
-    tokenizer: llguidance.LLTokenizer, grammar: str, limits: llguidance.LLParserLimits | None = None
-) -> llguidance.LLMatcher:
-    from llguidance import LLMatcher
+class ConstraintCache:
+    """What constrained decoding keeps for one model: the llguidance tokenizer (built once; 0.2-1 s
+    for a 50k vocabulary), compiled matchers per grammar in their start state (each use gets a deep
+    copy, so repeated extractions with one schema compile it once; the oldest of more than
+    :attr:`max_matchers` are dropped), and the token sets that steer JSON to a close.
 
-    key = (id(tokenizer), grammar)
-    proto = _PROTOS.get(key) if limits is None else None
-    if proto is None:
-        proto = LLMatcher(tokenizer, grammar, log_level=0, limits=limits)
-        if proto.is_error():
-            raise SchemaError(
-                f"the grammar does not compile: {proto.get_error()}",
-                hint="build grammars with edgeslm.decoding.schema.grammar_for(), which checks the schema first",
-            )
-        if limits is None:
-            with _CACHE_LOCK:  # models on other threads share the cache
-                if len(_PROTOS) >= 256:
-                    _PROTOS.pop(next(iter(_PROTOS)), None)
-                _PROTOS[key] = proto
-                _TOKENIZERS[id(tokenizer)] = tokenizer  # keep it alive: its id is part of the key
-    return proto.deep_copy()
+    Get it with :func:`constraints`; it is freed by :func:`release` (``Model.close`` calls it) or
+    when its backend is garbage-collected."""
+
+    max_matchers = 256
+
+    def __init__(self, build_tokenizer: Any, *, token_bytes: Any = None, n_vocab: int = 0, is_eog: Any = None) -> None:
+        self._build = build_tokenizer
+        self._tokenizer: llguidance.LLTokenizer | None = None
+        self._protos: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
+        self._lock = threading.Lock()
+        self._token_bytes = token_bytes
+        self._n_vocab = n_vocab
+        self._is_eog = is_eog
+        self._closing: ClosingTokens | None = None
+        self._eog: np.ndarray | None = None
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: llguidance.LLTokenizer) -> ConstraintCache:
+        """A cache around a tokenizer built elsewhere (tools and tests that hold no backend)."""
+        return cls(lambda: tokenizer)
+
+    @property
+    def tokenizer(self) -> llguidance.LLTokenizer:
+        if self._tokenizer is None:
+            with self._lock:
+                if self._tokenizer is None:
+                    self._tokenizer = self._build()
+        assert self._tokenizer is not None
+        return self._tokenizer
+
+    def __len__(self) -> int:
+        """How many compiled grammars are kept."""
+        return len(self._protos)
+
+    def matcher(self, grammar: str, limits: llguidance.LLParserLimits | None = None) -> llguidance.LLMatcher:
+        """A fresh matcher for *grammar* (a copy of the cached compiled one; *limits* bypass the cache)."""
+        from llguidance import LLMatcher
+
+        tok = self.tokenizer
+        proto = self._protos.get(grammar) if limits is None else None
+        if proto is None:
+            proto = LLMatcher(tok, grammar, log_level=0, limits=limits)
+            if proto.is_error():
+                raise SchemaError(
+                    f"the grammar does not compile: {proto.get_error()}",
+                    hint="build grammars with edgeslm.decoding.schema.grammar_for(), which checks the schema first",
+                )
+            if limits is None:
+                with self._lock:
+                    while len(self._protos) >= self.max_matchers:
+                        self._protos.popitem(last=False)
+                    self._protos[grammar] = proto
+        else:
+            with self._lock:
+                if grammar in self._protos:
+                    self._protos.move_to_end(grammar)
+        return proto.deep_copy()
+
+    def forget(self, grammar: str) -> None:
+        """Drop a grammar's compiled matcher after one of its copies failed.
+
+        Deep copies share the lexer's state cache, so a copy that exhausted the lexer budget leaves
+        the prototype unusable (every later copy fails at its first token); the next use recompiles."""
+        with self._lock:
+            self._protos.pop(grammar, None)
+
+    @property
+    def closing(self) -> ClosingTokens:
+        """Token ids that help finish JSON (see :func:`closing_tokens`)."""
+        if self._closing is None:
+            self._closing = _scan_closing(self._n_vocab, self._token_bytes, self._is_eog)
+        return self._closing
+
+    @property
+    def eog(self) -> np.ndarray:
+        """Every end-of-generation token id of the vocabulary."""
+        if self._eog is None:
+            self._eog = np.asarray([t for t in range(self._n_vocab) if self._is_eog(t)], dtype=np.int64)
+        return self._eog
+
+    def clear(self) -> None:
+        """Drop the tokenizer and every compiled grammar."""
+        with self._lock:
+            self._protos.clear()
+            self._tokenizer = None
 
 
-# Compiled matchers in their start state, per (tokenizer, grammar): each use gets a deep copy,
-# so repeated extractions with one schema compile it once.
-_PROTOS: dict[tuple[int, str], llguidance.LLMatcher] = {}
-_TOKENIZERS: dict[int, llguidance.LLTokenizer] = {}
-_CACHE_LOCK = threading.Lock()
+_CACHES: weakref.WeakKeyDictionary[Any, ConstraintCache] = weakref.WeakKeyDictionary()
+_CACHES_LOCK = threading.Lock()
 
 
-def forget_tokenizer(tokenizer: llguidance.LLTokenizer | None) -> None:
-    """Drop every cached matcher of *tokenizer* (its model was closed), so its memory can be freed."""
-    if tokenizer is None:
-        return
-    with _CACHE_LOCK:
-        for key in [k for k in _PROTOS if k[0] == id(tokenizer)]:
-            del _PROTOS[key]
-        _TOKENIZERS.pop(id(tokenizer), None)
+def constraints(backend: Backend) -> ConstraintCache:
+    """The :class:`ConstraintCache` of *backend* (made on first use, kept while the backend lives)."""
+    cache = _CACHES.get(backend)
+    if cache is None:
+        with _CACHES_LOCK:
+            cache = _CACHES.get(backend)
+            if cache is None:
+                ref = weakref.ref(backend)  # the cache must not keep its backend alive
+
+                def call(name: str) -> Callable[..., Any]:
+                    return lambda *a: getattr(_alive(ref), name)(*a)
+
+                cache = ConstraintCache(call("constraint_tokenizer"), token_bytes=call("token_bytes"),
+                                        n_vocab=backend.n_vocab, is_eog=call("is_eog"))
+                _CACHES[backend] = cache
+    return cache
 
 
-def _forget(tokenizer: llguidance.LLTokenizer, grammar: str) -> None:
-    """Drop a grammar's cached matcher after one of its copies failed.
+def _alive(ref: weakref.ref[Backend]) -> Backend:
+    b = ref()
+    if b is None:  # pragma: no cover - the cache goes with its backend
+        raise GenerationError("the model was closed", hint="load it again with edgeslm.load()")
+    return b
 
-    Deep copies share the lexer's state cache, so a copy that exhausted the lexer budget leaves
-    the prototype unusable (every later copy fails at its first token); the next use recompiles."""
-    with _CACHE_LOCK:
-        _PROTOS.pop((id(tokenizer), grammar), None)
+
+def release(backend: Backend) -> None:
+    """Free what constrained decoding kept for *backend* (call before closing it: llama.cpp's
+    llguidance tokenizer points into the engine's vocabulary)."""
+    with _CACHES_LOCK:
+        cache = _CACHES.pop(backend, None)
+    if cache is not None:
+        cache.clear()
+
+
+def live_caches() -> int:
+    """How many models have constraint state alive (for tests and leak checks)."""
+    return len(_CACHES)
+
+
+def _as_cache(source: Any) -> ConstraintCache:
+    if isinstance(source, ConstraintCache):
+        return source
+    if isinstance(source, Backend):
+        return constraints(source)
+    return ConstraintCache.for_tokenizer(source)  # an llguidance.LLTokenizer
 
 
 def _hint(m: llguidance.LLMatcher, default: str) -> str:
@@ -80,23 +186,31 @@ def _hint(m: llguidance.LLMatcher, default: str) -> str:
 
 
 class GrammarConstraint:
-    """Masks logits to the tokens an llguidance grammar allows, and tracks what was generated."""
+    """Masks logits to the tokens an llguidance grammar allows.
+
+    *source* is a backend (its :class:`ConstraintCache` is used), a :class:`ConstraintCache`, or an
+    ``llguidance.LLTokenizer``. *also_end*: token ids allowed wherever the grammar could end (a
+    model's end-of-turn tokens besides the one EOS llguidance knows); choosing one ends generation.
+    """
 
     def __init__(
         self,
-        tokenizer: llguidance.LLTokenizer,
+        source: Any,
         grammar: str,
         *,
         limits: llguidance.LLParserLimits | None = None,
+        also_end: np.ndarray | None = None,
     ) -> None:
-        self.tokenizer = tokenizer
+        self.cache = _as_cache(source)
+        self.tokenizer = self.cache.tokenizer
         self.grammar = grammar
-        self.matcher = _matcher(tokenizer, grammar, limits)
-        self.vocab_size = int(tokenizer.vocab_size)
+        self.matcher = self.cache.matcher(grammar, limits)
+        self.vocab_size = int(self.tokenizer.vocab_size)
+        self.also_end = also_end if also_end is not None and also_end.size else None
         n_words = (self.vocab_size + 31) // 32
         self._bitmask = np.zeros((1, n_words), dtype=np.int32)
         self._bytes = self._bitmask.view(np.uint8).reshape(-1)
-        self.n_allowed = self.vocab_size  # tokens the last mask() allowed
+        self.n_allowed: int | None = self.vocab_size  # tokens the last mask() allowed
 
     def mask(self, logits: np.ndarray) -> None:
         """Set the logits of tokens the grammar forbids to ``-inf``, in place.
@@ -107,13 +221,16 @@ class GrammarConstraint:
 
         fill_next_token_bitmask(self.matcher, self._bitmask)
         if self.matcher.is_error():
-            _forget(self.tokenizer, self.grammar)
+            self.cache.forget(self.grammar)
             raise GenerationError(
                 f"the grammar failed while computing the next-token mask: {self.matcher.get_error()}",
                 hint=_hint(self.matcher, "this is a bug in the grammar engine; report it with the schema"),
             )
         n = min(int(logits.shape[-1]), self.vocab_size)
         allowed = np.unpackbits(self._bytes, count=n, bitorder="little").view(bool)
+        if self.also_end is not None and self.matcher.is_accepting():
+            allowed = allowed.copy()
+            allowed[self.also_end[self.also_end < n]] = True
         self.n_allowed = int(np.count_nonzero(allowed))
         np.copyto(logits[..., :n], -np.inf, where=~allowed)
         if logits.shape[-1] > n:
@@ -121,8 +238,10 @@ class GrammarConstraint:
 
     def consume(self, token: int) -> None:
         """Advance the grammar by *token*; raise :class:`GenerationError` if it is not allowed."""
+        if self.also_end is not None and int(token) in self.also_end and self.matcher.is_accepting():
+            return  # an end-of-turn token where the grammar may end: generation stops here
         if not self.matcher.consume_token(int(token)):
-            _forget(self.tokenizer, self.grammar)
+            self.cache.forget(self.grammar)
             raise GenerationError(
                 f"token {token} is not allowed by the grammar: {self.matcher.get_error()}",
                 hint=_hint(self.matcher, "choose tokens only among those mask() leaves finite"),
@@ -134,7 +253,7 @@ class GrammarConstraint:
             return []
         toks = list(self.matcher.compute_ff_tokens())
         if toks and not self.matcher.consume_tokens(toks):
-            _forget(self.tokenizer, self.grammar)
+            self.cache.forget(self.grammar)
             raise GenerationError(
                 f"the grammar rejected its own forced tokens: {self.matcher.get_error()}",
                 hint="this is a bug in the grammar engine; report it with the schema",
@@ -155,16 +274,18 @@ class GrammarConstraint:
 
 
 def accepts(
-    tokenizer: llguidance.LLTokenizer,
+    source: Any,
     grammar: str,
     tokens: list[int],
     *,
     limits: llguidance.LLParserLimits | None = None,
 ) -> tuple[bool, str]:
-    """Feed *tokens* to a fresh matcher: ``(True, "")`` when all are allowed and the result is complete."""
-    m = _matcher(tokenizer, grammar, limits)
+    """Feed *tokens* to a fresh matcher: ``(True, "")`` when all are allowed and the result is complete.
+    *source* as for :class:`GrammarConstraint`."""
+    cache = _as_cache(source)
+    m = cache.matcher(grammar, limits)
     if not m.consume_tokens([int(t) for t in tokens]):
-        _forget(tokenizer, grammar)
+        cache.forget(grammar)
         return False, m.get_error() or "token rejected"
     if not m.is_accepting():
         return False, "incomplete: the grammar expects more"
@@ -186,8 +307,8 @@ class ClosingTokens(NamedTuple):
     enders: np.ndarray
 
 
-def closing_tokens(backend: object) -> ClosingTokens:
-    """Token ids that help finish JSON, cached on the backend:
+def closing_tokens(backend: Backend) -> ClosingTokens:
+    """Token ids that help finish JSON, computed once per model:
 
     * *quotes* start with ``"`` followed only by closers/spaces (end a string, maybe more);
     * *closers* are made only of ``]`` / ``}`` (and spaces), plus end-of-generation tokens;
@@ -197,26 +318,26 @@ def closing_tokens(backend: object) -> ClosingTokens:
     Used to wrap up a generation that runs away: biasing them makes the grammar-valid output end
     as soon as the schema allows.
     """
-    cached = getattr(backend, "_closing_tokens", None)
-    if cached is None:
-        quotes, closers, enders = [], [], []
-        for t in range(backend.n_vocab):  # type: ignore[attr-defined]
-            if backend.is_eog(t):  # type: ignore[attr-defined]
-                closers.append(t)
-                enders.append(t)
-                continue
-            b = backend.token_bytes(t).strip()  # type: ignore[attr-defined]
-            if not b:
-                continue
-            if b[0] in b",]}":
-                enders.append(t)
-            if b[0:1] == b'"' and all(c in _CLOSERS or c == 44 for c in b[1:]) and b.count(b",") == 0:
-                quotes.append(t)
-            elif all(c in _CLOSERS for c in b):
-                closers.append(t)
-        cached = ClosingTokens(*(np.asarray(x, dtype=np.int64) for x in (quotes, closers, enders)))
-        backend._closing_tokens = cached  # type: ignore[attr-defined]
-    return cached
+    return constraints(backend).closing
+
+
+def _scan_closing(n_vocab: int, token_bytes: Callable[[int], bytes], is_eog: Callable[[int], bool]) -> ClosingTokens:
+    quotes, closers, enders = [], [], []
+    for t in range(n_vocab):
+        if is_eog(t):
+            closers.append(t)
+            enders.append(t)
+            continue
+        b = token_bytes(t).strip()
+        if not b:
+            continue
+        if b[0] in b",]}":
+            enders.append(t)
+        if b[0:1] == b'"' and all(c in _CLOSERS or c == 44 for c in b[1:]) and b.count(b",") == 0:
+            quotes.append(t)
+        elif all(c in _CLOSERS for c in b):
+            closers.append(t)
+    return ClosingTokens(*(np.asarray(x, dtype=np.int64) for x in (quotes, closers, enders)))
 
 
 class JsonScan:
@@ -257,39 +378,53 @@ def repeating(tokens: Sequence[int], window: int = 48, max_period: int = 24) -> 
     return any(tail[p:] == tail[:-p] for p in range(1, max_period + 1))
 
 
-class WrapUp:
-    """A constraint wrapper that steers a runaway generation to close its JSON quickly.
+class JsonWrapUp:
+    """A logits processor that steers a runaway JSON generation to close quickly.
 
-    Once switched on (``on``), it boosts, inside a string, tokens that end the string; outside,
-    tokens that close arrays and objects or end generation. Independently, a number longer than
-    :data:`MAX_NUMBER_CHARS` gets the tokens that end it boosted (``steered`` records that this
-    happened). Only allowed tokens are boosted (``-inf`` stays ``-inf``), so the output stays
-    exactly as valid as the grammar makes it. Subclasses change :meth:`mask` and call
-    :meth:`boost` after their own masking.
+    Called by the loop with the tokens generated so far and the (already masked) logits. It
+    switches on (``on``) once the output reaches *soft_limit* tokens, or ends in one short cycle
+    repeated (up to :attr:`max_period` tokens, checked every 8 tokens). Once on it boosts, inside a
+    string, tokens that end the string; outside, tokens that close arrays and objects or end
+    generation. Independently, a number longer than :data:`MAX_NUMBER_CHARS` gets the tokens that
+    end it boosted (``steered`` records that this happened). Only allowed tokens are boosted
+    (``-inf`` stays ``-inf``), so the output stays exactly as valid as the grammar makes it.
     """
 
-    #: Longest cycle, in tokens, that :meth:`watch` takes for a runaway loop.
-    max_period = 24
-
-    def __init__(self, inner: GrammarConstraint, tokens: ClosingTokens, bias: float = 40.0) -> None:
-        self.inner = inner
+    def __init__(
+        self, tokens: ClosingTokens, token_bytes: Callable[[int], bytes], *, soft_limit: int = 1 << 30,
+        bias: float = 40.0, max_period: int = 24,
+    ) -> None:
         self.quotes, self.closers, self.enders = tokens
+        self.token_bytes = token_bytes
+        self.soft_limit = soft_limit
         self.bias = bias
+        self.max_period = max_period
         self.on = False
         self.steered = False
         self.scan = JsonScan()
+        self._seen = 0
+        self._checked = 0
 
-    def mask(self, logits: np.ndarray) -> None:
-        self.inner.mask(logits)
+    @classmethod
+    def for_backend(cls, backend: Backend, **kw: Any) -> JsonWrapUp:
+        return cls(closing_tokens(backend), backend.token_bytes, **kw)
+
+    def __call__(self, tokens: Sequence[int], logits: np.ndarray) -> None:
+        for t in tokens[self._seen:]:
+            self.scan.feed(self.token_bytes(t))
+        self._seen = len(tokens)
+        self.watch(tokens)
         self.boost(logits)
 
-    def watch(self, tokens: Sequence[int], soft_limit: int) -> None:
-        """Switch on once *tokens* (the output so far) reach *soft_limit*, or end in a repeated
-        cycle of up to :attr:`max_period` tokens (checked every 8 tokens)."""
-        if not self.on and (
-            len(tokens) >= soft_limit or (len(tokens) % 8 == 0 and repeating(tokens, max_period=self.max_period))
-        ):
+    def watch(self, tokens: Sequence[int]) -> None:
+        """Switch on at the soft limit or on a repeated cycle."""
+        if self.on:
+            return
+        if len(tokens) >= self.soft_limit:
             self.on = True
+        elif len(tokens) // 8 > self._checked:
+            self._checked = len(tokens) // 8
+            self.on = repeating(tokens, max_period=self.max_period)
 
     def boost(self, logits: np.ndarray) -> None:
         """Raise the allowed tokens that end the current string or the JSON (once ``on``), or
@@ -303,19 +438,3 @@ class WrapUp:
             if np.isfinite(sub).any():  # the grammar lets the number end here
                 logits[self.enders] = sub + self.bias
                 self.steered = True
-
-    @property
-    def n_allowed(self) -> int:
-        return self.inner.n_allowed
-
-    def consume(self, token: int) -> None:
-        self.inner.consume(token)
-
-    def forced(self) -> list[int]:
-        return self.inner.forced()
-
-    def done(self) -> bool:
-        return self.inner.done()
-
-    def accepting(self) -> bool:
-        return self.inner.accepting()

@@ -18,15 +18,20 @@ import numpy as np
 
 from .._errors import ContextLengthError, InvalidRequestError
 from ..backends.base import Backend
-from .sampling import Sampler, token_logprob
+from .sampling import Sampler, token_logprob, token_margin
 
 __all__ = [
-    "Constraint", "GenStats", "Step", "TextDelta", "generate_steps", "partial_stop_len", "prefill", "stream_text",
+    "Constraint", "GenStats", "LogitsProcessor", "Step", "TextDelta", "generate_steps", "partial_stop_len", "prefill",
+    "stream_text",
 ]
 
 
 class Constraint(Protocol):
     """What the loop needs from a grammar (see :mod:`edgeslm.decoding.constrain`)."""
+
+    n_allowed: int | None
+    """How many tokens the last :meth:`mask` allowed (``None``: not counted). A token that was the
+    only one allowed counts as forced: it carries no log-probability."""
 
     def mask(self, logits: np.ndarray) -> None:
         """Set logits of forbidden tokens to ``-inf`` in place."""
@@ -44,6 +49,14 @@ class Constraint(Protocol):
         """Whether the output so far is complete and could end here."""
 
 
+class LogitsProcessor(Protocol):
+    """A step of the loop after the constraint's mask and before sampling: changes *logits* in
+    place, given the tokens generated so far (forced ones included). Processors compose: the
+    loop calls each in turn, as mlx-lm's ``logits_processors``."""
+
+    def __call__(self, tokens: Sequence[int], logits: np.ndarray) -> None: ...
+
+
 @dataclass
 class Step:
     """One generated token."""
@@ -52,6 +65,8 @@ class Step:
     piece: bytes
     logprob: float | None
     forced: bool
+    margin: float | None = None
+    """With ``logprobs``: probability of the top token minus the second's, where the model chose."""
 
 
 @dataclass
@@ -127,18 +142,25 @@ def generate_steps(
     max_tokens: int,
     *,
     constraint: Constraint | None = None,
+    processors: Sequence[LogitsProcessor] = (),
     logprobs: bool = False,
     stats: GenStats | None = None,
 ) -> Iterator[Step]:
-    """Yield generated tokens until end-of-generation, the grammar ends, or *max_tokens*."""
+    """Yield generated tokens until end-of-generation, the grammar ends, or *max_tokens*.
+
+    Each step: the backend's logits, masked by *constraint* (if any), then changed by each of
+    *processors* in turn, then sampled; tokens the grammar forces after it are evaluated in one
+    batch with it."""
     stats = stats if stats is not None else GenStats()
     check_fits(backend, len(prompt))
     stats.prompt_tokens = len(prompt)
     stats.reused_tokens = prefill(backend, prompt)
     budget = min(max_tokens, backend.n_ctx - len(prompt))
     produced = 0
+    out: list[int] = []  # the tokens generated so far, for processors
     if constraint is not None:  # tokens the grammar forces before the model chooses anything
         first = constraint.forced()[:budget]
+        out.extend(first)
         if first:
             stats.first_token_at = time.perf_counter()
             produced = len(first)
@@ -151,13 +173,17 @@ def generate_steps(
         if constraint is not None and constraint.done():
             break
         logits = backend.logits()
-        if constraint is not None:
+        if constraint is not None or processors:
             logits = logits.copy()
+        if constraint is not None:
             constraint.mask(logits)
+        for proc in processors:
+            proc(out, logits)
         tok = sampler.choose(logits)
         # a token that was the grammar's only option is forced, whatever the sampler did
-        only = constraint is not None and getattr(constraint, "n_allowed", 2) == 1
+        only = constraint is not None and constraint.n_allowed == 1
         lp = token_logprob(logits, tok) if logprobs and not only else None
+        margin = token_margin(logits) if lp is not None else None
         if stats.first_token_at is None:
             stats.first_token_at = time.perf_counter()
         if backend.is_eog(tok) and (constraint is None or constraint.accepting()):
@@ -169,9 +195,10 @@ def generate_steps(
             forced = constraint.forced()[: max(0, budget - produced - 1)]
             batch.extend(forced)
         produced += len(batch)
+        out.extend(batch)
         stats.completion_tokens = produced
         stats.forced_tokens += len(forced) + only
-        yield Step(tok, backend.token_bytes(tok), lp, only)
+        yield Step(tok, backend.token_bytes(tok), lp, only, margin)
         for f in forced:
             yield Step(f, backend.token_bytes(f), None, True)
         if produced >= budget or (constraint is not None and constraint.done()):

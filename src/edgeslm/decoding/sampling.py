@@ -98,3 +98,15 @@ def token_logprob(logits: np.ndarray, token: int) -> float:
     m = float(np.max(logits))
     z = np.exp(logits - m, dtype=np.float32)
     return float(logits[token] - m - math.log(float(z.sum())))
+
+
+def token_margin(logits: np.ndarray) -> float:
+    """Probability of the most likely token minus that of the second (``-inf`` entries excluded;
+    1.0 when only one token is allowed)."""
+    finite = logits[np.isfinite(logits)]
+    if finite.size < 2:
+        return 1.0
+    top2 = np.partition(finite, finite.size - 2)[-2:]
+    m = float(top2[1])
+    z = float(np.exp(finite - m, dtype=np.float32).sum())
+    return (1.0 - math.exp(float(top2[0]) - m)) / z

@@ -273,7 +273,8 @@ def _nvidia_gpus() -> tuple[GPU, ...]:
 
 
 def detect(*, probe_engine: bool = True) -> Hardware:
-    """Look at this machine. With ``probe_engine`` it also asks llama.cpp whether it can offload."""
+    """Look at this machine. With ``probe_engine`` it also asks the installed llama.cpp build
+    (through the backend registry) whether it can offload layers to a GPU."""
     total, avail = _ram()
     metal = platform.system() == "Darwin" and platform.machine() == "arm64"
     gpus = _nvidia_gpus()
@@ -282,9 +283,10 @@ def detect(*, probe_engine: bool = True) -> Hardware:
     offload = None
     if probe_engine:
         try:
-            from ..backends.llamacpp import gpu_offload_supported
+            from ..backends.registry import get_backend
 
-            offload = gpu_offload_supported()
+            spec = get_backend("llama.cpp")
+            offload = spec.gpu_supported() if spec.gpu_supported is not None and spec.available() else None
         except Exception:
             offload = None
     name, feats = cpu_info()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._errors import BackendUnavailableError, InsufficientMemoryError, InvalidRequestError, ModelNotFoundError
+from .._errors import BackendUnavailableError, InsufficientMemoryError, InvalidRequestError
 from .hardware import GPU, Hardware, detect
 
 __all__ = ["ModelShape", "Plan", "gpu_install_hint", "plan_catalog", "plan_for_path", "plan_variant"]
@@ -143,6 +143,17 @@ class ModelShape:
         other = size // 10
         per = (size - other) // n
         return cls(n, (per,) * n, size - per * n, entry.kv_bytes_per_token, entry.context_length, "catalog")
+
+    @classmethod
+    def from_info(cls, info: Any, size: int) -> ModelShape | None:
+        """From whatever header a backend's ``validate`` returned (``None`` when it gives no shape)."""
+        if info is None:
+            return None
+        if getattr(info, "tensor_bytes", None) is not None:
+            return cls.from_gguf(info)
+        if isinstance(getattr(info, "config", None), dict):
+            return cls.from_onnx(info, size)
+        return None
 
     @classmethod
     def from_onnx(cls, info: Any, size: int) -> ModelShape:
@@ -291,29 +302,21 @@ def plan_for_path(
     hardware: Hardware | None = None,
     info: Any = None,
 ) -> Plan:
-    """Plan how to run the model at *path* (a ``.gguf`` file, an ONNX GenAI folder or its
-    ``genai_config.json``). *info* is the parsed header, when already read."""
+    """Plan how to run the model at *path* (anything a registered backend opens: a ``.gguf`` file,
+    an ONNX GenAI folder or its ``genai_config.json``...). *info* is the parsed header, when already
+    read. The backend is the one the registry finds for the path (:mod:`edgeslm.backends.registry`)."""
+    from ..backends.registry import backend_for_path
+
     why: list[str] = []
-    if path.name == "genai_config.json" and path.is_file():
-        path = path.parent
-    is_onnx = path.is_dir() and (path / "genai_config.json").is_file()
-    if path.is_dir() and not is_onnx:
-        raise ModelNotFoundError(
-            f"{path} is a folder without genai_config.json",
-            hint="give a .gguf file, or an ONNX Runtime GenAI folder",
-        )
+    spec, path = backend_for_path(path, backend)
     if backend == "auto":
-        backend = "onnx" if is_onnx else "llama.cpp"
-        why.append(f"{'ONNX GenAI folder' if is_onnx else 'GGUF file'} -> {backend} backend")
-    elif backend == "onnx" and not is_onnx:
-        raise BackendUnavailableError(f"{path} is not an ONNX GenAI folder", hint="use backend='llama.cpp'")
-    elif backend == "llama.cpp" and is_onnx:
-        raise BackendUnavailableError(f"{path} is an ONNX folder", hint="use backend='onnx'")
+        why.append(f"{spec.describe} -> {spec.name} backend")
+    backend = spec.name
     if n_gpu_layers is not None and (not isinstance(n_gpu_layers, int) or n_gpu_layers < 0):
         raise InvalidRequestError(f"n_gpu_layers must be an integer >= 0, got {n_gpu_layers!r}",
                                   hint="0 = CPU only, 999 = every layer on the GPU")
     size = _size(path)
-    shape = (ModelShape.from_onnx(info, size) if is_onnx else ModelShape.from_gguf(info)) if info is not None else None
+    shape = ModelShape.from_info(info, size)
     if shape is None:
         n = n_layers or 32
         shape = ModelShape(n, ((size - size // 10) // n,) * n, size // 10, _kv_guess(size), context_length, "file size")
@@ -322,17 +325,15 @@ def plan_for_path(
     ctx = n_ctx or min(trained or DEFAULT_CTX, DEFAULT_CTX)
     if n_ctx is None:
         why.append(f"context {ctx} tokens (default cap {DEFAULT_CTX}; pass n_ctx= for more, up to {trained or '?'})")
-    hw = hardware or detect(probe_engine=backend == "llama.cpp")
-    use_gpu = backend == "llama.cpp" and device != "cpu" and _gpu_usable(hw, device, why)
-    if backend == "onnx":
-        use_gpu = False
+    hw = hardware or detect(probe_engine=spec.offloads_layers)
+    use_gpu = spec.offloads_layers and device != "cpu" and _gpu_usable(hw, device, why)
     fit = _fit(shape, hw, ctx, use_gpu=use_gpu, n_gpu_layers=n_gpu_layers, label=path.name)
     if fit is None:
         raise _refuse(f"{path.name} with n_ctx={ctx}", shape.total_bytes(ctx), hw, "")
     why += fit.why
     dev = fit.device
-    if backend == "onnx" and device not in ("auto", "cpu"):
-        dev = device
+    if not spec.offloads_layers and device not in ("auto", "cpu"):
+        dev = device  # the engine places the whole model itself
     return Plan(
         backend=backend, device=dev, n_gpu_layers=fit.layers, n_ctx=ctx, path=os.fspath(path),
         est_memory_bytes=fit.total, why=why, gpu_memory_bytes=fit.gpu, n_layers=shape.n_layers,
@@ -364,7 +365,7 @@ def plan_catalog(entry: Any, *, n_ctx: int | None = None, hardware: Hardware | N
     _check_ctx(n_ctx, entry.context_length, entry.id)
     ctx = n_ctx or min(entry.context_length, DEFAULT_CTX)
     why: list[str] = [f"hardware: {hw.summary()}"]
-    ggufs = [v for v in entry.variants if v.format == "gguf"] or list(entry.variants)
+    ggufs = [v for v in entry.variants if _offloads(v.format)] or list(entry.variants)  # the planner sizes layers
     use_gpu = _gpu_usable(hw, device, why)
     shapes = {id(v): ModelShape.from_catalog(entry, v) for v in ggufs}
     fits: dict[int, _Fit] = {}
@@ -408,7 +409,7 @@ def plan_catalog(entry: Any, *, n_ctx: int | None = None, hardware: Hardware | N
             why.append(f"{entry.id}:{v.quant}: needs ~{need / GIB:.1f} GiB, does not fit")
     why += fit.why
     return Plan(
-        backend="llama.cpp" if chosen.format == "gguf" else "onnx",
+        backend=_backend_name(chosen.format),
         device=fit.device,
         n_gpu_layers=fit.layers,
         n_ctx=ctx,
@@ -429,13 +430,25 @@ def plan_variant(entry: Any, variant: Any, hw: Hardware, *, n_ctx: int | None = 
     if variant.device == "cuda" and not hw.cuda:
         return "needs an NVIDIA GPU (onnxruntime-genai-cuda)"
     why: list[str] = []
-    use_gpu = variant.format == "gguf" and _gpu_usable(hw, "auto", why)
+    use_gpu = _offloads(variant.format) and _gpu_usable(hw, "auto", why)
     fit = _fit(shape, hw, ctx, use_gpu=use_gpu, n_gpu_layers=None, label=f"{entry.id}:{variant.quant}")
     if fit is None:
         return f"needs ~{shape.total_bytes(ctx) / GIB:.1f} GiB, has {hw.ram_total / GIB:.1f} GiB RAM"
-    return Plan(backend="llama.cpp" if variant.format == "gguf" else "onnx", device=fit.device,
+    return Plan(backend=_backend_name(variant.format), device=fit.device,
                 n_gpu_layers=fit.layers, n_ctx=ctx, variant=f"{entry.id}:{variant.quant}",
                 est_memory_bytes=fit.total, why=why + fit.why, gpu_memory_bytes=fit.gpu, n_layers=shape.n_layers)
+
+
+def _backend_name(fmt: str) -> str:
+    from ..backends.registry import backend_for_format
+
+    return backend_for_format(fmt).name
+
+
+def _offloads(fmt: str) -> bool:
+    from ..backends.registry import backend_for_format
+
+    return backend_for_format(fmt).offloads_layers
 
 
 def _size(path: Path) -> int:

@@ -38,7 +38,7 @@ __all__ = [
 
 CHAT_FORMATS = frozenset({"phi4", "gemma3", "llama3", "chatml", "generic"})
 TOOL_FORMATS = frozenset({"phi4", "hermes", "llama3", "gemma3", "generic"})
-FORMATS = frozenset({"gguf", "onnx"})
+FORMATS = frozenset({"gguf", "onnx"})  # the built-in backends' formats; registered backends add theirs
 SOURCES = frozenset({"hf", "bundled"})
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -282,13 +282,21 @@ def _parse_entry(raw: Any, p: str) -> CatalogEntry:
     )
 
 
+def _formats() -> frozenset[str]:
+    """The formats some registered backend serves (the built-ins: gguf, onnx)."""
+    from ..backends.registry import backend_names, get_backend
+
+    return FORMATS | frozenset(f for n in backend_names() for f in get_backend(n).formats)
+
+
 def _parse_variant(raw: Any, where: str) -> Variant:
     if not isinstance(raw, dict):
         raise CatalogError(f"{where}: must be an object")
     fmt = _req(raw, "format", str, where)
     src = raw.get("source", "hf")
-    if fmt not in FORMATS:
-        raise CatalogError(f"{where}: format {fmt!r} not in {sorted(FORMATS)}")
+    formats = _formats()
+    if fmt not in formats:
+        raise CatalogError(f"{where}: format {fmt!r} is served by no backend (known: {sorted(formats)})")
     if src not in SOURCES:
         raise CatalogError(f"{where}: source {src!r} not in {sorted(SOURCES)}")
     files = []

@@ -1,12 +1,13 @@
 """Decoding constraints for replies that may call tools.
 
-:class:`ToolConstraint` wraps a :class:`~edgeslm.decoding.constrain.GrammarConstraint` built from a
-call grammar and adds two things the plain wrapper lacks:
+:func:`call_constraint` composes a :class:`~edgeslm.decoding.constrain.GrammarConstraint` of calls
+with two things:
 
 * every end-of-generation token of the model (``<|im_end|>``, ``<end_of_turn>``, ``<|eot_id|>``...)
   is allowed wherever the grammar could end, not only the one EOS token llguidance knows;
-* *wrap-up*: once switched on (a runaway call), tokens that end a JSON string or close arrays,
-  objects and the reply are boosted, among the allowed ones only, so validity is unaffected.
+* *wrap-up* (:class:`~edgeslm.decoding.constrain.JsonWrapUp`): once switched on (a runaway call),
+  tokens that end a JSON string or close arrays, objects and the reply are boosted, among the
+  allowed ones only, so validity is unaffected.
 
 :class:`ToolReply` is what the decoding loop sees. With ``tool_choice="required"`` it constrains the
 reply from its first token. In ``auto`` it is *lazy*: the text stays free (no mask at all) until it
@@ -23,43 +24,26 @@ from typing import Any
 
 import numpy as np
 
-from ..decoding.constrain import GrammarConstraint, WrapUp, closing_tokens
+from ..decoding.constrain import GrammarConstraint, JsonWrapUp, constraints
 from .calls import CallDetector
 
-__all__ = ["ToolConstraint", "ToolReply", "eog_tokens"]
+__all__ = ["ToolReply", "call_constraint", "eog_tokens"]
+
+#: Cycles up to this many tokens count as a runaway call (extraction: 24).
+MAX_PERIOD = 16
 
 
 def eog_tokens(engine: Any) -> np.ndarray:
-    """All end-of-generation token ids of the engine's vocabulary (computed once, cached on it)."""
-    cached = getattr(engine, "_edgeslm_eog_ids", None)
-    if cached is None:
-        cached = np.asarray([t for t in range(engine.n_vocab) if engine.is_eog(t)], dtype=np.int64)
-        try:
-            engine._edgeslm_eog_ids = cached
-        except AttributeError:  # pragma: no cover - engines with __slots__
-            pass
-    return cached
+    """All end-of-generation token ids of the engine's vocabulary (computed once per model)."""
+    return constraints(engine).eog
 
 
-class ToolConstraint(WrapUp):
-    """A :class:`~edgeslm.decoding.loop.Constraint` for tool calls (see the module docstring)."""
-
-    max_period = 16  # cycles up to 16 tokens count as a runaway call (extraction: 24)
-
-    def __init__(self, engine: Any, grammar: str, *, bias: float = 40.0) -> None:
-        super().__init__(GrammarConstraint(engine.constraint_tokenizer(), grammar), closing_tokens(engine), bias)
-        self.eog = eog_tokens(engine)
-
-    def mask(self, logits: np.ndarray) -> None:
-        saved = logits[self.eog].copy() if self.eog.size else None
-        self.inner.mask(logits)
-        if saved is not None and self.inner.accepting():
-            logits[self.eog] = saved
-        self.boost(logits)
-
-    # The end-of-generation tokens put back after masking make the grammar's count of allowed
-    # tokens too low, so no token of a tool reply is taken as the only option.
-    n_allowed = None  # type: ignore[assignment]
+def call_constraint(engine: Any, grammar: str, soft_limit: int) -> tuple[GrammarConstraint, JsonWrapUp]:
+    """The grammar of calls, with every end-of-generation token of the model allowed wherever the
+    grammar could end (not only the one EOS llguidance knows), and the wrap-up that steers a
+    runaway call to close (see :class:`~edgeslm.decoding.constrain.JsonWrapUp`)."""
+    inner = GrammarConstraint(engine, grammar, also_end=eog_tokens(engine))
+    return inner, JsonWrapUp.for_backend(engine, soft_limit=soft_limit, max_period=MAX_PERIOD)
 
 
 class ToolReply:
@@ -70,7 +54,7 @@ class ToolReply:
     stream may show); ``error`` why a call that began could not be continued under its grammar.
     """
 
-    n_allowed = None  # no token of a tool reply counts as the grammar's only option
+    n_allowed: int | None = None  # counted once the call grammar is on
 
     def __init__(
         self,
@@ -93,18 +77,21 @@ class ToolReply:
         self.call_at: int | None = None
         self.hold = 0
         self.error: str | None = None
-        self.inner: ToolConstraint | None = None
+        self.inner: GrammarConstraint | None = None
+        self.wrap: JsonWrapUp | None = None
         self._call_tokens: list[int] = []
         self._call_byte = 0  # where the calls begin, in bytes
         self._scanned = 0  # bytes of the call fed to the wrap-up scanner
         if required is not None:
-            self.inner = ToolConstraint(engine, required)
+            self.inner, self.wrap = call_constraint(engine, required, soft_limit)
             self.call_at = 0
 
     # -------------------------------------------------------------- the Constraint protocol
     def mask(self, logits: np.ndarray) -> None:
-        if self.inner is not None:
+        if self.inner is not None and self.wrap is not None:
             self.inner.mask(logits)
+            self.n_allowed = self.inner.n_allowed
+            self.wrap.boost(logits)
 
     def consume(self, token: int) -> None:
         self._append(token)
@@ -154,12 +141,12 @@ class ToolReply:
         self.text += self._decoder.decode(piece)
 
     def _track(self, tokens: list[int]) -> None:
-        assert self.inner is not None
+        assert self.wrap is not None
         self._call_tokens.extend(tokens)
         start = self._call_byte + self._scanned
-        self.inner.scan.feed(bytes(self._bytes[start:]))
+        self.wrap.scan.feed(bytes(self._bytes[start:]))  # the call's own bytes, not the text before it
         self._scanned = len(self._bytes) - self._call_byte
-        self.inner.watch(self._call_tokens, self.soft_limit)
+        self.wrap.watch(self._call_tokens)
 
     def _begin(self, at: int) -> None:
         """The reply commits to a call at ``text[at]``: switch the call grammar on and feed it the
@@ -176,7 +163,7 @@ class ToolReply:
             first -= 1
             start = self._ends[first - 1] if first else 0
         if start < len(head):  # text before the call shares its first token: it must be plain text
-            tok = self.engine.constraint_tokenizer()
+            tok = constraints(self.engine).tokenizer
             if any(tok.is_special_token(t) for t in self._tokens[first : last + 1]):
                 self.error = "a control token comes right before the call"
                 return
@@ -185,12 +172,12 @@ class ToolReply:
         except UnicodeDecodeError:
             self.error = "the text before the call is not valid UTF-8"
             return
-        inner = ToolConstraint(self.engine, self._grammar(pre))
+        inner, wrap = call_constraint(self.engine, self._grammar(pre), self.soft_limit)
         tokens = self._tokens[first:]
-        if inner.inner.matcher.validate_tokens(tokens) < len(tokens):
+        if inner.matcher.validate_tokens(tokens) < len(tokens):
             self.error = f"the call's opening does not fit the call syntax: {self.text[at:at + 60]!r}"
             return
-        inner.inner.matcher.consume_tokens(tokens)
-        self.inner = inner
+        inner.matcher.consume_tokens(tokens)
+        self.inner, self.wrap = inner, wrap
         self._call_byte = len(head)
         self._track(tokens)

@@ -163,7 +163,7 @@ def test_an_opening_that_does_not_fit_is_generated_again() -> None:
 
 def test_text_before_the_call_is_free(monkeypatch: pytest.MonkeyPatch) -> None:
     # no grammar mask on the text: masks are computed only from the token where the call begins
-    from edgeslm.tools.constraint import ToolConstraint
+    from edgeslm.decoding.constrain import GrammarConstraint as ToolConstraint
 
     masks = []
     real = ToolConstraint.mask

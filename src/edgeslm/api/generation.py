@@ -1,0 +1,236 @@
+"""The one generation service behind ``chat``, ``generate``, ``extract`` and tool calls.
+
+A :class:`Generation` belongs to one :class:`~edgeslm.Model`. It holds the model's lock (one call
+at a time; a stream holds it until it ends), builds prompt tokens, streams plain text, and runs
+constrained attempts with the one retry policy below, summing the usage of every attempt.
+Extraction and tool calls supply only what differs: how one attempt is constrained, and how its
+output is checked.
+
+Retry policy (:func:`default_retries`): an attempt whose output does not check (cut off by
+``max_tokens``, or failing validation) is generated again, up to 2 more times when the grammar
+enforces the schema exactly (then only a cut-off can fail) and 3 when it enforces a relaxed form
+(then validation of the keywords it could not enforce can fail too). Retries sample (temperature
+0.7, a seed derived from the attempt, see :func:`~edgeslm.decoding.sampling.retry_params`), so a
+greedy first attempt that failed is not repeated word for word. Measured on 215 realistic
+JSONSchemaBench schemas with SmolLM2-135M: no extraction succeeded later than its third attempt.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Protocol, TypeVar
+
+from .._errors import ModelClosedError
+from ..backends.base import Backend
+from ..decoding.loop import GenStats, generate_steps, stream_text
+from ..decoding.sampling import Sampler, SamplingParams, retry_params
+from ._validate import check_text
+from .results import ChatChunk, Usage
+
+__all__ = ["RETRIES_EXACT", "RETRIES_RELAXED", "Generation", "default_retries", "sum_usage", "usage_of"]
+
+#: Retries when the grammar enforces the schema exactly, and when it enforces a relaxed form.
+RETRIES_EXACT = 2
+RETRIES_RELAXED = 3
+
+
+def default_retries(exact: bool) -> int:
+    """The number of retries when the caller gives none (see the module docstring)."""
+    return RETRIES_EXACT if exact else RETRIES_RELAXED
+
+
+class Outcome(Protocol):
+    """What one attempt returns: at least its statistics."""
+
+    stats: GenStats
+
+
+O = TypeVar("O", bound=Outcome)  # noqa: E741
+
+
+def usage_of(stats: GenStats) -> Usage:
+    """The :class:`Usage` of one generation."""
+    end = stats.finished_at or time.perf_counter()
+    return Usage(
+        prompt_tokens=stats.prompt_tokens,
+        completion_tokens=stats.completion_tokens,
+        reused_prompt_tokens=stats.reused_tokens,
+        forced_tokens=stats.forced_tokens,
+        time_to_first_token_s=stats.ttft_s,
+        decode_tokens_per_s=stats.decode_tokens_per_s,
+        total_time_s=end - stats.started,
+    )
+
+
+def sum_usage(all_stats: Sequence[GenStats]) -> Usage:
+    """The usage of several attempts at one request: the prompt and first-token time of the first,
+    completion and forced tokens and time summed over all."""
+    usage = usage_of(all_stats[0])
+    usage.completion_tokens = sum(s.completion_tokens for s in all_stats)
+    usage.forced_tokens = sum(s.forced_tokens for s in all_stats)
+    usage.total_time_s = sum(usage_of(s).total_time_s for s in all_stats)
+    return usage
+
+
+def run_attempts(
+    attempt: Callable[[int, SamplingParams], Generator[str, None, O]],
+    check: Callable[[O], tuple[Any, list[str]]],
+    params: SamplingParams,
+    retries: int,
+) -> Generator[str, None, tuple[Any, O, int, list[GenStats], list[str]]]:
+    """Run ``attempt(i, params_i)`` until ``check`` finds no error, at most ``1 + retries`` times.
+
+    Attempts may yield text (what a stream shows). Returns ``(value, last outcome, attempts, every
+    attempt's stats, errors)``: *errors* is empty on success, else the last attempt's."""
+    all_stats: list[GenStats] = []
+    errors: list[str] = []
+    out: O | None = None
+    for i in range(retries + 1):
+        out = yield from attempt(i, retry_params(params, i) if i else params)
+        all_stats.append(out.stats)
+        value, errors = check(out)
+        if not errors:
+            return value, out, i + 1, all_stats, []
+    assert out is not None
+    return None, out, retries + 1, all_stats, errors
+
+
+def drain(gen: Generator[Any, None, Any]) -> Any:
+    """Run a generator to its end and return its return value (what it yields is dropped)."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+class Generation:
+    """The lock, the stream and the runs of one model's engine (see the module docstring)."""
+
+    def __init__(self, engine: Backend, name: str) -> None:
+        self._engine: Backend | None = engine
+        self.name = name
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+        self._open_stream: weakref.ref[Any] | None = None
+        self._controls: dict[int, bool] = {}  # token id -> whether it is a control token
+
+    # ------------------------------------------------------------------ the lock and the stream
+    @property
+    def closed(self) -> bool:
+        return self._engine is None
+
+    def end_own_stream(self) -> None:
+        """Close an unfinished stream opened by this thread: waiting for its lock would deadlock."""
+        if self._owner == threading.get_ident() and self._open_stream is not None:
+            stale = self._open_stream()
+            if stale is not None:
+                stale.close()
+
+    def acquire(self) -> Backend:
+        """Take the model (waiting for another call to end); raises ``ModelClosedError`` once closed."""
+        self.end_own_stream()
+        self._lock.acquire()
+        if self._engine is None:
+            self._lock.release()
+            raise ModelClosedError(f"model {self.name!r} is closed", hint="load it again with edgeslm.load()")
+        self._owner = threading.get_ident()
+        return self._engine
+
+    def release(self) -> None:
+        self._owner = None
+        self._open_stream = None
+        self._lock.release()
+
+    @contextmanager
+    def holding(self, holder: Sequence[weakref.ref[Any]] = ()) -> Iterator[Backend]:
+        """Hold the model for one call; *holder* (filled by the caller) names the stream that holds it."""
+        engine = self.acquire()
+        try:
+            self._open_stream = holder[0] if holder else None
+            yield engine
+        finally:
+            self.release()
+
+    def close(self) -> None:
+        """Free the engine and what constrained decoding kept for it. Idempotent."""
+        self.end_own_stream()
+        with self._lock:
+            engine, self._engine = self._engine, None
+            self._controls = {}
+        if engine is not None:
+            _free(engine)
+
+    def collect(self) -> None:
+        """Garbage collection of the model: free the engine unless a call holds it."""
+        engine = self._engine
+        if engine is not None and not self._lock.locked():
+            self._engine = None
+            _free(engine)
+
+    # ------------------------------------------------------------------ prompts
+    def prompt_tokens(self, engine: Backend, segments: Sequence[tuple[str, bool]]) -> list[int]:
+        """Tokens of rendered prompt *segments* (``(text, parse control tokens)``), BOS added when
+        the model wants one."""
+        toks: list[int] = []
+        for text, special in segments:
+            check_text(text, "the prompt")  # a lone surrogate from anywhere (tool descriptions...)
+            toks.extend(engine.tokenize(text, special=special))
+        if engine.add_bos and engine.bos_id is not None and (not toks or toks[0] != engine.bos_id):
+            toks.insert(0, engine.bos_id)
+        return toks
+
+    def control_ids(self, engine: Backend, text: str) -> list[int]:
+        """The control tokens in *text* when it is parsed for them (``<|im_start|>``...), in order."""
+        out = []
+        for t in engine.tokenize(text, special=True):
+            control = self._controls.get(t)
+            if control is None:
+                piece = engine.token_text(t)
+                # a control token: its text gives it only when parsed for control tokens
+                special = engine.tokenize(piece, special=True) if piece else []
+                control = self._controls[t] = special == [t] and engine.tokenize(piece, special=False) != special
+            if control:
+                out.append(t)
+        return out
+
+    # ------------------------------------------------------------------ plain text
+    def text_stream(
+        self, prompt_fn: Callable[[Backend], list[int]], params: SamplingParams, max_tokens: int,
+        stops: list[str], holder: list[Any],
+    ) -> Iterator[ChatChunk]:
+        """Stream a free-text reply: deltas, then a last chunk with the finish reason and usage."""
+        cid = new_id()
+        with self.holding(holder) as engine:
+            stats = GenStats()
+            tokens = prompt_fn(engine)
+            steps = generate_steps(engine, tokens, Sampler(params), max_tokens, stats=stats)
+            try:
+                for d in stream_text(steps, stops, stats):
+                    if d.finish_reason is None:
+                        yield ChatChunk(d.text, model=self.name, id=cid)
+                    else:
+                        if d.text:
+                            yield ChatChunk(d.text, model=self.name, id=cid)
+                        yield ChatChunk("", d.finish_reason, usage_of(stats), model=self.name, id=cid)
+            finally:
+                steps.close()
+
+
+def new_id() -> str:
+    """An OpenAI-style completion id."""
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
+
+
+def _free(engine: Backend) -> None:
+    from ..decoding.constrain import release
+
+    try:
+        release(engine)  # first: llama.cpp's llguidance tokenizer points into the engine's vocabulary
+    finally:
+        engine.close()
