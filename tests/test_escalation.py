@@ -528,3 +528,15 @@ def test_the_bundled_model_escalates_through_its_own_extract(smollm2: Any, cloud
     x = smollm2.extract(EVENT_TEXT, schema, max_tokens=48, escalation=esc)
     assert x.escalated and x.data == json.loads(EVENT_ANSWER) and x.usage.completion_tokens > 0
     assert esc.stats.snapshot()["escalated"] == 1
+
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        return "sunny"
+
+    local = smollm2.chat([{"role": "user", "content": "Weather in Oslo?"}], tools=[get_weather],
+                         tool_choice="required", max_tokens=48, temperature=0)
+    assert local.confidence is not None and 0.0 < local.confidence < 1.0
+    cloud.answer = reply_tool_calls(("get_weather", {"city": "Oslo"}))
+    r = smollm2.chat([{"role": "user", "content": "Weather in Oslo?"}], tools=[get_weather],
+                     tool_choice="required", max_tokens=48, temperature=0, escalation=esc)
+    assert r.escalated and r.escalation_trigger == "low_confidence" and r.tool_calls[0].arguments == {"city": "Oslo"}

@@ -142,6 +142,8 @@ def chat_with_escalation(
     if local is not None:
         request.local = ([{"name": c.name, "arguments": c.arguments} for c in local.tool_calls]
                          if local.tool_calls else local.text)
+        if confidence is None:
+            confidence = local.confidence
     out = escalation.handle(request, local, confidence, error, model_class=model_class)
     if out is None or not out.escalated:
         return _kept_local(local, error, out)

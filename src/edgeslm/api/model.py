@@ -400,7 +400,8 @@ class Model:
 
         plan = prepare_schema(schema)
         _, attempt, _, usage = self._extract_run(messages, plan, max_tokens, params, None)
-        result = ChatResult(text=attempt.text, finish_reason="stop", usage=usage, model=self.name)
+        result = ChatResult(text=attempt.text, finish_reason="stop", usage=usage, model=self.name,
+                            confidence=attempt.confidence)
         if not stream:
             return result
         # only validated JSON is ever shown, so the stream yields the whole object at once

@@ -77,6 +77,10 @@ class ChatResult:
     escalated: bool = False  # the answer came from the escalation target (``model`` names it)
     escalation_trigger: str | None = None  # "invalid", "low_confidence" or "predicate"
     escalation_error: str | None = None  # why a triggered escalation did not answer
+    confidence: float | None = None
+    """For tool calls and JSON replies: the geometric mean of the probabilities of the tokens the
+    model chose freely in them (``None`` for free text); escalation compares it with
+    ``min_confidence``."""
 
     def to_dict(self) -> dict[str, Any]:
         """The OpenAI ``chat.completion`` shape."""
@@ -115,6 +119,8 @@ class ChatChunk:
     id: str = ""
     error: ToolCallError | None = None
     """On the last chunk: see :attr:`ChatResult.error`."""
+    confidence: float | None = None
+    """On the chunk with the tool calls: see :attr:`ChatResult.confidence`."""
 
     def to_dict(self) -> dict[str, Any]:
         """The OpenAI ``chat.completion.chunk`` shape."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import threading
 import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -192,6 +193,13 @@ class _Outcome:
     stop_hit: bool = False
     error: str | None = None  # why a call that began could not go on under its grammar
     first: bool = True  # the first attempt (retries continue its calls)
+    call_logprobs: list[float] = field(default_factory=list)
+
+    @property
+    def confidence(self) -> float:
+        """Geometric mean of the probabilities of the tokens the model chose inside its calls."""
+        lps = self.call_logprobs
+        return math.exp(sum(lps) / len(lps)) if lps else 1.0
 
 
 def _attempt(
@@ -208,14 +216,19 @@ def _attempt(
         constraint = ToolReply(engine, detector=plan.detector, soft_limit=soft,
                                grammar=functools.partial(plan.call_grammar, engine))
     stats = GenStats()
-    steps = generate_steps(engine, prompt, Sampler(params), budget, constraint=constraint, stats=stats)
+    steps = generate_steps(engine, prompt, Sampler(params), budget, constraint=constraint, logprobs=True,
+                           stats=stats)
     emitted = 0
     call_at: int | None = None
     stop_hit = False
     text = ""
+    call_lps: list[float] = []  # the model's free choices inside the calls
     try:
-        for _ in steps:
+        for step in steps:
             text = constraint.text
+            steered = constraint.wrap is not None and constraint.wrap.on
+            if constraint.call_at is not None and step.logprob is not None and not step.forced and not steered:
+                call_lps.append(step.logprob)
             if call_at is not None:
                 continue
             if constraint.call_at is not None:  # the reply has just committed to a call
@@ -249,7 +262,7 @@ def _attempt(
     if call_at is None and not stop_hit and len(text) > emitted:
         yield text[emitted:]
     return _Outcome(text, -1 if call_at is None else call_at, constraint.complete if call_at is not None else True,
-                    stats, stop_hit, constraint.error)
+                    stats, stop_hit, constraint.error, call_logprobs=call_lps)
 
 
 def _first_stop(text: str, stops: Sequence[str], start: int = 0) -> int:
@@ -349,7 +362,7 @@ def tool_reply(
                 hint="raise max_tokens=, simplify the tool's parameter schema, or use a larger model; "
                 "tool_choice='auto' lets the model answer in text instead",
             )
-        yield ChatChunk("", tool_calls=calls, model=name, id=cid)
+        yield ChatChunk("", tool_calls=calls, model=name, id=cid, confidence=out.confidence)
         yield ChatChunk("", "tool_calls", sum_usage(all_stats), model=name, id=cid)
 
 
@@ -373,14 +386,17 @@ def collect(chunks: Iterator[ChatChunk], model_name: str) -> ChatResult:
     text: list[str] = []
     calls: list[ToolCall] = []
     last: ChatChunk | None = None
+    confidence: float | None = None
     for c in chunks:
         text.append(c.delta)
         calls.extend(c.tool_calls)
+        confidence = c.confidence if c.confidence is not None else confidence
         last = c
     assert last is not None and last.usage is not None and last.finish_reason is not None
     joined = "".join(text)
     return ChatResult(text=joined.strip() if calls or last.error else joined, finish_reason=last.finish_reason,
-                      usage=last.usage, model=model_name, tool_calls=calls, id=last.id, error=last.error)
+                      usage=last.usage, model=model_name, tool_calls=calls, id=last.id, error=last.error,
+                      confidence=confidence)
 
 
 # ------------------------------------------------------------------------------------------- run loop
