@@ -476,7 +476,7 @@ def test_load_escalation_is_the_default_of_extract_and_chat(cloud: CloudStandin,
     s = list(m.chat([{"role": "user", "content": "VIP question"}], stream=True))  # streams stay local
     assert "".join(c.delta for c in s).startswith('{"name"')
     m.close()
-    with pytest.raises(edgeslm.InvalidRequestError, match="must be an edgeslm.Escalation"):
+    with pytest.raises(edgeslm.InvalidRequestError, match="must be an edgeslm\\.Escalation"):
         edgeslm.load(tmp_path / "m.script.json", escalation="https://api.example.com")
 
 

@@ -204,7 +204,7 @@ def test_a_runaway_number_is_steered_to_end(smollm2) -> None:
 
 
 def test_tighten_narrows_the_generation_grammar_only() -> None:
-    from edgeslm.api.extract import tighten
+    from edgeslm.decoding.narrow import tighten
 
     schema = {
         "type": "object",

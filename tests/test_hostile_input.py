@@ -194,26 +194,26 @@ def test_check_schema_on_a_huge_schema_is_quick() -> None:
 
 @pytest.mark.timeout(120)
 def test_check_schema_stops_at_its_time_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    from edgeslm.decoding import schema as schema_mod
+    from edgeslm.decoding import support as support_mod  # the module that reads both names
 
     # 400 different patterns: each is compiled once to see whether the grammar can enforce it
     props = {f"p{i}": {"type": "string", "pattern": f"^([a-z][0-9]+y{{{i}}})+$"} for i in range(400)}
-    monkeypatch.setattr(schema_mod, "CHECK_TIME_LIMIT_S", 0.3)
+    monkeypatch.setattr(support_mod, "CHECK_TIME_LIMIT_S", 0.3)
     check_schema({"type": "string"})  # the validator's first import takes seconds: not what is measured
     # a fast machine compiles all 400 in under 0.3 s: each compile is made to take at least 5 ms,
     # so the whole check takes 2 s or more unless the limit stops it
-    real_compile = schema_mod._compile_error
+    real_compile = support_mod._compile_error
 
     def slow_compile(*args, **kwargs):  # type: ignore[no-untyped-def]
         time.sleep(0.005)
         return real_compile(*args, **kwargs)
 
-    monkeypatch.setattr(schema_mod, "_compile_error", slow_compile)
+    monkeypatch.setattr(support_mod, "_compile_error", slow_compile)
     t0 = time.perf_counter()
     sup = check_schema({"type": "object", "properties": props})
     assert time.perf_counter() - t0 < 4
     assert sup.level == "refused" and "took more than 0.3 s" in sup.reason, sup
-    monkeypatch.setattr(schema_mod, "CHECK_TIME_LIMIT_S", 60.0)
+    monkeypatch.setattr(support_mod, "CHECK_TIME_LIMIT_S", 60.0)
     assert check_schema({"type": "object", "properties": props}).level == "exact"  # not cached as refused
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import importlib.util
 import json
 import time
@@ -14,14 +15,11 @@ import pytest
 
 from edgeslm._errors import GenerationError, SchemaError
 from edgeslm.decoding.constrain import GrammarConstraint, accepts
-from edgeslm.decoding.schema import (
-    SchemaSupport,
-    canonical_json,
-    check_schema,
-    grammar_for,
-    make_validator,
-    normalize_schema,
-)
+from edgeslm.decoding.grammar import grammar_for
+from edgeslm.decoding.normalize import make_validator, normalize_schema
+from edgeslm.decoding.support import SchemaSupport, check_schema
+
+from ._canonical import canonical_json
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared/conformance/jsonschemabench/schemas.jsonl"
 
@@ -119,7 +117,7 @@ def test_patterns_are_read_as_the_validator_reads_them(vocab, pattern, good, bad
 
 
 def test_pattern_rewrite_leaves_other_schemas_alone() -> None:
-    from edgeslm.decoding.schema import python_patterns
+    from edgeslm.decoding._regex import python_patterns
 
     plain = {"properties": {"a": {"pattern": "^[a-z]+$"}}, "patternProperties": {"^x-": {}}}
     assert python_patterns(plain) is plain
@@ -263,6 +261,65 @@ def test_pydantic_like_class_that_is_not_a_model_is_refused() -> None:
         normalize_schema(NotAModel)
 
 
+# --------------------------------------------------------------------------- llguidance's error texts
+
+_HAS_ID = "https://example.com/s.json"  # with an $id, references are left for llguidance to resolve
+_TOO_LARGE = {  # 250 x 250 intersections: past llguidance's 50,000 compiled nodes
+    "allOf": [
+        {"anyOf": [{"type": "integer", "minimum": i} for i in range(250)]},
+        {"anyOf": [{"type": "integer", "maximum": 1000 + i} for i in range(250)]},
+    ]
+}
+_REMOTE = {"$id": _HAS_ID, "$ref": "https://example.com/other.json"}
+
+# One schema for each alternative of support.ERROR_KINDS: llguidance's error for it must contain the
+# alternative's fragments, and check_schema must classify it as expected (refused, with a word of
+# the reason; or relaxed, with a word of what is unenforced). An llguidance that words an error
+# differently fails here instead of silently mis-classifying schemas.
+ERROR_TEXTS = [
+    ("remote_ref", ("retriev",), _REMOTE, "refused", "cannot be resolved without fetching"),
+    ("remote_ref", ("not present in a registry",), _REMOTE, "refused", "cannot be resolved without fetching"),
+    ("missing_ref", ("does not exist", "pointer"), {"$id": _HAS_ID, "$ref": "#/$defs/nope"}, "refused",
+     "unresolvable $ref"),
+    ("unsatisfiable", ("unsatisfiable",), {"type": "object", "required": ["b"], "additionalProperties": False},
+     "refused", "the schema is unsatisfiable"),
+    ("too_large", ("too large",), _TOO_LARGE, "refused", "size limits"),
+    ("one_of", ("oneof",), {"oneOf": [{"type": "integer"}, {"type": "number"}]}, "relaxed",
+     "oneOf (generated as anyOf)"),
+    ("prop_counts", ("min/maxproperties",), {"type": "object", "properties": {"a": {}}, "minProperties": 1},
+     "relaxed", "/: minProperties"),
+    ("pattern_props", ("patternproperty",),
+     {"type": "object", "patternProperties": {"^a": {"type": "integer"}, "^ab": {"type": "string"}}},
+     "relaxed", "patternProperties (merged into additionalProperties)"),
+]
+#: Alternatives that no error of the llguidance version tested contains (kept for other versions).
+NOT_PRODUCED = [("too_large", ("too complex",))]
+
+
+@pytest.mark.parametrize(
+    ("kind", "alternative", "schema", "level", "word"), ERROR_TEXTS, ids=[f"{e[0]}:{e[1][0]}" for e in ERROR_TEXTS]
+)
+def test_llguidance_error_texts(kind, alternative, schema, level, word) -> None:
+    from edgeslm.decoding import support
+
+    err = support._compile_error(schema)
+    assert err is not None and all(f in err.lower() for f in alternative), err
+    assert kind in support.error_kinds(err)
+    sup = check_schema(schema)
+    assert sup.level == level, sup
+    found = sup.reason if level == "refused" else " ".join(sup.unenforced)
+    assert word in found, sup
+
+
+def test_every_error_text_the_classifier_reads_is_pinned() -> None:
+    from edgeslm.decoding.support import ERROR_KINDS
+
+    table = {(kind, alt) for kind, alts in ERROR_KINDS for alt in alts}
+    pinned = {(kind, alt) for kind, alt, *_ in ERROR_TEXTS}
+    assert table == pinned | set(NOT_PRODUCED), table ^ (pinned | set(NOT_PRODUCED))
+    assert not pinned & set(NOT_PRODUCED)
+
+
 # --------------------------------------------------------------------------- grammar, caching, canonical
 
 
@@ -272,7 +329,12 @@ def test_grammar_for_is_cached_and_caps_are_optional(vocab) -> None:
         "properties": {"name": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}}},
         "required": ["name", "tags"],
     }
-    assert check_schema(s) is check_schema(json.loads(json.dumps(s)))
+    from edgeslm.decoding import support
+
+    first = check_schema(s)
+    hits = support._check_cached.cache_info().hits
+    assert check_schema(json.loads(json.dumps(s))) == first  # an equal copy, from the cache
+    assert support._check_cached.cache_info().hits == hits + 1
     assert grammar_for(s) is grammar_for(s)
     long_text = '{"name":"' + "a" * 40 + '","tags":["x","y","z"]}'
     assert grammar_accepts(vocab, grammar_for(s), long_text)
@@ -296,6 +358,75 @@ def test_canonical_json_follows_grammar_order(vocab) -> None:
     assert json.loads(text) == inst
     assert grammar_accepts(vocab, grammar_for(s), text)
     assert not grammar_accepts(vocab, grammar_for(s), json.dumps(inst, separators=(",", ":")))
+
+
+def test_check_schema_results_are_the_callers_own() -> None:
+    """Mutating what check_schema returns does not change the next call's result (it is cached)."""
+    relaxed = {"type": "object", "properties": {"a": {"type": "string"}}, "not": {"required": ["a"]}}
+    for schema in ({"type": "object", "properties": {"a": {"enum": ["x", "y"]}}}, relaxed, True):
+        first = check_schema(schema)
+        expected = json.dumps(first.grammar_schema)
+        gs = first.grammar_schema
+        gs["injected"] = 1
+        if isinstance(gs.get("properties"), dict):
+            gs["properties"]["a"]["type"] = "integer"
+            gs["properties"]["a"].get("enum", []).append("z")
+        second = check_schema(schema)
+        assert json.dumps(second.grammar_schema) == expected, schema
+        assert second == dataclasses.replace(first, grammar_schema=json.loads(expected))
+        assert grammar_for(schema) == grammar_for(second)
+
+
+def test_a_plan_keeps_the_schema_its_grammar_was_compiled_from() -> None:
+    from edgeslm.api.extract import prepare_schema
+
+    cases = [
+        {"type": "object", "properties": {"n": {"type": "string"}, "t": {"type": "array"}}, "required": ["t"]},
+        {"type": "string", "pattern": "\\d+"},
+        # the capped grammar fails to compile: the plan falls back to the checked schema, uncapped
+        {"type": "string", "pattern": "^\\w{300}\\d{300}$"},
+    ]
+    for schema in cases:
+        plan = prepare_schema(schema)
+        compiled = json.loads(plan.grammar)["grammars"][0]["json_schema"]
+        compiled.pop("x-guidance")
+        assert json.dumps(plan.grammar_schema) == json.dumps(compiled), schema
+    assert "maxLength" not in plan.grammar_schema  # the fallback case
+
+
+def test_one_walker_narrows_for_both_tighten_and_cap() -> None:
+    from edgeslm.decoding.narrow import SCHEMA_MAP_KEYS, WIDENING_KEYS, cap, tighten
+
+    assert {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"} <= set(SCHEMA_MAP_KEYS)
+    schema = {
+        "type": "object",
+        "properties": {"pattern": {"type": "string", "pattern": "a"}, "type": {"type": "array"}},
+        "$defs": {"s": {"type": "string"}},
+        "not": {"type": "string", "pattern": "b"},
+        "if": {"type": "array"},
+        "enum": [{"type": "string"}],
+    }
+    original = json.dumps(schema)
+    capped = cap(schema, 10, 3)
+    tight = tighten(schema)
+    assert json.dumps(schema) == original  # the input is not modified
+    for out in (capped, tight):
+        for k in WIDENING_KEYS | {"enum"}:
+            assert out[k] == schema[k]  # narrowing inside `not`/`if` would widen; data is data
+    # property names are names, not keywords
+    assert capped["properties"]["pattern"] == {"type": "string", "pattern": "a", "maxLength": 10}
+    assert capped["properties"]["type"] == {"type": "array", "maxItems": 3}
+    assert capped["$defs"]["s"] == {"type": "string", "maxLength": 10}
+    assert tight["properties"]["pattern"]["pattern"] == "^(?:a)"
+    assert "pattern" not in capped and "maxLength" not in capped
+
+
+def test_the_schema_module_re_exports_the_public_names() -> None:
+    from edgeslm.decoding import _regex, grammar, normalize, schema, support
+
+    for name in schema.__all__:
+        assert any(getattr(m, name, None) is getattr(schema, name) for m in (support, grammar, normalize, _regex)), name
+    assert not hasattr(schema, "canonical_json")  # a test helper now: tests/_canonical.py
 
 
 # --------------------------------------------------------------------------- constraint

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from .api.plan import plan
     from .api.results import ChatChunk, ChatResult, Extraction, ToolCall, Usage
     from .api.tools import ToolRun
-    from .decoding.schema import SchemaSupport, check_schema
+    from .decoding.support import SchemaSupport, check_schema
     from .runtime.calibration import CalibrationReport
     from .runtime.cloud import OpenAICompatible
     from .runtime.escalation import CloudAnswer, Escalation, EscalationRequest
@@ -117,8 +117,8 @@ _LAZY = {
     "Hardware": ".runtime.hardware",
     "detect": ".runtime.hardware",
     "Plan": ".runtime.planner",
-    "SchemaSupport": ".decoding.schema",
-    "check_schema": ".decoding.schema",
+    "SchemaSupport": ".decoding.support",
+    "check_schema": ".decoding.support",
     "calibrate": ".api.calibrate",
     "CalibrationReport": ".runtime.calibration",
     "OpenAICompatible": ".runtime.cloud",

@@ -209,3 +209,15 @@ def check_model_ref(ref: Any) -> None:
             hint="check the path (each part at most 255 bytes, the whole under the system's limit) and its "
             "permissions",
         ) from None
+
+
+def check_escalation(escalation: Any) -> None:
+    """``None`` or an :class:`edgeslm.Escalation`."""
+    if escalation is None:
+        return
+    from ..runtime.escalation import Escalation
+
+    if not isinstance(escalation, Escalation):
+        raise InvalidRequestError(f"escalation must be an edgeslm.Escalation, not {type(escalation).__name__}",
+                                  hint="e.g. escalation=edgeslm.Escalation(edgeslm.OpenAICompatible(url, model), "
+                                  "min_confidence=0.5)")

@@ -104,7 +104,7 @@ def calibrate(
     or ``"platt"``. Returns a :class:`CalibrationReport`; ``Escalation(target, min_confidence=report)``
     uses it, and ``report.save(path)`` / ``CalibrationReport.load(path)`` keep it.
     """
-    from ..decoding.schema import normalize_schema
+    from ..decoding.normalize import normalize_schema
 
     if method not in ("auto", "isotonic", "platt"):
         raise InvalidRequestError(f"unknown calibration method {method!r}", hint='use "auto", "isotonic" or "platt"')

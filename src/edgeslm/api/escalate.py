@@ -32,7 +32,7 @@ def extraction_request(
     max_tokens: int | None = None,
 ) -> EscalationRequest:
     """The request a target gets for one extraction: the same conversation the local model saw."""
-    from ..decoding.schema import normalize_schema
+    from ..decoding.normalize import normalize_schema
     from .extract import extraction_messages
 
     plain = normalize_schema(schema)

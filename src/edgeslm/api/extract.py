@@ -33,12 +33,13 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import ExtractionFailed, InvalidRequestError, SchemaError
 from ..decoding.loop import GenStats, generate_steps
+from ..decoding.narrow import tighten
 from ..decoding.sampling import Sampler, SamplingParams
 from .results import Usage
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
-    from ..decoding.schema import SchemaSupport
+    from ..decoding.support import SchemaSupport
 
 __all__ = ["ExtractionPlan", "constrained_json", "extraction_messages", "prepare_schema", "tighten"]
 
@@ -57,6 +58,8 @@ class ExtractionPlan:
     schema: Any  # the JSON Schema (dict or bool)
     support: SchemaSupport
     grammar: str
+    #: The JSON Schema ``grammar`` was compiled from (the checked schema, narrowed and capped).
+    grammar_schema: dict[str, Any] = dataclasses.field(kw_only=True)
     validator: Any
     model_class: type | None = None
 
@@ -86,7 +89,9 @@ def prepare_schema(
     schema: Any, *, max_string: int | None = DEFAULT_MAX_STRING, max_items: int | None = DEFAULT_MAX_ITEMS
 ) -> ExtractionPlan:
     """Check, compile (cached) and wrap a schema; raise :class:`SchemaError` when it is refused."""
-    from ..decoding.schema import check_schema, grammar_for, make_validator, normalize_schema
+    from ..decoding.grammar import compile_grammar
+    from ..decoding.normalize import make_validator, normalize_schema
+    from ..decoding.support import check_schema
 
     model_class = schema if isinstance(schema, type) else None
     plain = normalize_schema(schema)
@@ -98,61 +103,12 @@ def prepare_schema(
         )
     tight = dataclasses.replace(support, grammar_schema=tighten(support.grammar_schema))
     try:
-        grammar = grammar_for(tight, compact=True, max_string=max_string, max_items=max_items)
+        grammar, compiled = compile_grammar(tight, compact=True, max_string=max_string, max_items=max_items)
     except SchemaError:
         # The tightenings can exceed what the grammar engine decides (e.g. a length cap on a
         # complex pattern): fall back to the grammar of the checked schema itself.
-        grammar = grammar_for(support, compact=True)
-    return ExtractionPlan(plain, support, grammar, make_validator(plain), model_class)
-
-
-_OPEN_KEYS = frozenset({"additionalProperties", "patternProperties", "unevaluatedProperties",
-                        "allOf", "anyOf", "oneOf", "$ref", "if", "dependentSchemas", "dependencies"})
-
-
-def tighten(schema: Any, *, in_all_of: bool = False) -> Any:
-    """Narrow a schema for generation; every output of the narrowed grammar is valid under the
-    original (a subset of the valid outputs), and it keeps small models on track:
-
-    * properties the schema does not name are forbidden where it leaves objects open, so the model
-      cannot invent keys. Left alone: objects that combine sub-schemas (``allOf``, ``$ref``...),
-      ``allOf`` branches, and objects requiring keys they do not list, where closing them could make
-      the schema unsatisfiable;
-    * required properties come first (then the others, each group in schema order), so an output
-      can close as soon as what is required is written;
-    * a ``pattern`` that is not anchored at the start (``"\\d{4}-\\d{2}"`` matches anywhere in a
-      string) must match at the start, so the model writes the value instead of text around it.
-    """
-    if isinstance(schema, list):
-        return [tighten(s, in_all_of=in_all_of) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out: dict[str, Any] = {}
-    for k, v in schema.items():
-        if k in ("properties", "$defs", "definitions", "dependentSchemas", "patternProperties"):
-            out[k] = {name: tighten(sub) for name, sub in v.items()} if isinstance(v, dict) else v
-        elif k in ("enum", "const", "default", "examples", "required", "not", "if"):
-            # data, or sub-schemas whose narrowing would *widen* the parent: leave untouched
-            out[k] = v
-        elif k == "pattern" and isinstance(v, str):
-            out[k] = v if v.startswith("^") else f"^(?:{v})"
-        else:
-            out[k] = tighten(v, in_all_of=(k == "allOf"))
-    required = schema.get("required")
-    if isinstance(out.get("properties"), dict) and isinstance(required, list):
-        props = out["properties"]
-        first = {n: props[n] for n in props if n in required}
-        out["properties"] = {**first, **{n: x for n, x in props.items() if n not in first}}
-    props = schema.get("properties")
-    if (
-        isinstance(props, dict)
-        and props
-        and not in_all_of
-        and not (_OPEN_KEYS & schema.keys())
-        and set(schema.get("required", [])) <= props.keys()
-    ):
-        out["additionalProperties"] = False
-    return out
+        grammar, compiled = compile_grammar(support, compact=True)
+    return ExtractionPlan(plain, support, grammar, make_validator(plain), model_class, grammar_schema=compiled)
 
 
 def extraction_messages(

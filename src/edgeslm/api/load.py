@@ -47,10 +47,10 @@ def load(
     ``extract``, ``chat`` and tool calls to a bigger model when the local answer is invalid, unsure
     or the app's predicate says so. Nothing leaves the device without it.
     """
-    from ._validate import check_int, check_model_ref
+    from ._validate import check_escalation, check_int, check_model_ref
 
     check_model_ref(model)
-    _check_escalation(escalation)
+    check_escalation(escalation)
     check_int(n_ctx, "n_ctx", minimum=1, allow_none=True, hint="pass n_ctx=None for the planner's choice, or e.g. 4096")
     check_int(n_threads, "n_threads", minimum=1, allow_none=True, hint="pass n_threads=None to use every core")
     if tool_format is not None:
@@ -98,19 +98,6 @@ def load(
         engine.close()
         raise
     return Model(engine, name=name, template=template, info=resolved, tool_format=tool_format, escalation=escalation)
-
-
-def _check_escalation(escalation: Any) -> None:
-    if escalation is None:
-        return
-    from ..runtime.escalation import Escalation
-
-    if not isinstance(escalation, Escalation):
-        from .._errors import InvalidRequestError
-
-        raise InvalidRequestError(f"escalation must be an edgeslm.Escalation, not {type(escalation).__name__}",
-                                  hint="e.g. escalation=edgeslm.Escalation(edgeslm.OpenAICompatible(url, model), "
-                                  "min_confidence=0.5)")
 
 
 def _template(engine: Any, override: str | None) -> ChatTemplate | None:

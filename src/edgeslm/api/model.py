@@ -17,7 +17,15 @@ from .._errors import InvalidRequestError, SchemaError, TemplateError, ToolCallE
 from ..backends.base import Backend
 from ..decoding.sampling import SamplingParams
 from ..decoding.template import ChatTemplate
-from ._validate import AUTO_MAX_TOKENS, check_int, check_max_tokens, check_messages, check_text, max_tokens_or_auto
+from ._validate import (
+    AUTO_MAX_TOKENS,
+    check_escalation,
+    check_int,
+    check_max_tokens,
+    check_messages,
+    check_text,
+    max_tokens_or_auto,
+)
 from .generation import Generation
 from .results import ChatChunk, ChatResult, Extraction, Usage
 
@@ -345,9 +353,7 @@ class Model:
             return None
         if escalation is None:
             return self.escalation
-        from .load import _check_escalation
-
-        _check_escalation(escalation)
+        check_escalation(escalation)
         return escalation
 
     def stats(self) -> dict[str, Any]:

@@ -77,11 +77,11 @@ class _ToolSchema:
 
 @functools.lru_cache(maxsize=1024)
 def _tool_schema(key: str) -> _ToolSchema:
+    from ..decoding.support import GRAMMAR_OPTIONS
     from .extract import prepare_schema
 
     plan = prepare_schema(json.loads(key))
-    g = json.loads(plan.grammar)["grammars"][0]["json_schema"]
-    g["x-guidance"] = {**g.get("x-guidance", {}), **_SEPARATORS}
+    g = {**plan.grammar_schema, "x-guidance": {**GRAMMAR_OPTIONS, **_SEPARATORS}}
     return _ToolSchema(g, plan.validator, plan.support.exact)
 
 

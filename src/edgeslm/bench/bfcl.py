@@ -203,7 +203,7 @@ def ast_match(category: str, calls: list[tuple[str, dict[str, Any]]], question: 
 
 def valid_calls(calls: list[tuple[str, Any]], question: dict[str, Any]) -> int:
     """How many calls name a provided function and validate against its (JSON Schema) parameters."""
-    from edgeslm.decoding.schema import make_validator
+    from edgeslm.decoding.normalize import make_validator
 
     schemas = {t["function"]["name"]: t["function"]["parameters"] for t in tools_of(question)}
     ok = 0

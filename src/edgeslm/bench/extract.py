@@ -45,7 +45,7 @@ def compliance(model: Any, rows: list[dict[str, Any]], *, max_tokens: int = 512)
     ``returned_invalid`` counts data that came back but does not validate: it must be 0.
     """
     import edgeslm
-    from edgeslm.decoding.schema import make_validator
+    from edgeslm.decoding.normalize import make_validator
 
     counts: Counter[str] = Counter()
     failures: list[dict[str, Any]] = []
@@ -121,7 +121,7 @@ def peer_run(path: str, n_threads: int, jobs: list[tuple[Any, ...]], max_tokens:
 
 def _ours_extract(model: Any, schema: Any, max_tokens: int) -> dict[str, Any]:
     import edgeslm
-    from edgeslm.decoding.schema import make_validator
+    from edgeslm.decoding.normalize import make_validator
 
     t = time.perf_counter()
     try:
@@ -141,7 +141,7 @@ def extraction_bench(
     """edgeslm extraction vs the llama-cpp-python GBNF peer on the same prompts and schemas."""
     import edgeslm
     from edgeslm.api.extract import extraction_messages, prepare_schema
-    from edgeslm.decoding.schema import make_validator
+    from edgeslm.decoding.normalize import make_validator
 
     rows = sample(load_corpus(), n or (30 if quick else 120))
     model = edgeslm.load(model_ref, n_ctx=4096, n_threads=n_threads)
@@ -268,12 +268,12 @@ def grammar_overhead(model: Any, n: int = 200) -> dict[str, Any]:
         if m is not model:
             m.close()
     # cold compile: schema check + grammar + the matcher for this tokenizer, every cache cleared
-    from edgeslm.decoding import constrain, schema
+    from edgeslm.decoding import constrain, grammar, support
 
     tok = constrain.constraints(model._engine).tokenizer
     comp = []
     for r in sample(load_corpus(), 100):
-        for cached in (schema._check_cached, schema._grammar_cached, schema._pattern_ok, schema._number_ok):
+        for cached in (support._check_cached, grammar._grammar_cached, support._pattern_ok, support._number_ok):
             cached.cache_clear()
         fresh = constrain.ConstraintCache.for_tokenizer(tok)  # no compiled grammar kept
         t0 = time.perf_counter()

@@ -106,7 +106,7 @@ def task_bench(model_ref: str, examples: list[TaskExample], *, n_threads: int = 
     """Run every example through edgeslm and (with *peer*) llama-cpp-python; summary and per-item rows."""
     import edgeslm
     from edgeslm.api.extract import extraction_messages
-    from edgeslm.decoding.schema import make_validator
+    from edgeslm.decoding.normalize import make_validator
 
     from .extract import peer_run
 

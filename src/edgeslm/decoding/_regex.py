@@ -1,10 +1,14 @@
-"""Regex checks with a time limit, for validating outputs against ``pattern`` and ``patternProperties``.
+"""The regex dialect: patterns read as Python's ``re`` reads them, by the grammar and by the validator.
+
+The grammar (llguidance, Rust syntax) is given each pattern rewritten by :func:`python_pattern`, so
+it accepts what ``jsonschema`` (Python's ``re``) accepts. Outputs are validated against ``pattern``
+and ``patternProperties`` with a time limit.
 
 ``jsonschema`` checks these with Python's ``re``, a backtracking engine with no time limit: a pattern
 with look-around and nested quantifiers that the grammar cannot enforce, such as
 ``^(?!x)(a+)+$``, takes 0.26 s on 22 characters and twice as long with each one more, and an
 output may be hundreds of characters long. The validators built by
-:func:`edgeslm.decoding.schema.make_validator` use the ``regex`` module instead, in its
+:func:`edgeslm.decoding.normalize.make_validator` use the ``regex`` module instead, in its
 ``re``-compatible mode (``VERSION0``: the syntax and the matching rules of ``re``, so a pattern means
 what it means to ``jsonschema`` and to the grammar), with a timeout: each search gets at most
 :data:`PATTERN_TIME_LIMIT_S`, and all the searches of one validation together
@@ -23,7 +27,17 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["PATTERN_TIME_LIMIT_S", "VALIDATION_TIME_LIMIT_S", "BoundedValidator", "bounded_class", "search"]
+from .narrow import DATA_KEYS, SCHEMA_MAP_KEYS
+
+__all__ = [
+    "PATTERN_TIME_LIMIT_S",
+    "VALIDATION_TIME_LIMIT_S",
+    "BoundedValidator",
+    "bounded_class",
+    "python_pattern",
+    "python_patterns",
+    "search",
+]
 
 #: Longest one regex search may run, in seconds.
 PATTERN_TIME_LIMIT_S = 0.05
@@ -178,3 +192,75 @@ class BoundedValidator:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+# --------------------------------------------------------------------------- the grammar's reading
+
+
+def python_pattern(pattern: str) -> str:
+    """Rewrite *pattern* so llguidance's (Rust) regex parser reads it as Python's ``re`` does.
+
+    ``jsonschema`` validates ``pattern`` with ``re``, where ``[``, ``&`` and ``~`` inside a
+    character class are literal characters (as in ECMA-262); in Rust's syntax they open a nested
+    class or a set operation (``&&``, ``~~``), so ``^[[a-z]-]*$`` would accept other strings than
+    the validator. Inside classes they are escaped; everything else is left as it is.
+    """
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    in_class = False
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            out.append(pattern[i : i + 2])
+            i += 2
+            continue
+        if not in_class:
+            if c == "[":
+                in_class = True
+                out.append(c)
+                i += 1
+                if i < n and pattern[i] == "^":
+                    out.append("^")
+                    i += 1
+                if i < n and pattern[i] == "]":  # a leading ] is literal
+                    out.append("\\]")
+                    i += 1
+                continue
+        elif c == "]":
+            in_class = False
+        elif c in "[&~":
+            c = "\\" + c
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def python_patterns(schema: Any) -> Any:
+    """*schema* with every ``pattern`` and ``patternProperties`` regex passed through
+    :func:`python_pattern` (the same object when nothing changes)."""
+    if isinstance(schema, list):
+        new = [python_patterns(x) for x in schema]
+        return schema if all(a is b for a, b in zip(new, schema, strict=True)) else new
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    changed = False
+    for k, v in schema.items():
+        if k in DATA_KEYS:
+            w = v
+        elif k == "pattern" and isinstance(v, str):
+            w = python_pattern(v)
+            w = v if w == v else w
+        elif k == "patternProperties" and isinstance(v, dict):
+            w = {python_pattern(n): python_patterns(x) for n, x in v.items()}
+            if list(w) == list(v) and all(w[n] is v[n] for n in v):
+                w = v
+        elif k in SCHEMA_MAP_KEYS and isinstance(v, dict):
+            w = {n: python_patterns(x) for n, x in v.items()}
+            if all(w[n] is v[n] for n in v):
+                w = v
+        else:
+            w = python_patterns(v)
+        changed = changed or w is not v
+        out[k] = w
+    return out if changed else schema

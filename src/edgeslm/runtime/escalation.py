@@ -279,7 +279,7 @@ def redact_request(req: EscalationRequest, redact: Callable[[str], str] | None) 
 
 
 def _validate_data(value: Any, schema: Any, model_class: type | None) -> tuple[Any, list[str]]:
-    from ..decoding.schema import make_validator
+    from ..decoding.normalize import make_validator
 
     errors = [
         f"{'/'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"
@@ -303,7 +303,7 @@ def _tool_name(t: Mapping[str, Any]) -> str:
 def _validate_tool_calls(req: EscalationRequest, calls: list[dict[str, Any]], content: str | None) -> tuple[
     list[dict[str, Any]], list[str]
 ]:
-    from ..decoding.schema import make_validator
+    from ..decoding.normalize import make_validator
 
     specs = {_tool_name(t): (t.get("function", t) or {}).get("parameters") or {"type": "object"}
              for t in req.tools or []}
