@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from .._errors import InvalidRequestError, SchemaError
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    """Extract JSON from a file (or stdin) with a JSON Schema file; print the validated JSON."""
+    """Extract JSON from a file (or stdin) with a JSON Schema file; print the validated JSON.
+
+    Several input files, or ``--jsonl`` (one document per line of standard input or of each file:
+    a JSON string or ``{"text": ...}``), write JSON Lines: ``{"index", "input", "data"}`` per
+    document, or ``{"index", "input", "error"}`` for one that failed (the others still run)."""
     import edgeslm
 
     try:
@@ -19,20 +24,57 @@ def cmd_extract(args: argparse.Namespace) -> int:
             schema = json.load(f)
     except (OSError, ValueError) as exc:
         raise SchemaError(f"cannot read the schema {args.schema}: {exc}", hint="pass a JSON Schema file") from exc
-    if args.input in (None, "-"):
-        text = sys.stdin.read()
-    else:
-        try:
-            with open(args.input, encoding="utf-8") as f:
-                text = f.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidRequestError(f"cannot read the input {args.input}: {exc}",
-                                      hint="pass a UTF-8 text file, or - to read standard input") from exc
+    inputs = args.input or ["-"]
+    many = args.jsonl or len(inputs) > 1
     with edgeslm.load(args.model, backend=args.backend, device=args.device, n_ctx=args.n_ctx) as model:
-        x = model.extract(text, schema, instructions=args.instructions, max_tokens=args.max_tokens)
-    out: Any = x.to_dict() if args.full else x.data
-    print(json.dumps(out, indent=None if args.compact else 2, ensure_ascii=False))
-    return 0
+        if not many:
+            x = model.extract(_read(inputs[0]), schema, instructions=args.instructions, max_tokens=args.max_tokens)
+            out: Any = x.to_dict() if args.full else x.data
+            print(json.dumps(out, indent=None if args.compact else 2, ensure_ascii=False))
+            return 0
+        docs = list(_documents(inputs, args.jsonl))
+        failed = 0
+        results = model.extract_iter([d for _, d in docs], schema, instructions=args.instructions,
+                                     max_tokens=args.max_tokens, progress=args.progress)
+        for i, r in results:
+            line: dict[str, Any] = {"index": i, "input": docs[i][0]}
+            if isinstance(r, edgeslm.EdgeSLMError):
+                failed += 1
+                line["error"] = {"type": type(r).__name__, "message": r.message, "hint": r.hint}
+            else:
+                line["data"] = r.to_dict() if args.full else (
+                    r.data.model_dump(mode="json") if hasattr(r.data, "model_dump") else r.data)
+            print(json.dumps(line, ensure_ascii=False), flush=True)
+    return 1 if failed else 0
+
+
+def _read(name: str) -> str:
+    if name == "-":
+        return sys.stdin.read()
+    try:
+        with open(name, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"cannot read the input {name}: {exc}",
+                                  hint="pass a UTF-8 text file, or - to read standard input") from exc
+
+
+def _documents(inputs: list[str], jsonl: bool) -> Iterator[tuple[str, Any]]:
+    """``(where, text)`` of every document: a whole file each, or each line with ``--jsonl``."""
+    for name in inputs:
+        if not jsonl:
+            yield name, _read(name)
+            continue
+        for n, line in enumerate(_read(name).splitlines(), 1):
+            if not line.strip():
+                continue
+            where = f"{'stdin' if name == '-' else name}:{n}"
+            try:
+                value = json.loads(line)
+            except ValueError:
+                yield where, None  # reported as that item's error
+                continue
+            yield where, value.get("text") if isinstance(value, dict) else value
 
 
 def register(sub: Any) -> None:
@@ -42,7 +84,10 @@ def register(sub: Any) -> None:
     p = sub.add_parser("extract", help="extract JSON matching a schema from a text")
     _common(p)
     p.add_argument("--schema", "-s", required=True, help="JSON Schema file")
-    p.add_argument("input", nargs="?", default="-", help="text file, or - for stdin (default)")
+    p.add_argument("input", nargs="*", help="text files, or - for stdin (default); several write JSON Lines")
+    p.add_argument("--jsonl", action="store_true",
+                   help='inputs hold one document per line (a JSON string or {"text": ...}); writes JSON Lines')
+    p.add_argument("--progress", action="store_true", help="show a progress bar (on stderr) with many inputs")
     p.add_argument("--instructions", default=None)
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--full", action="store_true", help="print confidence, attempts and usage too")

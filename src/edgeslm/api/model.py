@@ -10,10 +10,10 @@ iterating a :class:`ChatStream` goes through a loop iterator of its own, and dro
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from .._errors import InvalidRequestError, SchemaError, TemplateError, ToolCallError
+from .._errors import EdgeSLMError, InvalidRequestError, SchemaError, TemplateError, ToolCallError
 from ..backends.base import Backend
 from ..decoding.sampling import SamplingParams
 from ..decoding.template import ChatTemplate
@@ -346,6 +346,29 @@ class Model:
                                              retries),
             request, model_class=plan.model_class,
         )
+
+    def extract_many(
+        self, texts: Iterable[str], schema: Any, *, progress: bool = False, **extract_kwargs: Any
+    ) -> list[Extraction | EdgeSLMError]:
+        """:meth:`extract` for many documents: results in input order, each an :class:`Extraction`
+        or the :class:`EdgeSLMError` of that item (a text longer than the context, no valid
+        output...), so one bad document never loses the batch. A schema that cannot be served
+        raises at once. ``progress=True`` shows a progress bar with items/s. Other keyword
+        arguments are those of :meth:`extract`. The shared prompt prefix (instructions, schema,
+        examples) is evaluated once and kept in the KV cache."""
+        out: dict[int, Extraction | EdgeSLMError] = {}
+        for i, r in self.extract_iter(texts, schema, progress=progress, **extract_kwargs):
+            out[i] = r
+        return [out[i] for i in range(len(out))]
+
+    def extract_iter(
+        self, texts: Iterable[str], schema: Any, *, progress: bool = False, **extract_kwargs: Any
+    ) -> Iterator[tuple[int, Extraction | EdgeSLMError]]:
+        """Like :meth:`extract_many`, yielding ``(index, result)`` as each item finishes (texts may
+        be any iterable, read lazily, e.g. lines of a file)."""
+        from .batch import extract_iter
+
+        return extract_iter(self, texts, schema, progress=progress, **extract_kwargs)
 
     def _escalation(self, escalation: Any) -> Any:
         """The escalation of one call: its own, the model's (``None``), or none (``False``)."""

@@ -1,0 +1,57 @@
+"""extract_many / extract_iter and `edgeslm extract` with many inputs, on the scripted backend."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import edgeslm
+from tests.fakes import write_script
+
+SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+
+
+def test_results_in_order_with_per_item_errors(tmp_path: Path) -> None:
+    m = edgeslm.load(write_script(tmp_path / "m.script.json", "hermes", '{"a":7}', n_ctx=256), n_ctx=256)
+    texts = ["a is 7", "x" * 3000, "also 7", 42]  # the second is longer than the context, the last not a text
+    out = m.extract_many(texts, SCHEMA, progress=True)
+    assert [type(r).__name__ for r in out] == ["Extraction", "ContextLengthError", "Extraction",
+                                               "InvalidRequestError"]
+    assert out[0].data == {"a": 7} and out[2].data == {"a": 7}
+    assert out[2].usage.reused_prompt_tokens > 0  # the shared prefix stayed in the cache
+    order = [i for i, _ in m.extract_iter(iter(["a", "b", "c"]), SCHEMA)]
+    assert order == [0, 1, 2]
+    with pytest.raises(edgeslm.SchemaError):  # a schema that cannot be served fails at once
+        m.extract_many(["a"], {"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}})
+    with pytest.raises(edgeslm.InvalidRequestError, match="not one string"):
+        m.extract_many("one text", SCHEMA)
+    m.close()
+
+
+def test_cli_writes_json_lines_for_many_inputs(tmp_path: Path) -> None:
+    script = write_script(tmp_path / "m.script.json", "hermes", '{"a":7}')
+    (tmp_path / "s.json").write_text(json.dumps(SCHEMA))
+    (tmp_path / "one.txt").write_text("a is 7")
+    (tmp_path / "two.txt").write_text("a is seven")
+    code = ("import sys; from tests.fakes import register_scripted; register_scripted(); "
+            "from edgeslm.cli import main; sys.exit(main(sys.argv[1:]))")
+    run = subprocess.run(
+        [sys.executable, "-c", code, "extract", "-m", str(script), "-s", str(tmp_path / "s.json"), "--jsonl", "-"],
+        input='"a is 7"\n{"text": "a is 8"}\nnot json\n', capture_output=True, text=True, timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    lines = [json.loads(x) for x in run.stdout.splitlines()]
+    assert [x["index"] for x in lines] == [0, 1, 2] and lines[0]["data"] == {"a": 7}
+    assert lines[1]["input"] == "stdin:2" and "error" in lines[2] and run.returncode == 1
+    run = subprocess.run(
+        [sys.executable, "-c", code, "extract", "-m", str(script), "-s", str(tmp_path / "s.json"),
+         str(tmp_path / "one.txt"), str(tmp_path / "two.txt")],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2],
+    )
+    assert run.returncode == 0, run.stderr
+    assert [json.loads(x)["input"] for x in run.stdout.splitlines()] == [str(tmp_path / "one.txt"),
+                                                                         str(tmp_path / "two.txt")]
