@@ -6,6 +6,7 @@ the real llama.cpp and the real bundled model run in every other respect.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import struct
@@ -217,3 +218,38 @@ def test_a_frozen_app_without_an_interpreter_applies_the_known_bad_rules_only(mo
     assert attempt.ok and "not checked" in attempt.outcome and "EDGESLM_PROBE_PYTHON" in attempt.outcome
     monkeypatch.setenv("EDGESLM_PROBE_PYTHON", "/opt/python/bin/python3")
     assert selfcheck.probe_python() == "/opt/python/bin/python3"
+
+
+@requires_smollm2
+def test_a_choice_made_by_a_timeout_is_checked_again_later(home, probes) -> None:
+    """A busy machine at the first check looks like a hang: that choice expires, a crash does not."""
+    with edgeslm.load("smollm2-135m", n_ctx=256):
+        pass
+    assert len(probes) == 1
+    record = next((home / "selfcheck").glob("engine-*.json"))
+    data = json.loads(record.read_text())
+    requested = data["requested"]
+    safer = dict(requested, extra_bufts=False)
+    # what a check on a machine too busy to answer in time writes: the requested options "timed out"
+    data["attempts"] = [{"options": requested, "ok": False, "outcome": "timed out after 300 s", "seconds": 300.0,
+                         "detail": ""},
+                        {"options": safer, "ok": True, "outcome": "ok", "seconds": 1.0, "detail": ""}]
+    data["chosen"] = safer
+    record.write_text(json.dumps(data))
+    with edgeslm.load("smollm2-135m", n_ctx=256) as m:
+        assert m._engine.extra_bufts is False  # remembered while fresh: no new child
+    assert len(probes) == 1
+    data["checked_at"] -= selfcheck.TIMEOUT_MEMORY_S + 1
+    record.write_text(json.dumps(data))
+    with edgeslm.load("smollm2-135m", n_ctx=256) as m:
+        assert m._engine.extra_bufts is True and not m.plan.engine_check.degraded  # checked again
+    assert len(probes) == 2
+    data = json.loads(record.read_text())
+    data["attempts"][0]["outcome"] = "killed by SIGSEGV"  # a crash is remembered for good
+    data["chosen"], data["checked_at"] = safer, 0.0
+    data["attempts"] = [dict(data["attempts"][0], options=requested, ok=False),
+                        {"options": safer, "ok": True, "outcome": "ok", "seconds": 1.0, "detail": ""}]
+    record.write_text(json.dumps(data))
+    with edgeslm.load("smollm2-135m", n_ctx=256) as m:
+        assert m._engine.extra_bufts is False
+    assert len(probes) == 2

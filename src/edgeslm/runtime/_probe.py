@@ -21,7 +21,7 @@ def _inject(options: dict) -> None:
     wanted = {w.strip() for w in os.environ.get("EDGESLM_TEST_CRASH", "").split(",") if w.strip()}
     hit = ("always" in wanted or ("extra_bufts" in wanted and options["extra_bufts"])
            or ("gpu" in wanted and options["n_gpu_layers"] > 0))
-    if "hang" in wanted:
+    if "hang" in wanted or ("hang_extra_bufts" in wanted and options["extra_bufts"]):
         time.sleep(3600)
     if hit:
         sys.stdout.flush()

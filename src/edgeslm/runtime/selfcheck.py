@@ -109,6 +109,13 @@ class EngineCheck:
     def ok(self) -> bool:
         return self.chosen is not None
 
+    def stale(self, now: float | None = None) -> bool:
+        """A choice made because a child *timed out* is checked again after
+        :data:`TIMEOUT_MEMORY_S`: a machine busy at the first check looks like a hang, and must not
+        cost the fast options for good. Crashes are remembered for good."""
+        timed_out = any(not a.ok and a.outcome.startswith("timed out") for a in self.attempts)
+        return timed_out and (now if now is not None else time.time()) - self.checked_at > TIMEOUT_MEMORY_S
+
     @property
     def degraded(self) -> bool:
         """The options in use are safer than those asked for."""
@@ -144,6 +151,10 @@ class EngineCheck:
 
 
 # ------------------------------------------------------------------------------ identity and keys
+
+
+#: How long a choice caused by a timed-out child is remembered before it is checked again.
+TIMEOUT_MEMORY_S = 24 * 3600.0
 
 
 def safe_mode_default() -> bool:
@@ -328,7 +339,7 @@ def ensure_engine(
     if d and d.get("version") == RECORD_VERSION:
         try:
             check = EngineCheck.from_json(d)
-            if check.ok:
+            if check.ok and not check.stale():
                 return check
         except (KeyError, TypeError, ValueError):
             pass
