@@ -316,14 +316,19 @@ def test_max_tokens_one_rule_everywhere(smollm2) -> None:
         "run_tools": lambda n: smollm2.run_tools(Q, [get_weather], max_tokens=n),
         "stream": lambda n: smollm2.chat(Q, max_tokens=n, stream=True),
     }
+    said: dict[tuple[str, int], tuple[str, str | None]] = {}
     for name, call in calls.items():
         for bad in (0, -1):  # extract(max_tokens=0) used to mean "auto", run 3 attempts for -1
             with pytest.raises(edgeslm.InvalidRequestError, match="max_tokens") as e:
                 call(bad)
             assert "None" in e.value.hint, name
+            said[name, bad] = (e.value.message, e.value.hint)
         for wrong in (1.5, "8", True):
             with pytest.raises(TypeError, match="max_tokens"):
                 call(wrong)
+    # one rule: every entry point refuses 0 (and -1) with the same message and hint
+    assert {said[n, 0] for n in calls} == {said["chat", 0]}
+    assert {said[n, -1] for n in calls} == {said["chat", -1]}
 
 
 def test_max_tokens_none_is_auto(smollm2_path: Path) -> None:
