@@ -257,17 +257,21 @@ def _two_tensor_gguf(path: Path) -> Path:
 
 def test_newer_tensor_types_are_not_called_corrupt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     p = _two_tensor_gguf(tmp_path / "new.gguf")
-    assert validate_gguf(p).tensor_count == 2  # in edgeslm's table
+    info = validate_gguf(p)  # in edgeslm's table: 2 x 18 bytes is one 128-value Q1_0 block per row
+    assert info.tensor_count == 2 and info.tensor_bytes["q"] == 36
     (_, off_q), (_, off_f) = _tensor_info_offsets(p)
     type_q = off_q - 4
-    # not in edgeslm's table: the gguf package's table has it
+    # not in edgeslm's table: the gguf package's table has it, and gives its exact size (a type in
+    # no table is only bounded by the next tensor's offset: 64 bytes here, with the padding)
     monkeypatch.setattr(V, "GGML_TYPE_SIZES", {k: v for k, v in V.GGML_TYPE_SIZES.items() if k != 41})
     V._gguf_package_type_sizes.cache_clear()
-    assert validate_gguf(p).tensor_count == 2
+    info = validate_gguf(p)
+    assert info.tensor_count == 2 and info.tensor_bytes["q"] == 36
     # in no table (a type newer than both): accepted, its data bounded by the next tensor's offset
     monkeypatch.setattr(V, "_gguf_package_type_sizes", lambda: {})
     t60 = _patch(p, tmp_path / "t60.gguf", type_q, struct.pack("<I", 60))
-    assert validate_gguf(t60).tensor_count == 2
+    info = validate_gguf(t60)
+    assert info.tensor_count == 2 and info.tensor_bytes["q"] == 64  # up to the F32 tensor's offset
     # ... which must leave room for it
     with pytest.raises(E.CorruptModelError, match="no room for its data"):
         validate_gguf(_patch(t60, tmp_path / "squeezed.gguf", off_f, struct.pack("<Q", 0)))

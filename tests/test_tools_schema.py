@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 from typing import Annotated, Any, Literal, Optional
@@ -165,6 +166,34 @@ def test_invoke_builds_enums_dataclasses_and_pydantic_models() -> None:
             "items": [{"x": 3}], "count": 2}
     make_validator(t.parameters).validate(args)
     assert t.invoke(args) == "Main fahrenheit 1.0 1 2.0"
+
+
+async def _add_later(a: int, b: int = 2) -> int:
+    """Add two numbers, after yielding to the event loop."""
+    await asyncio.sleep(0)
+    return a + b
+
+
+async def _fail_later(a: int) -> int:
+    """Fail, after yielding to the event loop."""
+    await asyncio.sleep(0)
+    raise ValueError(f"no {a}")
+
+
+def test_invoke_awaits_an_async_tool_with_or_without_a_running_loop() -> None:
+    add, fail = as_tools([_add_later, _fail_later])
+    assert add.invoke({"a": 1}) == 3  # no loop running: asyncio.run
+    with pytest.raises(ValueError, match="no 1"):
+        fail.invoke({"a": 1})
+
+    async def main() -> tuple[int, str]:
+        # inside a running loop, asyncio.run raises; the tool must still run, and its error come through
+        value = add.invoke({"a": 4, "b": 5})
+        with pytest.raises(ValueError, match="no 2") as e:
+            fail.invoke({"a": 2})
+        return value, str(e.value)
+
+    assert asyncio.run(main()) == (9, "no 2")
 
 
 class Opaque:

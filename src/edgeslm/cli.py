@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ._errors import EdgeSLMError
 
@@ -137,9 +137,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     import importlib
 
-    for mod in ("edgeslm.api.cli_extract", "edgeslm.api.cli_calibrate", "edgeslm.store.cli"):
-        importlib.import_module(mod).register(sub)
+    for mod, verbs in _VERB_MODULES.items():
+        try:
+            register = importlib.import_module(mod).register
+        except ImportError as exc:  # the verbs stay, and say what is missing when used
+            for verb in verbs:
+                p = sub.add_parser(verb, help=f"unavailable: {_import_error(verb, exc).message}", add_help=False)
+                p.add_argument("rest", nargs=argparse.REMAINDER)
+                p.set_defaults(func=_unavailable(verb, exc))
+            continue
+        register(sub)
     return parser
+
+
+#: The verbs each separately imported CLI module adds. They are listed here so that a module that
+#: fails to import leaves verbs that name what is missing, instead of verbs that vanish.
+_VERB_MODULES: dict[str, tuple[str, ...]] = {
+    "edgeslm.api.cli_extract": ("extract",),
+    "edgeslm.api.cli_calibrate": ("calibrate",),
+    "edgeslm.store.cli": ("pull", "list", "rm", "verify"),
+}
+
+#: pip's name for the dependencies whose import name differs.
+_PIP_NAMES = {"llama_cpp": "llama-cpp-python", "onnxruntime_genai": "onnxruntime-genai",
+              "huggingface_hub": "huggingface-hub", "openai": "edgeslm[cloud]", "pydantic": "edgeslm[pydantic]"}
+
+
+def _import_error(verb: str, exc: ImportError) -> EdgeSLMError:
+    """The error ``edgeslm <verb>`` reports when an import it needs fails: it names the module."""
+    name = exc.name or str(exc)
+    top = name.split(".")[0]
+    if top == "edgeslm":
+        hint = "this edgeslm installation is incomplete: reinstall it (pip install --force-reinstall edgeslm)"
+    else:
+        hint = f"install it (pip install {_PIP_NAMES.get(top, top.replace('_', '-'))}) or reinstall edgeslm"
+    return EdgeSLMError(f"`edgeslm {verb}` cannot run: the module {name!r} cannot be imported ({exc})", hint=hint)
+
+
+def _unavailable(verb: str, exc: ImportError) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        raise _import_error(verb, exc)
+
+    return run
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -150,13 +189,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except ImportError as exc:  # a dependency of this verb, imported when it runs
+        return _report(_import_error(args.command, exc))
     except EdgeSLMError as exc:
-        from rich.markup import escape
-
-        _console(stderr=True).print(f"[bold red]error:[/bold red] {escape(str(exc))}")
-        return 2
+        return _report(exc)
     except KeyboardInterrupt:
         return 130
+
+
+def _report(exc: EdgeSLMError) -> int:
+    from rich.markup import escape
+
+    _console(stderr=True).print(f"[bold red]error:[/bold red] {escape(str(exc))}")
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

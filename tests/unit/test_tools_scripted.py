@@ -5,6 +5,7 @@ No model file and no llama.cpp needed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -194,4 +195,32 @@ def test_run_tools_stops_at_a_call_cut_off() -> None:
     run = model.run_tools(ASK, [get_weather], max_rounds=1, max_tokens=60, temperature=0)
     assert [(c.name, c.arguments) for c in run.calls] == [PARIS] and run.stopped_reason == "max_rounds"
     assert run.messages[-1] == {"role": "tool", "tool_call_id": run.calls[0].id, "name": "get_weather",
+                                "content": "sunny in Paris"}
+
+
+async def get_weather_async(city: str) -> str:
+    """Get the current weather in a city (an async tool).
+
+    Args:
+        city: The city, e.g. Paris.
+    """
+    await asyncio.sleep(0)
+    return f"sunny in {city}"
+
+
+@pytest.mark.parametrize("tool_timeout", [None, 5.0])
+def test_run_tools_runs_an_async_tool_inside_a_running_event_loop(tool_timeout: float | None) -> None:
+    # run_tools called from async code: the async tool's result (not an "Error:" string) reaches the
+    # transcript. tool_timeout=None runs the tool in the caller's thread, the one with the running loop.
+    model = scripted_model("hermes", '<tool_call>\n{"name": "get_weather_async", "arguments": {"city": "Paris"}}'
+                                     "\n</tool_call>")
+
+    async def main() -> edgeslm.ToolRun:
+        asyncio.get_running_loop()  # a loop runs in this thread
+        return model.run_tools(ASK, [get_weather_async], max_rounds=1, max_tokens=60, temperature=0,
+                               tool_timeout=tool_timeout)
+
+    run = asyncio.run(main())
+    assert [(c.name, c.arguments) for c in run.calls] == [("get_weather_async", {"city": "Paris"})]
+    assert run.messages[-1] == {"role": "tool", "tool_call_id": run.calls[0].id, "name": "get_weather_async",
                                 "content": "sunny in Paris"}

@@ -13,9 +13,10 @@ import enum
 import inspect
 import json
 import re
+import threading
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,13 +62,40 @@ class Tool:
         kwargs = {k: _convert(self.hints.get(k, Any), v) for k, v in arguments.items()}
         result = self.fn(**kwargs)
         if inspect.isawaitable(result):
-            import asyncio
-
-            async def _await() -> Any:
-                return await result
-
-            result = asyncio.run(_await())
+            result = _run_awaitable(result)
         return result
+
+
+def _run_awaitable(awaitable: Awaitable[Any]) -> Any:
+    """Await *awaitable* to completion from synchronous code and return its result.
+
+    With no event loop running in this thread, ``asyncio.run``. Inside a running loop (``run_tools``
+    called from ``async`` code) ``asyncio.run`` would raise, and the caller's loop cannot be
+    re-entered, so the awaitable runs in a fresh event loop on a worker thread while this thread
+    waits for it. It must therefore not depend on the caller's loop (futures or locks made there)."""
+    import asyncio
+
+    async def _await() -> Any:
+        return await awaitable
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # no loop running in this thread
+        return asyncio.run(_await())
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(_await())
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name="edgeslm-async-tool", daemon=True)
+    worker.start()
+    worker.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def tool(
