@@ -235,8 +235,10 @@ def _run(args: argparse.Namespace) -> int:
                     per = max(1, args.limit // len(CATEGORIES)) if args.limit else (1 if args.quick else 10)
                     passes = tuple(args.bfcl_passes or (("auto",) if args.quick else ("auto", "named", "required")))
                     job = bar.add_task(f"bfcl · {model}", total=len(passes))
+                    # --quick bounds the peer's runaway argument completions (seen at 170 s) to 30 s
                     r = res["bfcl"] = bfcl_bench(model, per_category=per, n_threads=args.threads, peer=peer,
-                                                 passes=passes, progress=lambda _r, j=job: bar.advance(j))
+                                                 passes=passes, peer_timeout_s=30.0 if args.quick else 120.0,
+                                                 progress=lambda _r, j=job: bar.advance(j))
                     for key, system in (("edgeslm", EDGESLM), ("peer", "llama-cpp-python chatml-function-calling")):
                         s = r.get(key)
                         if s:

@@ -153,12 +153,13 @@ def onnx_bench(
     reps: int = 5,
     n_threads: int = 2,
     max_tokens: int = 256,
+    warmup: bool = True,
     tick: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Decode (edgeslm vs onnxruntime-genai on the ONNX folder) and extraction latency on *examples*
     through the ONNX and the llama.cpp variant of the same model, alternating item by item (which
     backend goes first alternates too), so drift in a shared machine's speed falls on both alike.
-    One untimed extraction per backend first: its one-off setup is not latency."""
+    With *warmup*, one untimed extraction per backend first: its one-off setup is not latency."""
     import edgeslm
 
     from .task import _summary
@@ -180,7 +181,7 @@ def onnx_bench(
         if examples:
             llama_model = edgeslm.load(model_ref, n_ctx=4096, n_threads=n_threads)
             try:
-                for m in (onnx_model, llama_model):  # first-call setup (grammar tables) is not latency
+                for m in (onnx_model, llama_model) if warmup else ():  # first-call setup is not latency
                     _extract_row(m, examples[0], max_tokens)
                 for i, ex in enumerate(examples):
                     order = (("onnx", onnx_model), ("llama.cpp", llama_model))
