@@ -18,6 +18,7 @@ Hierarchy::
     ├── ExtractionFailed          no output validated after the allowed retries
     ├── ToolCallError             a tool call could not be produced or executed
     ├── EscalationError           the escalation target's answer was missing or rejected
+    ├── MissingExtraError         a feature needs an optional extra (pip install "edgeslm[...]")
     ├── DownloadError             a download failed (network, HTTP, disk)
     │   ├── GatedModelError       the Hub repo needs a token / licence acceptance
     │   └── DiskFullError         not enough free disk for the download
@@ -40,6 +41,7 @@ __all__ = [
     "GenerationError",
     "InsufficientMemoryError",
     "InvalidRequestError",
+    "MissingExtraError",
     "ModelClosedError",
     "ModelNotFoundError",
     "OfflineError",
@@ -139,6 +141,10 @@ class ToolCallError(EdgeSLMError):
 
 class EscalationError(EdgeSLMError):
     """The escalation target gave no usable answer (the local answer stands; see ``escalation_error``)."""
+
+
+class MissingExtraError(EdgeSLMError):
+    """A feature needs an optional extra that is not installed; the hint names the ``pip install``."""
 
 
 class DownloadError(EdgeSLMError):

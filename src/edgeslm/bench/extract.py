@@ -204,8 +204,12 @@ def extraction_bench(
     # compare wall time on the jobs both finished (the peer crashed on some)
     both = [i for i in range(len(jobs)) if peer.get(i, ("<crash>", None))[1] is not None]
     ratio_wall = sum(ours[i]["s"] for i in both) / max(1e-9, sum(peer[i][1] for i in both))
-    overhead = grammar_overhead(model)
-    ttft = prefix_reuse(model)
+    t_parts = time.perf_counter()
+    # --quick: fewer timed masks, compiles and prefix-reuse pairs (same figures, smaller samples)
+    overhead = grammar_overhead(model, n=50 if quick else 200, compile_sample=20 if quick else 100)
+    t_overhead = time.perf_counter() - t_parts
+    ttft = prefix_reuse(model, reps=2 if quick else 5)
+    t_prefix = time.perf_counter() - t_parts - t_overhead
     model.close()
     return {
         "schemas": len(jobs),
@@ -225,11 +229,15 @@ def extraction_bench(
         if ratio_unconstrained else None,
         **overhead,
         **ttft,
+        "part_seconds": {"grammar_overhead": round(t_overhead, 1), "prefix_reuse": round(t_prefix, 1)},
     }
 
 
-def grammar_overhead(model: Any, n: int = 200) -> dict[str, Any]:
-    """Mask + sample cost per token (µs) for this model's vocabulary and for Gemma 3's 262k one."""
+def grammar_overhead(
+    model: Any, n: int = 200, *, compile_sample: int = 100, other_vocab: bool = True
+) -> dict[str, Any]:
+    """Mask + sample cost per token (µs) for this model's vocabulary and (with *other_vocab*) for
+    Gemma 3's 262k one; cold schema compile time over *compile_sample* JSONSchemaBench schemas."""
     import numpy as np
 
     from edgeslm.api.extract import prepare_schema
@@ -239,13 +247,14 @@ def grammar_overhead(model: Any, n: int = 200) -> dict[str, Any]:
     out: dict[str, Any] = {}
     schema = {"type": "object", "properties": {"notes": {"type": "string"}}, "required": ["notes"]}
     plan = prepare_schema(schema, max_string=100000)
-    models = [("mask_us_per_token_" + model.name, model)]
-    try:
-        import edgeslm
+    import edgeslm
 
-        models.append(("mask_us_per_token_gemma-3-270m", edgeslm.load("gemma-3-270m", n_ctx=512)))
-    except edgeslm.EdgeSLMError:
-        pass
+    models = [("mask_us_per_token_" + model.name, model)]
+    if other_vocab:
+        try:
+            models.append(("mask_us_per_token_gemma-3-270m", edgeslm.load("gemma-3-270m", n_ctx=512)))
+        except edgeslm.EdgeSLMError:
+            pass
     for key, m in models:
         eng = m._engine
         rng = np.random.default_rng(0)
@@ -272,7 +281,7 @@ def grammar_overhead(model: Any, n: int = 200) -> dict[str, Any]:
 
     tok = constrain.constraints(model._engine).tokenizer
     comp = []
-    for r in sample(load_corpus(), 100):
+    for r in sample(load_corpus(), compile_sample):
         for cached in (support._check_cached, grammar._grammar_cached, support._pattern_ok, support._number_ok):
             cached.cache_clear()
         fresh = constrain.ConstraintCache.for_tokenizer(tok)  # no compiled grammar kept

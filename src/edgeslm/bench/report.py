@@ -3,22 +3,25 @@ baseline from the same run, the ratios, and a cost view built from the figures j
 
 The JSON written by ``--json`` has ``schema_version`` 1 and these stable keys (documented in
 ``benchmarks/README.md``): ``machine``, ``records``, ``ratios``, ``cost``, ``assumptions``,
-``sections`` (each section's raw figures).
+``escalation`` (accuracy against share escalated, per model), ``onnx`` (which ONNX variant was
+measured, or why none), ``section_seconds``, ``notes``, ``sections`` (each section's raw figures).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import platform
 import resource
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["CostAssumptions", "Report", "machine_info"]
+__all__ = ["CostAssumptions", "Report", "machine_info", "missing_fields"]
 
 SCHEMA_VERSION = 1
 EDGESLM = "edgeslm"
+LLAMA_CPP = "llama.cpp"
 
 
 def machine_info() -> dict[str, Any]:
@@ -35,6 +38,68 @@ def machine_info() -> dict[str, Any]:
         "versions": {"python": platform.python_version(), **{d: package_version(d) for d in (
             "edgeslm", "llama_cpp_python", "onnxruntime-genai", "llguidance", "numpy")}},
     }
+
+
+# The documented fields of the JSON record (benchmarks/README.md); :func:`missing_fields` checks a record.
+TOP_KEYS = ("schema_version", "started_at", "quick", "machine", "records", "ratios", "cost", "assumptions",
+            "escalation", "onnx", "section_seconds", "notes", "sections")
+MACHINE_KEYS = ("os", "arch", "cpu", "cpu_count", "cpu_features", "ram_total_bytes", "gpus", "llama_gpu_offload",
+                "versions")
+RECORD_KEYS = ("model", "backend", "scenario", "system", "peak_rss_bytes")
+# per scenario: (keys of every record, extra keys of edgeslm's record)
+SCENARIO_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "decode": (("tokens", "decode_tok_s"), ("prompt_tok_s", "ttft_s")),
+    "extract": (("items", "valid_rate", "s_per_item"), ()),
+    "bfcl": (("items", "valid_rate", "accuracy", "s_per_item", "calls"), ()),
+    "task": (("items", "valid_rate", "accuracy", "field_accuracy", "latency_p50_s", "latency_p95_s", "s_per_item",
+              "completion_tokens_mean", "prompt_tokens_mean"), ()),
+    "extract_latency": (("items", "valid_rate", "accuracy", "latency_p50_s", "latency_p95_s", "s_per_item"), ()),
+}
+RATIO_KEYS = ("model", "backend", "scenario", "metric", "edgeslm", "baseline", "baseline_system", "ratio")
+COST_KEYS = ("model", "scenario", "this_device", "gpu_server", "frontier_api")
+ESCALATION_KEYS = ("model", "system", "source", "items", "invalid", "local_accuracy", "budget",
+                   "cloud_accuracy_assumed", "calibration", "curve", "cloud")
+CALIBRATION_KEYS = ("available", "score", "method", "auroc", "ece", "threshold", "threshold_confidence",
+                    "share_escalated_out_of_fold", "errors_caught_out_of_fold", "warnings")
+CURVE_KEYS = ("share", "escalated", "share_escalated", "accuracy", "local_errors_caught", "threshold",
+              "threshold_confidence", "cloud_answers_used", "budgeted")
+CLOUD_KEYS = ("url", "model", "asked", "answered", "right", "latency_p50_s", "errors", "rows")
+ONNX_KEYS = {True: ("model", "available", "folder", "found", "load_s"), False: ("model", "available", "why")}
+
+
+def missing_fields(doc: dict[str, Any]) -> list[str]:
+    """The documented fields a ``--json`` record lacks (empty when it is complete)."""
+    miss = [k for k in TOP_KEYS if k not in doc]
+    miss += [f"machine.{k}" for k in MACHINE_KEYS if k not in doc.get("machine", {})]
+    for i, r in enumerate(doc.get("records", [])):
+        every, ours = SCENARIO_KEYS.get(r.get("scenario"), ((), ()))
+        want = RECORD_KEYS + every + (ours if r.get("system") == EDGESLM else ())
+        miss += [f"records[{i}].{k}" for k in want if k not in r]
+    for name, keys, rows in (("ratios", RATIO_KEYS, doc.get("ratios", [])), ("cost", COST_KEYS, doc.get("cost", [])),
+                             ("escalation", ESCALATION_KEYS, doc.get("escalation", []))):
+        miss += [f"{name}[{i}].{k}" for i, r in enumerate(rows) for k in keys if k not in r]
+    for i, v in enumerate(doc.get("escalation", [])):
+        cal = v.get("calibration") or {}
+        miss += [f"escalation[{i}].calibration.{k}" for k in (CALIBRATION_KEYS if cal.get("available") else
+                                                              ("available",)) if k not in cal]
+        miss += [f"escalation[{i}].curve[{j}].{k}" for j, p in enumerate(v.get("curve", [])) for k in CURVE_KEYS
+                 if k not in p]
+        if v.get("cloud"):
+            miss += [f"escalation[{i}].cloud.{k}" for k in CLOUD_KEYS if k not in v["cloud"]]
+    for i, o in enumerate(doc.get("onnx", [])):
+        miss += [f"onnx[{i}].{k}" for k in ONNX_KEYS[bool(o.get("available"))] if k not in o]
+    return miss
+
+
+def _finite(v: Any) -> Any:
+    """NaN and infinities as ``null``: the record stays strict JSON."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
 
 
 def peak_rss_bytes() -> int:
@@ -55,6 +120,8 @@ class CostAssumptions:
     gpu_server_usd_per_hour: float = 1.20  # a rented single-GPU server
     api_usd_per_m_input: float = 0.15  # a small frontier API model, per million tokens
     api_usd_per_m_output: float = 0.60
+    escalation_budget: float = 0.05  # the share the escalation view fits its threshold for
+    cloud_accuracy: float = 1.0  # escalation view: chance the cloud model is right (unless measured)
 
 
 @dataclass
@@ -68,9 +135,12 @@ class Report:
     notes: list[str] = field(default_factory=list)
     started_at: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     assumptions: CostAssumptions = field(default_factory=CostAssumptions)
+    escalation: list[dict[str, Any]] = field(default_factory=list)
+    onnx: list[dict[str, Any]] = field(default_factory=list)
+    section_seconds: dict[str, float] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ records
-    def add(self, model: str, scenario: str, system: str, backend: str = "llama.cpp", **figures: Any) -> None:
+    def add(self, model: str, scenario: str, system: str, backend: str = LLAMA_CPP, **figures: Any) -> None:
         self.records.append({"model": model, "backend": backend, "scenario": scenario, "system": system,
                              "peak_rss_bytes": peak_rss_bytes(), **figures})
 
@@ -82,6 +152,11 @@ class Report:
             rows = [r for r in self.records if (r["model"], r["backend"], r["scenario"]) == (model, backend, scenario)]
             ours = next((r for r in rows if r["system"] == EDGESLM), None)
             base = next((r for r in rows if r["system"] != EDGESLM), None)
+            if ours is not None and base is None and backend != LLAMA_CPP:
+                # another backend with no peer of its own (ONNX extraction): edgeslm on llama.cpp, same items
+                base = next((dict(r, system=f"{EDGESLM} on {LLAMA_CPP}") for r in self.records
+                             if (r["model"], r["backend"], r["scenario"], r["system"])
+                             == (model, LLAMA_CPP, scenario, EDGESLM)), None)
             if ours is None or base is None:
                 continue
             for metric in ("decode_tok_s", "latency_p50_s", "latency_p95_s", "s_per_item", "valid_rate", "accuracy"):
@@ -123,9 +198,11 @@ class Report:
 
     # ------------------------------------------------------------------ output
     def to_json(self) -> dict[str, Any]:
-        return {"schema_version": SCHEMA_VERSION, "started_at": self.started_at, "quick": self.quick,
-                "machine": self.machine, "records": self.records, "ratios": self.ratios(), "cost": self.cost(),
-                "assumptions": asdict(self.assumptions), "notes": self.notes, "sections": self.sections}
+        return _finite({
+            "schema_version": SCHEMA_VERSION, "started_at": self.started_at, "quick": self.quick,
+            "machine": self.machine, "records": self.records, "ratios": self.ratios(), "cost": self.cost(),
+            "assumptions": asdict(self.assumptions), "escalation": self.escalation, "onnx": self.onnx,
+            "section_seconds": self.section_seconds, "notes": self.notes, "sections": self.sections})
 
     def tables(self) -> list[tuple[str, list[str], list[list[str]]]]:
         """(title, header, rows) for each table; rendered by rich or as Markdown."""
@@ -137,19 +214,22 @@ class Report:
             ["GPU", gpus], ["OS", f"{m['os']} {m['arch']}"],
             ["versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)],
         ]))
-        ratio = {(r["model"], r["scenario"], r["metric"]): r["ratio"] for r in self.ratios()}
+        ratios = {(r["model"], r["backend"], r["scenario"], r["metric"]): r for r in self.ratios()}
 
         def f(v: Any, fmt: str = "{:.2f}") -> str:
             return "-" if v is None else fmt.format(v)
 
+        def ratio(r: dict[str, Any], metric: str) -> str:
+            x = ratios.get((r["model"], r["backend"], r["scenario"], metric)) if r["system"] == EDGESLM else None
+            return "-" if x is None else f"{x['ratio']:.3f}"
+
         speed = [r for r in self.records if r["scenario"] == "decode"]
         if speed:
-            rows = [[r["model"], r["system"], f(r.get("decode_tok_s"), "{:.1f}"), f(r.get("prompt_tok_s"), "{:.0f}"),
-                     f(r.get("ttft_s"), "{:.3f}"),
-                     f(ratio.get((r["model"], "decode", "decode_tok_s")) if r["system"] == EDGESLM else None, "{:.3f}")]
+            rows = [[r["model"], r["backend"], r["system"], f(r.get("decode_tok_s"), "{:.1f}"),
+                     f(r.get("prompt_tok_s"), "{:.0f}"), f(r.get("ttft_s"), "{:.3f}"), ratio(r, "decode_tok_s")]
                     for r in speed]
-            out.append(("Decode speed (greedy, same prompt and threads)",
-                        ["model", "system", "decode tok/s", "prompt tok/s", "TTFT s", "ratio"], rows))
+            out.append(("Decode speed (greedy, same prompt and threads; ratio: edgeslm / the baseline below it)",
+                        ["model", "backend", "system", "decode tok/s", "prompt tok/s", "TTFT s", "ratio"], rows))
         for scenario, title in (("extract", "Structured extraction (JSONSchemaBench sample)"),
                                 ("task", "Your task: accuracy and latency"), ("bfcl", "Tool calls (BFCL, auto)")):
             recs = [r for r in self.records if r["scenario"] == scenario]
@@ -157,8 +237,7 @@ class Report:
                 continue
             rows = [[r["model"], r["system"], str(r.get("items", "-")), f(r.get("valid_rate"), "{:.0%}"),
                      f(r.get("accuracy"), "{:.0%}"), f(r.get("latency_p50_s")), f(r.get("latency_p95_s")),
-                     f(r.get("s_per_item")),
-                     f(ratio.get((r["model"], scenario, "s_per_item")) if r["system"] == EDGESLM else None, "{:.3f}")]
+                     f(r.get("s_per_item")), ratio(r, "s_per_item")]
                     for r in recs]
             out.append((title, ["model", "system", "items", "valid", "accuracy", "p50 s", "p95 s", "s/item",
                                 "time ratio"], rows))
@@ -167,6 +246,42 @@ class Report:
                 names = sorted({k for _, _, fa in fields for k in fa})
                 out.append((f"{title}: accuracy per field", ["model", "system", *names],
                             [[mo, sy, *[f(fa.get(k), "{:.0%}") for k in names]] for mo, sy, fa in fields]))
+        lat = [r for r in self.records if r["scenario"] == "extract_latency"]
+        if lat:
+            out.append(("Extraction by backend (same items, alternating; time ratio: ONNX / llama.cpp)",
+                        ["model", "backend", "items", "valid", "accuracy", "p50 s", "p95 s", "s/item", "time ratio"],
+                        [[r["model"], r["backend"], str(r.get("items", "-")), f(r.get("valid_rate"), "{:.0%}"),
+                          f(r.get("accuracy"), "{:.0%}"), f(r.get("latency_p50_s")), f(r.get("latency_p95_s")),
+                          f(r.get("s_per_item")), ratio(r, "s_per_item")] for r in lat]))
+        for v in self.escalation:
+            cal = v["calibration"]
+            cloud = v.get("cloud")
+            if cloud:
+                how = (f"cloud answers measured: {cloud['model']} at {cloud['url']}, {cloud['right']} of "
+                       f"{cloud['asked']} right, {cloud['asked'] - cloud['answered']} failed (local answer kept)")
+            else:
+                how = f"assumption: the cloud model is right with probability {v['cloud_accuracy_assumed']:g}"
+            rows = []
+            for p in v["curve"]:
+                rows.append([f"{p['share'] * 100:g} %",
+                             f"{p['escalated']} of {v['items']}", f(p["share_escalated"], "{:.1%}"),
+                             f(p["accuracy"], "{:.1%}"), f(p["local_errors_caught"], "{:.0%}"),
+                             f(p["threshold"], "{:.4f}"), f(p["threshold_confidence"], "{:.3f}"),
+                             "<- budget" if p["budgeted"] else ""])
+            out.append((f"Escalation ({v['model']}, {v['source']}): accuracy against share escalated; {how}",
+                        ["budget", "escalated", "share", "accuracy", "errors caught", "threshold (raw)",
+                         "threshold (calibrated)", ""], rows))
+            if cal.get("available"):
+                out.append((f"Escalation ({v['model']}): calibrated confidence", ["measure", "value"], [
+                    ["items (no valid local answer)", f"{v['items']} ({v['invalid']})"],
+                    ["local accuracy", f(v["local_accuracy"], "{:.1%}")],
+                    [f"AUROC of '{cal['score']}' for 'all fields right'", f(cal["auroc"], "{:.3f}")],
+                    [f"ECE, {cal['method']} calibrated, out of fold", f(cal["ece"], "{:.3f}")],
+                    [f"share escalated at the {v['budget'] * 100:g} % budget, out of fold",
+                     f(cal["share_escalated_out_of_fold"], "{:.1%}")],
+                    ["local errors caught at the budget, out of fold", f(cal["errors_caught_out_of_fold"], "{:.0%}")],
+                    *[["warning", w] for w in cal["warnings"]],
+                ]))
         cost = self.cost()
         if cost:
             a = self.assumptions
@@ -178,7 +293,9 @@ class Report:
                                  f(d["latency_p50_s"]), d["data_goes"]])
             out.append((f"Cost for {a.requests_per_day:,} requests a day (assumptions below; latency measured here)",
                         ["model", "where", "per month", "p50 s", "data goes to"], rows))
-            out.append(("Assumptions", ["assumption", "value"], [[k, str(v)] for k, v in asdict(a).items()]))
+        if cost or self.escalation:
+            out.append(("Assumptions (options; every speed and accuracy above is measured)", ["assumption", "value"],
+                        [[k, str(v)] for k, v in asdict(self.assumptions).items()]))
         return out
 
     def render(self, console: Any) -> None:
