@@ -126,22 +126,9 @@ def onnx_decode_speed(model: Any, n_tokens: int = 128, reps: int = 5,
 
 
 def _extract_row(model: Any, ex: Mapping[str, Any], max_tokens: int) -> dict[str, Any]:
-    import edgeslm
+    from .task import extract_row
 
-    from .task import score
-
-    t = time.perf_counter()
-    row: dict[str, Any] = {"id": ex["id"], "valid": False, "exact": False, "tokens": None}
-    try:
-        x = model.extract(ex["text"], ex["schema"], temperature=0, max_tokens=max_tokens)
-        row.update(valid=True, tokens=x.usage.completion_tokens, confidence=x.confidence,
-                   prompt_tokens=x.usage.prompt_tokens)
-        row["exact"], row["fields"] = score(x.data, ex["expected"])
-    except edgeslm.EdgeSLMError as e:
-        row["error"] = type(e).__name__
-    row["s"] = time.perf_counter() - t
-    row.setdefault("fields", score(None, ex["expected"])[1])
-    return row
+    return extract_row(model, ex, max_tokens)
 
 
 def onnx_bench(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -115,18 +115,7 @@ def task_bench(model_ref: str, examples: list[TaskExample], *, n_threads: int = 
     jobs = []
     try:
         for i, ex in enumerate(examples):
-            t = time.perf_counter()
-            row: dict[str, Any] = {"id": ex["id"], "valid": False, "exact": False, "tokens": None}
-            try:
-                x = model.extract(ex["text"], ex["schema"], temperature=0, max_tokens=max_tokens)
-                row.update(valid=True, tokens=x.usage.completion_tokens, confidence=x.confidence,
-                           prompt_tokens=x.usage.prompt_tokens)
-                row["exact"], row["fields"] = score(x.data, ex["expected"])
-            except edgeslm.EdgeSLMError as e:
-                row["error"] = type(e).__name__
-            row["s"] = time.perf_counter() - t
-            row.setdefault("fields", score(None, ex["expected"])[1])
-            mine.append(row)
+            mine.append(extract_row(model, ex, max_tokens))
             msgs = extraction_messages(ex["text"], ex["schema"])
             jobs.append((ex["schema"], msgs[0]["content"], msgs[-1]["content"]))
             if tick:
@@ -154,3 +143,21 @@ def task_bench(model_ref: str, examples: list[TaskExample], *, n_threads: int = 
         out["peer"] = {"name": "llama-cpp-python response_format (GBNF)", **_summary(theirs)}
         out["rows"]["peer"] = theirs
     return out
+
+
+def extract_row(model: Any, ex: Mapping[str, Any], max_tokens: int) -> dict[str, Any]:
+    """One example through ``model.extract``, scored: validity, exact match, fields, tokens, seconds."""
+    import edgeslm
+
+    t = time.perf_counter()
+    row: dict[str, Any] = {"id": ex["id"], "valid": False, "exact": False, "tokens": None}
+    try:
+        x = model.extract(ex["text"], ex["schema"], temperature=0, max_tokens=max_tokens)
+        row.update(valid=True, tokens=x.usage.completion_tokens, confidence=x.confidence,
+                   prompt_tokens=x.usage.prompt_tokens)
+        row["exact"], row["fields"] = score(x.data, ex["expected"])
+    except edgeslm.EdgeSLMError as e:
+        row["error"] = type(e).__name__
+    row["s"] = time.perf_counter() - t
+    row.setdefault("fields", score(None, ex["expected"])[1])
+    return row
