@@ -348,27 +348,36 @@ class Model:
         )
 
     def extract_many(
-        self, texts: Iterable[str], schema: Any, *, progress: bool = False, **extract_kwargs: Any
+        self, texts: Iterable[str], schema: Any, *, batch_size: int | None = None, progress: bool = False,
+        **extract_kwargs: Any,
     ) -> list[Extraction | EdgeSLMError]:
         """:meth:`extract` for many documents: results in input order, each an :class:`Extraction`
         or the :class:`EdgeSLMError` of that item (a text longer than the context, no valid
         output...), so one bad document never loses the batch. A schema that cannot be served
-        raises at once. ``progress=True`` shows a progress bar with items/s. Other keyword
-        arguments are those of :meth:`extract`. The shared prompt prefix (instructions, schema,
-        examples) is evaluated once and kept in the KV cache."""
+        raises at once. Other keyword arguments are those of :meth:`extract`.
+
+        Up to ``batch_size`` items decode together in one context of the engine, each with its own
+        grammar, retries and validation (``None``: as many KV caches as fit a quarter of the free
+        memory, at most 8; ``1``: one at a time). A prompt prefix the items share (instructions,
+        schema, examples) is evaluated once. Greedy results are those of :meth:`extract`, except
+        where the model hesitates between two tokens (an engine rounds a batch differently). Engines
+        that hold one sequence per context (ONNX Runtime GenAI) run one item at a time.
+        ``progress=True`` shows a progress bar with items/s."""
         out: dict[int, Extraction | EdgeSLMError] = {}
-        for i, r in self.extract_iter(texts, schema, progress=progress, **extract_kwargs):
+        for i, r in self.extract_iter(texts, schema, batch_size=batch_size, progress=progress, **extract_kwargs):
             out[i] = r
         return [out[i] for i in range(len(out))]
 
     def extract_iter(
-        self, texts: Iterable[str], schema: Any, *, progress: bool = False, **extract_kwargs: Any
+        self, texts: Iterable[str], schema: Any, *, batch_size: int | None = None, progress: bool = False,
+        **extract_kwargs: Any,
     ) -> Iterator[tuple[int, Extraction | EdgeSLMError]]:
-        """Like :meth:`extract_many`, yielding ``(index, result)`` as each item finishes (texts may
-        be any iterable, read lazily, e.g. lines of a file)."""
+        """Like :meth:`extract_many`, yielding ``(index, result)`` as each item finishes (not in input
+        order when items decode together); *texts* may be any iterable, read lazily (lines of a file).
+        The model is held until the iterator is exhausted or closed."""
         from .batch import extract_iter
 
-        return extract_iter(self, texts, schema, progress=progress, **extract_kwargs)
+        return extract_iter(self, texts, schema, batch_size=batch_size, progress=progress, **extract_kwargs)
 
     def _escalation(self, escalation: Any) -> Any:
         """The escalation of one call: its own, the model's (``None``), or none (``False``)."""

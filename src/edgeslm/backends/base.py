@@ -16,6 +16,8 @@ keeps one KV cache per sequence id ``0 .. max_sequences-1`` (sequence 0 is the o
 several sequences in one engine call, after which ``logits_of(seq)`` holds each one's next-token
 logits; ``seq_copy(src, dst, n)`` shares the first ``n`` cached tokens of one sequence with another
 (a common prompt prefix is evaluated once), ``seq_trim`` and ``seq_tokens`` work per sequence.
+``fork(n_seq, n_ctx)`` opens such a context on the same weights next to the single-sequence one
+(``Model.extract_many`` does, for the duration of the call).
 
 Backends are not thread-safe; :class:`edgeslm.Model` serializes calls.
 A new engine (MLX, an NPU runtime) is one module implementing this class and describing itself
@@ -127,6 +129,23 @@ class Backend(ABC):
     def seq_copy(self, src: int, dst: int, n: int) -> None:
         """Make sequence *dst* hold the first *n* cached tokens of *src* (shared, not recomputed)."""
         raise NotImplementedError(f"{self.name} holds one sequence per context")
+
+    def fork(self, n_seq: int, n_ctx: int) -> Backend:
+        """A new context on the same weights with *n_seq* sequences sharing a KV cache of *n_ctx*
+        tokens, for batched decoding (its ``max_sequences`` is *n_seq*). It shares this backend's
+        vocabulary (:attr:`vocab_owner`) and is closed with it at the latest; close it when done.
+        Engines that cannot hold several sequences raise ``NotImplementedError``."""
+        raise NotImplementedError(f"{self.name} holds one sequence per context")
+
+    @property
+    def vocab_owner(self) -> Backend:
+        """The backend whose vocabulary this one uses (itself, unless it is a :meth:`fork` or a
+        view of another): constrained decoding keeps one tokenizer and grammar cache per owner."""
+        return self
+
+    def kv_bytes_per_token(self) -> int:
+        """KV cache bytes one token of context takes (0 when unknown)."""
+        return 0
 
     def _only_seq0(self, seq: int) -> None:
         if seq != 0:

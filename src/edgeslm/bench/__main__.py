@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-SECTIONS = ("speed", "extract", "bfcl", "task", "onnx")
+SECTIONS = ("speed", "extract", "bfcl", "task", "batch", "onnx")
 
 
 def _console(stderr: bool = False) -> Any:
@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-peer", action="store_true", help="skip the llama-cpp-python baseline")
     p.add_argument("--bfcl-passes", nargs="+", default=None, choices=["auto", "named", "required"],
                    help="bfcl: tool_choice passes to run (default: auto; all three without --quick)")
+    p.add_argument("--batch-size", type=int, default=8, help="batch: sequences decoded together (default 8)")
+    p.add_argument("--batch-task", default="contacts", help="batch: the labeled task whose documents are used")
     p.add_argument("--requests-per-day", type=int, default=None, help="cost view: daily volume")
     p.add_argument("--device-cost", type=float, default=None, help="cost view: price of this device, USD")
     p.add_argument("--gpu-server-hourly", type=float, default=None, help="cost view: rented GPU server, USD/h")
@@ -270,6 +272,26 @@ def _run(args: argparse.Namespace) -> int:
                 report.escalation.append(_escalation(args, model, task_examples, r["rows"]["edgeslm"],
                                                      task_source, report, bar))
                 timed("escalation", model, t0)
+            if "batch" in sections:
+                from .batch import batch_bench, batch_documents
+
+                t0 = time.perf_counter()
+                try:
+                    schema, docs = batch_documents(args.limit or (8 if args.quick else 64), args.batch_task)
+                except Exception as exc:  # the labeled set ships with the repository, not the wheel
+                    report.notes.append(f"batch: labeled set not available: {exc}")
+                else:
+                    job = bar.add_task(f"batch · {model}", total=2 * len(docs))
+                    r = res["batch"] = batch_bench(model, schema, docs, n_threads=args.threads, peer=peer,
+                                                   batch_size=args.batch_size,
+                                                   tick=lambda k, j=job: bar.update(j, completed=k))
+                    report.add(model, "batch", EDGESLM, **r["extract_many"], batch_size=r["batch_size"],
+                               decode_gain=r["decode_gain"], greedy_same=r["greedy_same"])
+                    report.add(model, "batch", "edgeslm extract, one at a time", **r["one_at_a_time"])
+                    if r.get("peer"):
+                        report.add(model, "batch", "llama-cpp-python response_format", **r["peer"])
+                    report.notes.append(f"batch: {len(docs)} documents of benchmarks/labeled/{args.batch_task}")
+                    timed("batch", model, t0)
             if "onnx" in sections:
                 from .onnx import OG_LOOP, find_onnx, onnx_bench
 

@@ -129,7 +129,9 @@ _CACHES_LOCK = threading.Lock()
 
 
 def constraints(backend: Backend) -> ConstraintCache:
-    """The :class:`ConstraintCache` of *backend* (made on first use, kept while the backend lives)."""
+    """The :class:`ConstraintCache` of *backend* (made on first use, kept while the backend lives);
+    backends sharing one vocabulary (:attr:`~edgeslm.backends.base.Backend.vocab_owner`) share it."""
+    backend = backend.vocab_owner
     cache = _CACHES.get(backend)
     if cache is None:
         with _CACHES_LOCK:
@@ -155,7 +157,10 @@ def _alive(ref: weakref.ref[Backend]) -> Backend:
 
 def release(backend: Backend) -> None:
     """Free what constrained decoding kept for *backend* (call before closing it: llama.cpp's
-    llguidance tokenizer points into the engine's vocabulary)."""
+    llguidance tokenizer points into the engine's vocabulary). A backend that uses another's
+    vocabulary (a fork, a view) releases nothing: its owner's state stays."""
+    if backend.vocab_owner is not backend:
+        return
     with _CACHES_LOCK:
         cache = _CACHES.pop(backend, None)
     if cache is not None:

@@ -1,0 +1,123 @@
+"""extract_many with several sequences decoding together in one llama.cpp context (real SmolLM2)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psutil
+import pytest
+
+import edgeslm
+from edgeslm.api import batch
+
+from .conftest import requires_smollm2
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "city": {"type": "string"}},
+    "required": ["name", "age", "city"],
+}
+NAMES = ["Alice", "Bob", "Carla", "Dmitri", "Eve", "Farid", "Gina", "Hiro", "Ines", "Jack", "Kemal", "Lena"]
+CITIES = ["Paris", "Oslo", "Lima", "Kyoto", "Cairo", "Quito", "Riga", "Turin"]
+TEXTS = [f"{n} is {20 + 3 * i} years old and lives in {CITIES[i % 8]}." for i, n in enumerate(NAMES)]
+#: Where greedy decoding may take the other token in a batch: the engine rounds a batch of several
+#: sequences differently, so only a choice the model nearly tied on (top-two probabilities closer
+#: than this somewhere in the output) can come out differently.
+NEAR_TIE = 0.1
+
+
+@requires_smollm2
+def test_batched_results_are_those_of_extract_one_by_one(smollm2) -> None:
+    one = [smollm2.extract(t, SCHEMA) for t in TEXTS]
+    before = threading.active_count()
+    got = smollm2.extract_many(TEXTS, SCHEMA, batch_size=4)
+    assert threading.active_count() == before  # workers and the engine thread are gone
+    assert len(got) == len(TEXTS)
+    same = 0
+    for text, a, b in zip(TEXTS, one, got, strict=True):
+        assert isinstance(b, edgeslm.Extraction), b
+        assert set(b.data) == {"name", "age", "city"} and 0 < b.confidence <= 1
+        assert b.usage.completion_tokens > 0 and b.attempts >= 1
+        if a.data["name"] in text:  # each sequence reads its own document, not a neighbour's
+            assert b.data["name"] in text
+        if a.data == b.data:
+            same += 1
+        else:
+            assert a.scores["min_margin"] < NEAR_TIE, (a.data, b.data, a.scores)
+    assert same >= len(TEXTS) * 3 // 4
+
+
+@requires_smollm2
+def test_one_bad_item_in_a_batch_is_an_error_in_its_slot(smollm2) -> None:
+    texts = [TEXTS[0], "word " * 3000, TEXTS[1], 7, TEXTS[2]]
+    got = smollm2.extract_many(texts, SCHEMA, batch_size=3)
+    assert [type(r).__name__ for r in got] == ["Extraction", "ContextLengthError", "Extraction",
+                                               "InvalidRequestError", "Extraction"]
+    assert got[0].data["name"] == "Alice" and got[4].data["name"] == "Carla"
+
+
+@requires_smollm2
+def test_leaving_extract_iter_early_releases_the_model(smollm2) -> None:
+    before = threading.active_count()
+    it = smollm2.extract_iter(iter(TEXTS), SCHEMA, batch_size=4)
+    first = next(it)
+    assert first[0] in range(len(TEXTS)) and isinstance(first[1], edgeslm.Extraction)
+    it.close()  # the workers finish the items they hold, then the context is freed
+    assert threading.active_count() == before
+    assert smollm2.extract(TEXTS[0], SCHEMA).data["name"] == "Alice"  # the lock was given back
+
+
+@requires_smollm2
+def test_peak_memory_stays_within_the_kv_cache_planned_for_the_batch(smollm2) -> None:
+    engine = smollm2._engine
+    n = 8
+    planned = batch.planned_bytes(engine, n, smollm2.n_ctx)
+    assert planned > engine.kv_bytes_per_token() * n * smollm2.n_ctx > 0
+    proc = psutil.Process()
+    base = proc.memory_info().rss
+    peak = [base]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            time.sleep(0.005)
+
+    w = threading.Thread(target=watch)
+    w.start()
+    try:
+        got = smollm2.extract_many(TEXTS[:8], SCHEMA, batch_size=n)
+    finally:
+        done.set()
+        w.join()
+    assert all(isinstance(r, edgeslm.Extraction) for r in got)
+    # the KV cache of the batch, plus llama.cpp's compute buffers for a batch (at most 64 MiB here)
+    print(f"peak RSS growth {(peak[0] - base) / 2**20:.0f} MiB, planned KV {planned / 2**20:.0f} MiB")
+    assert peak[0] - base <= planned + 64 * 2**20, (peak[0] - base, planned)
+
+
+@requires_smollm2
+def test_automatic_batch_size_follows_memory_and_measured_gain(smollm2) -> None:
+    engine = smollm2._engine
+    per_seq = engine.kv_bytes_per_token() * smollm2.n_ctx
+    fixed = batch.planned_bytes(engine, 0, smollm2.n_ctx)  # the compute buffer
+    assert batch.auto_batch_size(engine, smollm2.n_ctx, available_bytes=per_seq) == 1  # only a quarter of it
+    assert batch.auto_batch_size(engine, smollm2.n_ctx, available_bytes=(per_seq * 3 + fixed) * 4) == 3
+    assert batch.auto_batch_size(engine, smollm2.n_ctx, available_bytes=2**40) == batch.MAX_AUTO_BATCH
+    fork = engine.fork(4, 4 * 256)
+    try:
+        gain = batch.decode_gain(engine, fork, 4)
+        assert all(fork.seq_tokens(s) == [] for s in range(4))  # the probe leaves the context empty
+    finally:
+        fork.close()
+    assert 0.5 < gain < 4.5  # 4 tokens in one step: never more than 4x, and not slower than one by one
+    # batch_size=None runs, batched or not as the measurement says, and returns every item in order
+    got = smollm2.extract_many(TEXTS[:3], SCHEMA)
+    assert len(got) == 3 and got[0].data["name"] == "Alice"
+
+
+@requires_smollm2
+def test_batch_size_is_checked(smollm2) -> None:
+    with pytest.raises(edgeslm.InvalidRequestError, match="batch_size"):
+        smollm2.extract_many(TEXTS, SCHEMA, batch_size=0)
