@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", default=None,
                    help="catalog id or file path; repeat to compare models or quantizations side by side")
-    p.add_argument("--quick", action="store_true", help="every section on small samples (under 2 minutes on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="every section on small samples (about 2 minutes on 2 cores)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", nargs="*", default=None, choices=SECTIONS, help="sections to run (default: all)")
     p.add_argument("--task", default=None, help="your task: JSON Lines of {text, schema, expected[, id]}")
@@ -215,7 +215,7 @@ def _run(args: argparse.Namespace) -> int:
                 from .extract import extraction_bench
 
                 t0 = time.perf_counter()
-                n = args.limit or (6 if args.quick else 120)
+                n = args.limit or (3 if args.quick else 120)
                 job = bar.add_task(f"extract · {model}", total=n)
                 r = res["extract"] = extraction_bench(model, quick=args.quick, n_threads=args.threads, n=n,
                                                       block=max(1, min(10, n)),
@@ -239,7 +239,8 @@ def _run(args: argparse.Namespace) -> int:
                     job = bar.add_task(f"bfcl · {model}", total=len(passes))
                     # --quick bounds the peer's runaway argument completions (seen at 170 s) to 30 s
                     r = res["bfcl"] = bfcl_bench(model, per_category=per, n_threads=args.threads, peer=peer,
-                                                 passes=passes, peer_timeout_s=30.0 if args.quick else 120.0,
+                                                 passes=passes, peer_timeout_s=10.0 if args.quick else 120.0,
+                                                 quick=args.quick, max_tokens=128 if args.quick else 256,
                                                  progress=lambda _r, j=job: bar.advance(j))
                     for key, system in (("edgeslm", EDGESLM), ("peer", "llama-cpp-python chatml-function-calling")):
                         s = r.get(key)
@@ -277,7 +278,7 @@ def _run(args: argparse.Namespace) -> int:
 
                 t0 = time.perf_counter()
                 try:
-                    schema, docs = batch_documents(args.limit or (8 if args.quick else 64), args.batch_task)
+                    schema, docs = batch_documents(args.limit or (4 if args.quick else 64), args.batch_task)
                 except Exception as exc:  # the labeled set ships with the repository, not the wheel
                     report.notes.append(f"batch: labeled set not available: {exc}")
                 else:
@@ -302,7 +303,7 @@ def _run(args: argparse.Namespace) -> int:
                 else:
                     t0 = time.perf_counter()
                     reps = 3 if args.quick else 5
-                    items = _spread(task_examples, args.limit or (4 if args.quick else 20))
+                    items = _spread(task_examples, args.limit or (2 if args.quick else 20))
                     job = bar.add_task(f"onnx · {model}", total=reps + len(items))
                     r = res["onnx"] = onnx_bench(model, folder, items, n_tokens=64 if args.quick else 128,
                                                  reps=reps, n_threads=args.threads,

@@ -393,7 +393,7 @@ def _summary(rows: list[dict], questions: dict[str, dict]) -> dict[str, Any]:
 
 def bfcl_bench(model_ref: str = "smollm2-135m", *, per_category: int = 10, n_threads: int = 2,
                peer: bool = True, max_tokens: int = 256, passes: tuple[str, ...] = ("auto", "named", "required"),
-               peer_timeout_s: float = 120.0, progress: Any = None) -> dict[str, Any]:
+               peer_timeout_s: float = 120.0, progress: Any = None, quick: bool = False) -> dict[str, Any]:
     """Run edgeslm (and the peer) on *per_category* questions of each category. *passes*: ``auto``
     (``tool_choice="auto"``, edgeslm and the peer taking turns by category, plus both prompts' sizes
     with a system message), ``named`` (the first expected function named, both), ``required``
@@ -403,7 +403,9 @@ def bfcl_bench(model_ref: str = "smollm2-135m", *, per_category: int = 10, n_thr
 
     from ..tools import FORMATS
 
-    questions = [(cat, q) for cat in CATEGORIES for q in load(cat, per_category)]
+    # --quick: one question of each of the first three categories
+    cats = CATEGORIES[:3] if quick else CATEGORIES
+    questions = [(cat, q) for cat in cats for q in load(cat, per_category)]
     by_id = {q["id"]: q for _, q in questions}
     model = edgeslm.load(model_ref, n_ctx=4096, n_threads=n_threads)
     path = model.path
@@ -419,8 +421,12 @@ def bfcl_bench(model_ref: str = "smollm2-135m", *, per_category: int = 10, n_thr
         if "auto" in passes:
             mine: list[dict] = []
             theirs: list[dict] = []
-            for i, item in enumerate(questions):  # take turns question by question (who goes first too),
-                if peer and i % 2:                # so drift in the machine's speed falls on both alike
+            if quick:  # one peer process for all questions (a process per question costs a model load each)
+                mine += run_edgeslm(model, questions, max_tokens)
+                if peer:
+                    theirs += run_peer(path, questions, n_threads, max_tokens, timeout_s=peer_timeout_s)
+            for i, item in enumerate([] if quick else questions):  # take turns question by question (who
+                if peer and i % 2:      # goes first too), so drift in the machine's speed falls on both alike
                     theirs += run_peer(path, [item], n_threads, max_tokens, timeout_s=peer_timeout_s)
                 mine += run_edgeslm(model, [item], max_tokens)
                 if peer and not i % 2:
@@ -437,8 +443,10 @@ def bfcl_bench(model_ref: str = "smollm2-135m", *, per_category: int = 10, n_thr
             if peer:
                 result["peer"] = {"name": "llama-cpp-python chatml-function-calling", **_summary(theirs, by_id)}
                 sizes["peer"] = result["peer"]["prompt_tokens"]
-                with_sys = run_peer(path, questions, n_threads, timeout_s=peer_timeout_s, system=True, measure=True)
-                sizes["peer_with_system"] = _mean([r["prompt_tokens"] for r in with_sys])
+                if not quick:  # another pass of the peer, for its prompt size with a system message
+                    with_sys = run_peer(path, questions, n_threads, timeout_s=peer_timeout_s, system=True,
+                                        measure=True)
+                    sizes["peer_with_system"] = _mean([r["prompt_tokens"] for r in with_sys])
                 a, b = result["edgeslm"]["s_per_question"], result["peer"]["s_per_question"]
                 result["time_ratio_auto"] = a / b if a and b else None
             result["prompt_tokens"] = sizes
