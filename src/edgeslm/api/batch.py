@@ -35,6 +35,7 @@ import numpy as np
 
 from .._errors import EdgeSLMError, GenerationError, InvalidRequestError, ModelClosedError
 from ..backends.base import Backend
+from ..decoding.loop import common_prefix
 from .generation import Generation
 from .results import Extraction
 
@@ -68,6 +69,10 @@ def _texts(texts: Iterable[Any]) -> Iterable[Any]:
     return texts
 
 
+def _can_fork(engine: Backend) -> bool:
+    return type(engine).fork is not Backend.fork
+
+
 def planned_bytes(engine: Backend, n: int, n_ctx: int) -> int:
     """Memory a batch of *n* sequences of *n_ctx* tokens takes beyond the model: the KV cache of
     every sequence (the engine allocates and clears it whole) and the engine's compute buffer,
@@ -79,7 +84,7 @@ def auto_batch_size(engine: Backend, n_ctx: int, available_bytes: int | None = N
     """How many sequences to decode at once: as many as :func:`planned_bytes` lets fit in
     :data:`KV_MEMORY_SHARE` of the available memory, at most :data:`MAX_AUTO_BATCH`; 1 when the
     engine cannot hold several sequences."""
-    if type(engine).fork is Backend.fork:
+    if not _can_fork(engine):
         return 1
     if available_bytes is None:
         import psutil
@@ -92,26 +97,27 @@ def auto_batch_size(engine: Backend, n_ctx: int, available_bytes: int | None = N
     return max(1, min(MAX_AUTO_BATCH, int(room // per_seq)))
 
 
-def decode_gain(engine: Backend, fork: Backend, n: int) -> float:
-    """Tokens per second of one decode step of *n* sequences over that of one sequence, measured on
-    *fork* (a context of at least *n* sequences; left empty), best of two; kept per model."""
+def decode_gain(engine: Backend, n: int) -> float:
+    """Tokens per second of one decode step of *n* sequences over that of one sequence, best of two,
+    measured on a small context forked for it (freed after); kept per model."""
     known = _GAINS.setdefault(engine.vocab_owner, {})
     if n in known:
         return known[n]
     tok = engine.bos_id if engine.bos_id is not None else 0
-    start = [tok] * 8
+    fork = engine.fork(n, n * 64)
+    try:
 
-    def step(k: int) -> float:
-        t = time.perf_counter()
-        fork.eval_many([(s, [tok]) for s in range(k)])
-        return time.perf_counter() - t
+        def step(k: int) -> float:
+            t = time.perf_counter()
+            fork.eval_many([(s, [tok]) for s in range(k)])
+            return time.perf_counter() - t
 
-    fork.eval_many([(s, start) for s in range(n)])
-    step(1), step(n)  # warm-up: first use of each batch shape
-    one = min(step(1), step(1))
-    many = min(step(n), step(n))
-    for s in range(n):
-        fork.seq_trim(s, 0)
+        fork.eval_many([(s, [tok] * 8) for s in range(n)])
+        step(1), step(n)  # warm-up: first use of each batch shape
+        one = min(step(1), step(1))
+        many = min(step(n), step(n))
+    finally:
+        fork.close()
     known[n] = gain = n * one / max(many, 1e-9)
     return gain
 
@@ -129,18 +135,16 @@ def extract_iter(
     items = _texts(texts)
     if total is None and isinstance(items, Sequence):
         total = len(items)
+    with model._gen.holding() as engine:  # raises ModelClosedError once closed
+        n = batch_size if batch_size is not None else auto_batch_size(engine, model.n_ctx)
+        if total is not None:
+            n = min(n, max(1, total))
+        if n > 1 and batch_size is None and decode_gain(engine, n) < MIN_DECODE_GAIN:
+            n = 1
+    run = _batched if n > 1 and _can_fork(engine) else _one_by_one
     bar = _Progress(total) if progress else None
-    run = _one_by_one
-    engine = model._engine
-    if engine is None:
-        raise ModelClosedError(f"model {model.name!r} is closed", hint="load it again with edgeslm.load()")
-    n = batch_size if batch_size is not None else auto_batch_size(engine, model.n_ctx)
-    if total is not None:
-        n = min(n, max(1, total))
-    if n > 1 and type(engine).fork is not Backend.fork:
-        run = _batched
     try:
-        for i, result in run(model, items, schema, n, extract_kwargs, batch_size is None):
+        for i, result in run(model, items, schema, n, extract_kwargs):
             if bar is not None:
                 bar.advance(result)
             yield i, result
@@ -161,8 +165,8 @@ def _extract_one(model: Any, i: int, text: Any, schema: Any, kwargs: dict[str, A
         return exc
 
 
-def _one_by_one(model: Any, items: Iterable[Any], schema: Any, n: int, kwargs: dict[str, Any],
-                auto: bool = False) -> Iterator[tuple[int, Result]]:
+def _one_by_one(model: Any, items: Iterable[Any], schema: Any, n: int,
+                kwargs: dict[str, Any]) -> Iterator[tuple[int, Result]]:
     for i, text in enumerate(items):
         yield i, _extract_one(model, i, text, schema, kwargs)
 
@@ -184,9 +188,6 @@ class _Batcher:
         self.active: set[int] = set()
         self.pending: dict[int, list[int]] = {}
         self.errors: dict[int, BaseException] = {}
-        self.rounds = 0
-        self.tokens = 0
-        self.shared = 0
         self._closed = False
         self._thread = threading.Thread(target=self._serve, name="edgeslm-batch-engine", daemon=True)
         self._thread.start()
@@ -249,15 +250,14 @@ class _Batcher:
                 best, src = len(cache), -1
                 for other in range(e.max_sequences):
                     if other != seq:
-                        n = min(_common(e.seq_tokens(other), full), len(full) - 1)
+                        n = min(common_prefix(e.seq_tokens(other), full), len(full) - 1)
                         if n > best:
                             best, src = n, other
                 if src >= 0:
                     e.seq_copy(src, seq, best)
-                    self.shared += best - len(cache)
                     toks = self.pending[seq] = full[best:]
                     cache = e.seq_tokens(seq)
-                if any(_common(f, full) - len(cache) >= SHARE_MIN_TOKENS for f in fulls):
+                if any(common_prefix(f, full) - len(cache) >= SHARE_MIN_TOKENS for f in fulls):
                     continue  # next round: copy it from that sequence
                 fulls.append(full)
             batch.append((seq, toks))
@@ -269,17 +269,7 @@ class _Batcher:
         finally:
             for seq, _ in batch:
                 del self.pending[seq]
-            self.rounds += 1
-            self.tokens += sum(len(t) for _, t in batch)
             self.cv.notify_all()
-
-
-def _common(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class _SeqView(Backend):
@@ -366,28 +356,20 @@ class _SeqGeneration(Generation):
 _DONE = object()
 
 
-def _batched(model: Any, items: Iterable[Any], schema: Any, n: int, kwargs: dict[str, Any],
-             auto: bool = False) -> Iterator[tuple[int, Result]]:
+def _batched(model: Any, items: Iterable[Any], schema: Any, n: int,
+             kwargs: dict[str, Any]) -> Iterator[tuple[int, Result]]:
     from ..decoding.constrain import constraints
 
     main = model._gen
     engine = main.acquire()  # the model is held for the whole batch
     fork: Backend | None = None
     batcher: _Batcher | None = None
-    released = False
     stop = threading.Event()
     threads: list[threading.Thread] = []
     try:
         cache = constraints(engine)  # built once here, not raced by the workers
         _ = cache.tokenizer, cache.closing, cache.eog
         fork = engine.fork(n, n * model.n_ctx)
-        if auto and decode_gain(engine, fork, n) < MIN_DECODE_GAIN:
-            fork.close()
-            fork = None
-            main.release()
-            released = True
-            yield from _one_by_one(model, items, schema, 1, kwargs)
-            return
         batcher = _Batcher(fork)
         source = iter(enumerate(items))
         source_lock = threading.Lock()
@@ -437,8 +419,7 @@ def _batched(model: Any, items: Iterable[Any], schema: Any, n: int, kwargs: dict
             batcher.close()
         if fork is not None:
             fork.close()
-        if not released:
-            main.release()
+        main.release()
 
 
 class _Progress:

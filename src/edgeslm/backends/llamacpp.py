@@ -167,7 +167,6 @@ class LlamaCppBackend(Backend):
         cparams.flash_attn_type = (
             lib.LLAMA_FLASH_ATTN_TYPE_AUTO if n_gpu_layers or n_seq_max > 1 else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
         )
-        self._unified = bool(getattr(cparams, "kv_unified", True))
         ctx = lib.llama_init_from_model(model, cparams)
         if not ctx:
             if self._owns_model:
@@ -222,6 +221,8 @@ class LlamaCppBackend(Backend):
 
     def kv_bytes_per_token(self) -> int:
         """f16 K and V of every layer, from the GGUF header (0 when it does not say)."""
+        from ..runtime.planner import kv_bytes_per_token
+
         meta = self.metadata
         arch = meta.get("general.architecture", "")
 
@@ -231,11 +232,7 @@ class LlamaCppBackend(Backend):
             except ValueError:
                 return 0
 
-        layers, heads, embd = num("block_count"), num("attention.head_count"), num("embedding_length")
-        kv_heads = num("attention.head_count_kv") or heads
-        k_len = num("attention.key_length") or (embd // heads if heads else 0)
-        v_len = num("attention.value_length") or k_len
-        return layers * kv_heads * (k_len + v_len) * 2
+        return kv_bytes_per_token(num)
 
     # ------------------------------------------------------------------ metadata
     def _read_metadata(self) -> dict[str, str]:
@@ -414,11 +411,8 @@ class LlamaCppBackend(Backend):
         s, d = self._seq(src), self._seq(dst)
         n = max(0, min(n, len(s)))
         self._lib.llama_memory_seq_rm(self._mem, dst, 0, -1)
-        if n and self._unified:
+        if n:
             self._lib.llama_memory_seq_cp(self._mem, src, dst, 0, n)
-        elif n:  # one KV stream per sequence: only a whole stream can be copied, then cut
-            self._lib.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
-            self._lib.llama_memory_seq_rm(self._mem, dst, n, -1)
         d[:] = s[:n]
         self._seq_logits.pop(dst, None)
 
@@ -446,9 +440,12 @@ class LlamaCppBackend(Backend):
         lib = getattr(self, "_lib", None)
         if lib is None:
             return
-        for f in getattr(self, "_forks", ()):
+        for f in list(getattr(self, "_forks", ())):
             f.close()
         self._forks = []
+        base = getattr(self, "_base", None)
+        if base is not None and self in base._forks:  # a closed fork is no longer the model's to close
+            base._forks.remove(self)
         if getattr(self, "_batch", None) is not None:
             lib.llama_batch_free(self._batch)
             self._batch = None

@@ -9,7 +9,6 @@ decode step of the whole batch over that of one sequence) are reported beside it
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,11 +31,9 @@ def batch_bench(model_ref: str, schema: Any, rows: list[dict[str, Any]], *, n_th
     the peer one at a time, on *rows* (``text`` and ``expected``)."""
     import edgeslm
     from edgeslm.api.batch import decode_gain
-    from edgeslm.api.extract import extraction_messages
-    from edgeslm.decoding.normalize import make_validator
 
     from .extract import peer_run
-    from .task import score
+    from .task import peer_job, peer_row, score
 
     texts = [r["text"] for r in rows]
     model = edgeslm.load(model_ref, n_ctx=2048, n_threads=n_threads)
@@ -58,12 +55,7 @@ def batch_bench(model_ref: str, schema: Any, rows: list[dict[str, Any]], *, n_th
     try:
         path = model.path
         model.extract(texts[0], schema, max_tokens=max_tokens)  # tokenizer, grammar, prompt prefix: warm for both
-        engine = model._engine
-        fork = engine.fork(batch_size, batch_size * 256)
-        try:
-            gain = decode_gain(engine, fork, batch_size)
-        finally:
-            fork.close()
+        gain = decode_gain(model._engine, batch_size)
         one: list[Any] = []
         t = time.perf_counter()
         for text in texts:
@@ -88,24 +80,12 @@ def batch_bench(model_ref: str, schema: Any, rows: list[dict[str, Any]], *, n_th
     out["one_at_a_time"] = summary(one, one_s)
     out["extract_many"] = summary(many, many_s)
     if peer:
-        jobs = []
-        for text in texts:
-            msgs = extraction_messages(text, schema)
-            jobs.append((schema, msgs[0]["content"], msgs[-1]["content"]))
-        got = peer_run(path, n_threads, jobs, max_tokens)
-        validator = make_validator(schema)
-        valid = right = 0
-        seconds = 0.0
-        for i, r in enumerate(rows):
-            text, dt = got.get(i, ("<crash>", None))
-            seconds += dt or 0.0
-            try:
-                data = json.loads(text)
-            except ValueError:
-                continue
-            if not list(validator.iter_errors(data)):
-                valid += 1
-                right += score(data, r["expected"])[0]
+        got = peer_run(path, n_threads, [peer_job(text, schema) for text in texts], max_tokens)
+        scored = [peer_row({"id": i, "schema": schema, "expected": r["expected"]}, *got.get(i, ("<crash>", None)))
+                  for i, r in enumerate(rows)]
+        valid = sum(x["valid"] for x in scored)
+        right = sum(x["exact"] for x in scored)
+        seconds = sum(x["s"] or 0.0 for x in scored)
         out["peer"] = {"items": len(rows), "valid": valid, "valid_rate": valid / len(rows),
                        "accuracy": right / len(rows), "seconds": round(seconds, 3),
                        "valid_per_s": valid / seconds if seconds else None, "s_per_item": seconds / len(rows)}

@@ -62,10 +62,7 @@ def write_plots(report: Any, folder: str | Path) -> list[Path]:
         ax.set_ylabel("seconds per item")
         ax.set_title("Latency per item (this run)")
         ax.grid(axis="y", alpha=0.3)
-        fig.tight_layout()
-        written.append(out / "latency.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        written.append(_save(plt, fig, out / "latency.png"))
 
     views = [v for v in report.escalation if v.get("curve")]
     if views:
@@ -88,10 +85,7 @@ def write_plots(report: Any, folder: str | Path) -> list[Path]:
         ax.set_title(f"Accuracy against share escalated ({note})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        written.append(out / "escalation.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        written.append(_save(plt, fig, out / "escalation.png"))
 
     speed = [r for r in report.records if r["scenario"] == "decode" and r.get("decode_tok_s") is not None]
     if speed:
@@ -103,8 +97,12 @@ def write_plots(report: Any, folder: str | Path) -> list[Path]:
         ax.set_ylabel("decode tokens/s (greedy)")
         ax.set_title("Decode speed per model (same run, same threads)")
         ax.grid(axis="y", alpha=0.3)
-        fig.tight_layout()
-        written.append(out / "tokens_per_s.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        written.append(_save(plt, fig, out / "tokens_per_s.png"))
     return written
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -224,7 +224,8 @@ class Report:
             ["GPU", gpus], ["OS", f"{m['os']} {m['arch']}"],
             ["versions", ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)],
         ]))
-        ratios = {(r["model"], r["backend"], r["scenario"], r["metric"]): r for r in self.ratios()}
+        measured = self.ratios()
+        ratios = {(r["model"], r["backend"], r["scenario"], r["metric"]): r for r in measured}
 
         def f(v: Any, fmt: str = "{:.2f}") -> str:
             return "-" if v is None else fmt.format(v)
@@ -258,7 +259,7 @@ class Report:
                             [[mo, sy, *[f(fa.get(k), "{:.0%}") for k in names]] for mo, sy, fa in fields]))
         batch = [r for r in self.records if r["scenario"] == "batch"]
         if batch:
-            per = {(x["model"], x["baseline_system"]): x["ratio"] for x in self.ratios() if x["scenario"] == "batch"}
+            per = {(x["model"], x["baseline_system"]): x["ratio"] for x in measured if x["scenario"] == "batch"}
             rows = []
             for r in batch:
                 if r["system"] == EDGESLM:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TaskExample", "load_task", "score", "task_bench"]
+__all__ = ["TaskExample", "extract_row", "load_task", "peer_job", "peer_row", "score", "task_bench"]
 
 
 class TaskExample(dict):  # type: ignore[type-arg]
@@ -105,8 +105,6 @@ def task_bench(model_ref: str, examples: list[TaskExample], *, n_threads: int = 
                max_tokens: int = 256, tick: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run every example through edgeslm and (with *peer*) llama-cpp-python; summary and per-item rows."""
     import edgeslm
-    from edgeslm.api.extract import extraction_messages
-    from edgeslm.decoding.normalize import make_validator
 
     from .extract import peer_run
 
@@ -116,8 +114,7 @@ def task_bench(model_ref: str, examples: list[TaskExample], *, n_threads: int = 
     try:
         for i, ex in enumerate(examples):
             mine.append(extract_row(model, ex, max_tokens))
-            msgs = extraction_messages(ex["text"], ex["schema"])
-            jobs.append((ex["schema"], msgs[0]["content"], msgs[-1]["content"]))
+            jobs.append(peer_job(ex["text"], ex["schema"]))
             if tick:
                 tick(i + 1)
     finally:
@@ -126,23 +123,37 @@ def task_bench(model_ref: str, examples: list[TaskExample], *, n_threads: int = 
     out: dict[str, Any] = {"model": model_ref, "edgeslm": _summary(mine), "rows": {"edgeslm": mine}}
     if peer:
         done = peer_run(path, n_threads, jobs, max_tokens)
-        theirs = []
-        for i, ex in enumerate(examples):
-            text, dt = done.get(i, ("<crash>", None))
-            row = {"id": ex["id"], "valid": False, "exact": False, "tokens": None, "s": dt,
-                   "crash": text == "<crash>"}
-            try:
-                data = json.loads(text)
-                if not list(make_validator(ex["schema"]).iter_errors(data)):
-                    row["valid"] = True
-                    row["exact"], row["fields"] = score(data, ex["expected"])
-            except ValueError:
-                pass
-            row.setdefault("fields", score(None, ex["expected"])[1])
-            theirs.append(row)
+        theirs = [peer_row(ex, *done.get(i, ("<crash>", None))) for i, ex in enumerate(examples)]
         out["peer"] = {"name": "llama-cpp-python response_format (GBNF)", **_summary(theirs)}
         out["rows"]["peer"] = theirs
     return out
+
+
+def peer_job(text: str, schema: Any) -> tuple[Any, str, str]:
+    """What the llama-cpp-python peer is given for one example: the schema, edgeslm's own
+    extraction instructions (system) and the text (user)."""
+    from edgeslm.api.extract import extraction_messages
+
+    msgs = extraction_messages(text, schema)
+    return schema, msgs[0]["content"], msgs[-1]["content"]
+
+
+def peer_row(ex: Mapping[str, Any], text: str, dt: float | None) -> dict[str, Any]:
+    """The peer's reply to one example (``"<crash>"`` when its process died), scored as
+    :func:`extract_row` scores edgeslm's."""
+    from edgeslm.decoding.normalize import make_validator
+
+    row: dict[str, Any] = {"id": ex["id"], "valid": False, "exact": False, "tokens": None, "s": dt,
+                           "crash": text == "<crash>"}
+    try:
+        data = json.loads(text)
+        if not list(make_validator(ex["schema"]).iter_errors(data)):
+            row["valid"] = True
+            row["exact"], row["fields"] = score(data, ex["expected"])
+    except ValueError:
+        pass
+    row.setdefault("fields", score(None, ex["expected"])[1])
+    return row
 
 
 def extract_row(model: Any, ex: Mapping[str, Any], max_tokens: int) -> dict[str, Any]:

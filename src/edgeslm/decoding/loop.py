@@ -21,7 +21,8 @@ from ..backends.base import Backend
 from .sampling import Sampler, token_logprob, token_margin
 
 __all__ = [
-    "Constraint", "GenStats", "LogitsProcessor", "Step", "TextDelta", "generate_steps", "partial_stop_len", "prefill",
+    "Constraint", "GenStats", "LogitsProcessor", "Step", "TextDelta", "common_prefix", "generate_steps",
+    "partial_stop_len", "prefill",
     "stream_text",
 ]
 
@@ -96,13 +97,19 @@ class GenStats:
         return (self.completion_tokens - 1) / dt if dt > 0 else 0.0
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens *a* and *b* share."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
 def prefill(backend: Backend, tokens: Sequence[int]) -> int:
     """Make the KV cache hold exactly *tokens*, reusing its common prefix; return tokens reused."""
     cached = backend.tokens
-    n = 0
-    limit = min(len(cached), len(tokens) - 1)  # always evaluate >= 1 token to get fresh logits
-    while n < limit and cached[n] == tokens[n]:
-        n += 1
+    n = max(0, min(common_prefix(cached, tokens), len(tokens) - 1))  # evaluate >= 1 token: fresh logits
     if n > 0 and len(tokens) - n == 2:
         n -= 1  # no lone prompt token before the last one (see below): batch it with its predecessor
     if n < len(cached):

@@ -10,6 +10,7 @@ with an error that says what would work, never planned as "expect swapping".
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,16 @@ class Plan:
 
 
 # ------------------------------------------------------------------------------------ model shape
+
+
+def kv_bytes_per_token(num: Callable[[str], int]) -> int:
+    """KV cache bytes per token of context (f16 K and V, every layer) from a GGUF header's
+    architecture keys: ``num("block_count")``, ``num("attention.head_count_kv")``... (0: absent)."""
+    layers, heads, embd = num("block_count"), num("attention.head_count"), num("embedding_length")
+    kv_heads = num("attention.head_count_kv") or heads
+    k_len = num("attention.key_length") or (embd // heads if heads else 0)
+    v_len = num("attention.value_length") or k_len
+    return layers * kv_heads * (k_len + v_len) * 2
 
 
 @dataclass(frozen=True)
@@ -123,13 +134,8 @@ class ModelShape:
                 v = max(x for x in v if isinstance(x, int))
             return int(v) if isinstance(v, int) and not isinstance(v, bool) else 0
 
-        heads, embd = num("attention.head_count"), num("embedding_length")
-        kv_heads = num("attention.head_count_kv") or heads
-        k_len = num("attention.key_length") or (embd // heads if heads else 0)
-        v_len = num("attention.value_length") or k_len
-        kv = n * kv_heads * (k_len + v_len) * 2  # f16 K and V, every layer
         ctx = num("context_length") or None
-        return cls(n, tuple(layers), other, kv, ctx, "gguf")
+        return cls(n, tuple(layers), other, kv_bytes_per_token(num), ctx, "gguf")
 
     @classmethod
     def from_catalog(cls, entry: Any, variant: Any) -> ModelShape | None:
