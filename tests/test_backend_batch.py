@@ -78,3 +78,23 @@ def test_one_sequence_backends_say_so(engines) -> None:
     with pytest.raises(edgeslm.GenerationError, match="n_seq_max"):
         single.seq_copy(0, 1, 3)
     assert single.seq_tokens(0) is single.tokens
+
+
+@requires_smollm2
+def test_eval_rows_gives_the_logits_of_each_position_of_one_call(engines) -> None:
+    single, _ = engines
+    head, tail = _prompt(single, TEXTS[1])
+    toks = head + tail
+    single.trim(0)
+    rows = single.eval_rows(toks, 4)
+    assert rows.shape == (4, single.n_vocab) and single.tokens == toks
+    assert np.array_equal(rows[-1], single.logits())  # logits() is for the last token, as after eval()
+    for k in range(3):  # each row: the logits after that prefix, as a call of several tokens gives them
+        single.trim(0)
+        single.eval(toks[: len(toks) - 3 + k])
+        assert np.allclose(rows[k], single.logits(), atol=1e-3), k
+    single.trim(len(toks) - 2)  # rejected drafts are dropped from the cache like any tokens
+    assert single.tokens == toks[:-2]
+    assert not Backend.verifies and single.verifies
+    with pytest.raises(NotImplementedError):
+        Backend.eval_rows(single, toks, 1)

@@ -331,3 +331,45 @@ def test_cli_extract(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "edgeslm", "extract", "-s", str(bad), "-"], input="x",
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "schema" in out.stderr
+
+
+CONTACT = {"type": "object", "properties": {"name": {"type": "string"}, "email": {"type": "string"},
+                                            "phone": {"type": "string"}},
+           "required": ["name", "email", "phone"]}
+CONTACT_DOCS = [
+    "Please get in touch with Laura Mendes at laura.mendes@brightwave.io or call +1 415 555 0142.",
+    "Contact: Tomasz Nowak (t.nowak@kestrel-logistics.co.uk), phone 020 7946 0321, Kestrel Logistics.",
+    "For invoices write to Priya Raman, priya@solacehealth.com, tel. (312) 555-0187.",
+]
+
+
+def test_text_copied_from_the_document_is_checked_in_one_engine_call(smollm2) -> None:
+    engine = smollm2._engine
+    calls = {"eval": 0, "rows": 0}
+    real_eval, real_rows = engine.eval, engine.eval_rows
+
+    def count_eval(tokens):  # type: ignore[no-untyped-def]
+        calls["eval"] += 1
+        return real_eval(tokens)
+
+    def count_rows(tokens, n):  # type: ignore[no-untyped-def]
+        calls["rows"] += 1
+        return real_rows(tokens, n)
+
+    engine.eval, engine.eval_rows = count_eval, count_rows
+    try:
+        drafted = [smollm2.extract(d, CONTACT) for d in CONTACT_DOCS]
+        with_drafts = dict(calls)
+        assert smollm2.extract(CONTACT_DOCS[0], CONTACT).data == drafted[0].data  # reproducible
+        calls.update(eval=0, rows=0)
+        engine.verifies = False  # the same extractions without drafts: one engine call per chosen token
+        plain = [smollm2.extract(d, CONTACT) for d in CONTACT_DOCS]
+    finally:
+        del engine.eval, engine.eval_rows
+        engine.__dict__.pop("verifies", None)
+    assert with_drafts["rows"] > 0 and calls["rows"] == 0
+    assert sum(with_drafts.values()) < 0.8 * calls["eval"], (with_drafts, calls)
+    for a, b, doc in zip(drafted, plain, CONTACT_DOCS, strict=True):
+        assert a.data["email"].split("@")[-1] in doc  # copied from the document
+        if a.data != b.data:  # only where the model nearly tied (logits from a call of several tokens)
+            assert b.scores["min_margin"] < 0.1, (a.data, b.data, b.scores)

@@ -118,3 +118,50 @@ def test_automatic_batch_size_follows_memory_and_measured_gain(smollm2) -> None:
 def test_batch_size_is_checked(smollm2) -> None:
     with pytest.raises(edgeslm.InvalidRequestError, match="batch_size"):
         smollm2.extract_many(TEXTS, SCHEMA, batch_size=0)
+
+
+@requires_smollm2
+def test_cli_reads_json_lines_lazily_and_decodes_them_together(tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "s.json").write_text(json.dumps(SCHEMA))
+    lines = [json.dumps({"text": t}) for t in TEXTS[:3]] + ["not json", json.dumps(TEXTS[3])]
+    run = subprocess.run(
+        [sys.executable, "-m", "edgeslm", "extract", "-m", "smollm2-135m", "--n-ctx", "1024", "-s",
+         str(tmp_path / "s.json"), "--jsonl", "--batch-size", "2", "-"],
+        input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=300,
+    )
+    out = sorted((json.loads(x) for x in run.stdout.splitlines()), key=lambda x: x["index"])
+    assert [x["input"] for x in out] == [f"stdin:{n}" for n in range(1, 6)], run.stderr
+    assert run.returncode == 1 and out[3]["error"]["type"] == "InvalidRequestError"  # the line that is not JSON
+    for x, text in zip([out[0], out[1], out[2], out[4]], TEXTS[:4], strict=True):
+        assert set(x["data"]) == {"name", "age", "city"} and x["data"]["name"] in text
+    bad = subprocess.run(
+        [sys.executable, "-m", "edgeslm", "extract", "-s", str(tmp_path / "s.json"), "--jsonl", "--batch-size", "0",
+         "-"], input=lines[0] + "\n", capture_output=True, text=True, timeout=300,
+    )
+    assert bad.returncode == 2 and "batch_size" in bad.stderr
+
+
+@requires_smollm2
+def test_bench_batch_section_reports_ratio_and_bound(smollm2) -> None:
+    from edgeslm.bench.batch import _token_counts, batch_bench, batch_documents, engine_rates
+
+    engine = smollm2._engine
+    prompt_rate, step_rate = engine_rates(engine, 4, per_seq=16)
+    assert engine._forks == [] and prompt_rate > 0 and step_rate > 0
+    one = [smollm2.extract(t, SCHEMA) for t in TEXTS[:2]]
+    prompt, chosen = _token_counts([*one, edgeslm.ExtractionFailed("x", hint="y")])  # an error counts nothing
+    u = [x.usage for x in one]
+    assert chosen == sum(x.completion_tokens - x.forced_tokens for x in u) > 0
+    assert prompt == sum(x.prompt_tokens - x.reused_prompt_tokens + x.forced_tokens for x in u) > 0
+    schema, docs = batch_documents(3, "contacts")  # cycled: 3 rows of the labeled task
+    r = batch_bench("smollm2-135m", schema, docs, peer=False, batch_size=2, max_tokens=96)
+    assert r["documents"] == 3 and r["batch_size"] == 2 and "peer" not in r
+    for k in ("one_at_a_time", "extract_many"):
+        assert r[k]["items"] == 3 and r[k]["valid"] == 3 and r[k]["valid_per_s"] > 0
+    # one at a time costs at least what its tokens cost at the engine's best rates: the bound is >= ~1
+    assert 0.8 < r["bound"] < 50 and r["tokens"]["chosen"] > 0
+    assert 0 <= r["greedy_same"] <= 3 and r["decode_gain"] > 0

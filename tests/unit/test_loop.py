@@ -239,3 +239,146 @@ def test_retries_sample_with_seeds_derived_from_the_call() -> None:
     r1, r2 = retry_params(greedy, 1), retry_params(greedy, 2)
     assert r1.temperature >= 0.7 and r1.seed == 1 and r2.seed == 2  # a greedy call stays reproducible
     assert retry_params(SamplingParams(temperature=0.2, seed=10), 3).seed == 13
+
+
+# ----------------------------------------------------------------------------- drafted tokens
+
+
+class Verifying(Counting):
+    """A scripted backend that gives the logits of several positions from one call (``eval_rows``)."""
+
+    verifies = True
+
+    def eval_rows(self, tokens: Sequence[int], n_rows: int) -> np.ndarray:
+        self.batches.append(len(tokens))
+        ScriptedBackend.eval(self, tokens)
+        full = list(self._tokens)
+        rows = []
+        for r in range(n_rows):
+            self._tokens[:] = full[: len(full) - n_rows + 1 + r]
+            rows.append(self.logits())
+        self._tokens[:] = full
+        return np.stack(rows)
+
+
+class _Valid(_Forcing):
+    """A constraint that forces nothing (or its plan) and accepts the first *ok* drafted tokens."""
+
+    def __init__(self, plan: list[list[int]] | None = None, ok: int = 10**6) -> None:
+        super().__init__(plan or [])
+        self.ok = ok
+        self.asked: list[list[int]] = []
+
+    def validate(self, tokens: Sequence[int]) -> int:
+        self.asked.append(list(tokens))
+        return min(self.ok, len(tokens))
+
+
+class _Fixed:
+    """A drafter that always proposes the same tokens."""
+
+    def __init__(self, tokens: list[int]) -> None:
+        self.tokens = tokens
+        self.seen: list[tuple[int, int]] = []
+
+    def propose(self, generated: bytes) -> list[int]:
+        return list(self.tokens)
+
+    def observe(self, proposed: int, kept: int) -> None:
+        self.seen.append((proposed, kept))
+
+
+REPLY = "Name: Laura Mendes, mail laura@brightwave.io."
+DOC = b"Please reach Laura Mendes, mail laura@brightwave.io. Thanks!"
+
+
+def _run(e: ScriptedBackend, budget: int = 100, **kw):  # type: ignore[no-untyped-def]
+    stats = GenStats()
+    steps = list(generate_steps(e, _prompt(e), Sampler(SamplingParams()), budget, stats=stats, **kw))
+    return steps, stats
+
+
+def _cache_is_consistent(e: ScriptedBackend, steps: Sequence) -> None:  # type: ignore[type-arg]
+    p = _prompt(e)
+    held = e.tokens[len(p):]
+    assert e.tokens[: len(p)] == p and held == [s.token for s in steps][: len(held)]
+
+
+def test_drafted_tokens_the_model_would_choose_are_kept_and_save_engine_calls() -> None:
+    from edgeslm.decoding.loop import PromptLookup
+
+    plain = Counting(REPLY, marker=MARK)
+    want, _ = _run(plain, constraint=_Valid())
+    e = Verifying(REPLY, marker=MARK)
+    lookup = PromptLookup(DOC, lambda t: e.tokenize(t, special=False))
+    got, stats = _run(e, constraint=_Valid(), draft=lookup)
+    assert _text(e, got) == _text(plain, want) == REPLY
+    assert [(s.token, s.forced) for s in got] == [(s.token, s.forced) for s in want]
+    assert stats.completion_tokens == len(want)
+    assert len(e.batches) < len(plain.batches) - 10  # the copied name and address came in whole calls
+    assert lookup.kept > 10 and lookup.kept <= lookup.proposed
+    _cache_is_consistent(e, got)
+
+
+def test_drafts_the_model_rejects_change_nothing_and_leave_the_cache_right() -> None:
+    plain = Counting(REPLY, marker=MARK)
+    want, _ = _run(plain, constraint=_Valid())
+    e = Verifying(REPLY, marker=MARK)
+    wrong = _Fixed(e.vocab.encode_plain(b"QQ"))
+    got, _ = _run(e, constraint=_Valid(), draft=wrong)
+    assert [s.token for s in got] == [s.token for s in want]
+    assert wrong.seen and all(kept == 0 for _, kept in wrong.seen)
+    _cache_is_consistent(e, got)
+    # sampling is never drafted: only greedy choices can be checked this way
+    e2 = Verifying(REPLY, marker=MARK)
+    n = len(wrong.seen)
+    sampler = Sampler(SamplingParams(temperature=0.7, seed=1))
+    list(generate_steps(e2, _prompt(e2), sampler, 100, constraint=_Valid(), draft=wrong))
+    assert len(wrong.seen) == n and all(b == 1 for b in e2.batches[2:])  # one token per call
+
+
+def test_drafts_stop_where_the_grammar_refuses_and_at_the_budget_and_forced_tokens_still_come() -> None:
+    e = Verifying(REPLY, marker=MARK)
+    good = _Fixed(e.vocab.encode_plain(b"Name: Laura")[1:])  # the script after its first token
+    con = _Valid(ok=1)
+    got, _ = _run(e, constraint=con, draft=good)
+    assert _text(e, got) == REPLY and all(len(a) >= 1 for a in con.asked)
+    assert all(p <= 1 for p, _ in good.seen)  # cut to what the grammar accepts
+    e3 = Verifying(REPLY, marker=MARK)
+    lookup_tokens = e3.vocab.encode_plain(b"ame: Laura Mendes")
+    got, stats = _run(e3, budget=5, constraint=_Valid(), draft=_Fixed(lookup_tokens))
+    assert len(got) == 5 and stats.hit_limit and _text(e3, got) == REPLY[:5]
+    # forced runs between choices: the same tokens, forced ones marked, with or without drafts
+    n_, a_, m_ = e.vocab.encode_plain(b"Nam")
+    plain = Counting(REPLY, marker=MARK)
+    want, _ = _run(plain, constraint=_Valid([[n_], [a_, m_], [], [], []]))
+    e4 = Verifying(REPLY, marker=MARK)
+    from edgeslm.decoding.loop import PromptLookup
+
+    got, _ = _run(e4, constraint=_Valid([[n_], [a_, m_], [], [], []]),
+                  draft=PromptLookup(DOC, lambda t: e4.tokenize(t, special=False)))
+    assert [(s.token, s.forced) for s in got] == [(s.token, s.forced) for s in want]
+    _cache_is_consistent(e4, got)
+
+
+def test_prompt_lookup_proposes_what_follows_the_longest_match_and_adapts() -> None:
+    from edgeslm.decoding.loop import PromptLookup
+
+    words = {"Mendes": [1], ",": [2], " mail": [3], " laura": [4], "@": [5]}
+
+    def tok(text: str) -> list[int]:
+        out = []
+        for w in text.replace(",", " , ").split(" "):
+            out.extend(words.get(w, [9]) if w else [])
+        return out
+
+    lk = PromptLookup(b"x Laura Mendes, mail laura@b", tok, max_tokens=8)
+    assert lk.propose(b"La") == []  # shorter than min_match
+    assert lk.propose(b"zzz") == []  # not in the source
+    assert lk.length == 2 and lk.propose(b'"Laura ') == [1, 2]
+    lk.observe(2, 2)
+    assert lk.length == 4
+    lk.observe(4, 1)
+    assert lk.length == 1
+    lk.observe(20, 0)  # patience spent with few kept: no more drafts
+    assert lk.propose(b'"Laura ') == []

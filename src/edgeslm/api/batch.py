@@ -14,9 +14,12 @@ with a token or more per live sequence); a worker that finishes takes the next w
 the examples) is copied in the KV cache, not evaluated again. The context is opened for the call
 and freed after it.
 
-Results are those of ``extract`` on the same inputs, except that an engine rounds differently
-for a batch of several sequences than for one, so where the model hesitates between two tokens
-(logits within a few hundredths) greedy decoding can take the other one.
+Results are those of ``extract`` on the same inputs, except where the model hesitates between
+two tokens (logits within a few hundredths): llama.cpp's CPU kernels compute a token evaluated on
+its own (every decode step of ``extract``) very slightly differently from the same token in a call
+of two or more tokens (measured: a token's logits are bit-identical in any call of two or more
+tokens, whatever the other sequences, with flash attention off, and can differ from those of a call
+of that token alone), so greedy decoding can take the other one.
 
 ONNX Runtime GenAI models (and any engine without ``fork``) run the items one at a time; the
 shared prefix still stays in the KV cache between items.

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._errors import ExtractionFailed, InvalidRequestError, SchemaError
-from ..decoding.loop import GenStats, generate_steps
+from ..decoding.loop import GenStats, PromptLookup, generate_steps
 from ..decoding.narrow import tighten
 from ..decoding.sampling import Sampler, SamplingParams
 from .results import Usage
@@ -169,8 +169,12 @@ def constrained_json(
     *,
     max_tokens: int,
     params: SamplingParams,
+    lookup: str | None = None,
 ) -> Attempt:
     """Generate once under the plan's grammar.
+
+    With *lookup* (the document) and greedy decoding, what follows in it the bytes just written is
+    proposed and checked in the same engine call (:class:`~edgeslm.decoding.loop.PromptLookup`).
 
     When the output starts repeating itself, or has used 60 % of ``max_tokens``, generation is
     steered to close the JSON as soon as the grammar allows; a number that runs past 24
@@ -185,8 +189,11 @@ def constrained_json(
     pieces: list[bytes] = []
     scored: list[TokenScore] = []
     at = 0
+    draft = None
+    if lookup and params.greedy and engine.verifies:
+        draft = PromptLookup(lookup.encode("utf-8", errors="replace"), lambda t: engine.tokenize(t, special=False))
     steps = generate_steps(engine, prompt, Sampler(params), max_tokens, constraint=constraint, processors=[wrap],
-                           logprobs=True, stats=stats)
+                           logprobs=True, stats=stats, draft=draft)
     try:
         for step in steps:
             pieces.append(step.piece)
@@ -215,6 +222,7 @@ def run_extraction(
     max_tokens: int,
     sampling: SamplingParams,
     retries: int | None,
+    lookup: str | None = None,
 ) -> tuple[Any, Attempt, int, Usage]:
     """Attempt up to ``1 + retries`` times; return (data, attempt, attempts, usage of all).
 
@@ -226,7 +234,7 @@ def run_extraction(
     n = default_retries(plan.support.exact) if retries is None else retries
 
     def attempt(i: int, params: SamplingParams) -> Generator[str, None, Attempt]:
-        return constrained_json(engine, prompt, plan, max_tokens=max_tokens, params=params)
+        return constrained_json(engine, prompt, plan, max_tokens=max_tokens, params=params, lookup=lookup)
         yield  # a generator that shows no text
 
     def check(att: Attempt) -> tuple[Any, list[str]]:

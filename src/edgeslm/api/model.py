@@ -412,7 +412,7 @@ class Model:
         plan = prepare_schema(schema)
         msgs = extraction_messages(text, plan.schema, instructions, examples)
         params = SamplingParams(temperature=temperature, seed=seed)
-        data, attempt, attempts, usage = self._extract_run(msgs, plan, max_tokens, params, retries)
+        data, attempt, attempts, usage = self._extract_run(msgs, plan, max_tokens, params, retries, lookup=text)
         return Extraction(
             data=data, confidence=attempt.confidence, raw=attempt.text, usage=usage,
             attempts=attempts, escalated=False, support=plan.support, field_confidence=attempt.fields,
@@ -421,7 +421,7 @@ class Model:
 
     def _extract_run(
         self, messages: Sequence[Message], plan: Any, max_tokens: int | None, params: SamplingParams,
-        retries: int | None,
+        retries: int | None, *, lookup: str | None = None,
     ) -> tuple[Any, Any, int, Usage]:
         from .extract import run_extraction
 
@@ -430,7 +430,8 @@ class Model:
         with self._gen.holding() as engine:
             prompt = self._gen.prompt_tokens(engine, self._chat_segments(engine, messages))
             budget = max_tokens if max_tokens is not None else max(1, min(AUTO_MAX_TOKENS, engine.n_ctx - len(prompt)))
-            return run_extraction(engine, prompt, plan, max_tokens=budget, sampling=params, retries=retries)
+            return run_extraction(engine, prompt, plan, max_tokens=budget, sampling=params, retries=retries,
+                                  lookup=lookup)
 
     def _chat_json(
         self, messages: Sequence[Message], schema: Any, max_tokens: int | None, params: SamplingParams, stream: bool,

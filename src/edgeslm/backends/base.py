@@ -98,6 +98,16 @@ class Backend(ABC):
     def logits(self) -> np.ndarray:
         """Logits for the next token (float32, shape ``(n_vocab,)``); may be a view."""
 
+    #: Whether :meth:`eval_rows` gives the logits of several positions from one engine call (the
+    #: decoding loop then checks drafted tokens in the call that evaluates the chosen one).
+    verifies: bool = False
+
+    def eval_rows(self, tokens: Sequence[int], n_rows: int) -> np.ndarray:
+        """Append *tokens* in one engine call and return the logits after each of the last *n_rows*
+        of them (shape ``(n_rows, n_vocab)``); afterwards ``logits()`` is for the last one. Only
+        engines that set :attr:`verifies` implement it."""
+        raise NotImplementedError(f"{self.name} gives the logits of the last token only")
+
     @abstractmethod
     def trim(self, n_keep: int) -> None:
         """Drop everything after the first *n_keep* tokens from the KV cache."""

@@ -323,6 +323,54 @@ class LlamaCppBackend(Backend):
             self._tokens.extend(chunk)
         self._seq_logits.pop(0, None)
 
+    verifies = True
+
+    def eval_rows(self, tokens: Sequence[int], n_rows: int) -> np.ndarray:
+        if self._ctx is None:
+            raise GenerationError("the model is closed", hint="load it again with edgeslm.load()")
+        tokens = list(tokens)
+        n_rows = max(1, min(n_rows, len(tokens)))
+        if len(tokens) > self.n_batch:  # the head on its own; the rows come from one call
+            self.eval(tokens[: len(tokens) - n_rows])
+            tokens = tokens[len(tokens) - n_rows :]
+        if len(self._tokens) + len(tokens) > self.n_ctx:
+            raise GenerationError(
+                f"KV cache overflow: {len(self._tokens)} + {len(tokens)} > n_ctx={self.n_ctx}",
+                hint="load the model with a larger n_ctx=",
+            )
+        lib = self._lib
+        b = self._batch_for(len(tokens))
+        start = len(tokens) - n_rows
+        for i, tok in enumerate(tokens):
+            b.token[i] = tok
+            b.pos[i] = len(self._tokens) + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+            b.logits[i] = i >= start
+        b.n_tokens = len(tokens)
+        rc = lib.llama_decode(self._ctx, b)
+        if rc != 0:
+            lib.llama_memory_seq_rm(self._mem, 0, len(self._tokens), -1)
+            raise GenerationError(f"llama_decode failed with code {rc}",
+                                  hint="the context may be full (raise n_ctx=) or memory exhausted")
+        self._tokens.extend(tokens)
+        self._seq_logits.pop(0, None)
+        out = np.empty((n_rows, self.n_vocab), dtype=np.float32)
+        for r in range(n_rows):
+            ptr = lib.llama_get_logits_ith(self._ctx, start + r)
+            out[r] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+        return out
+
+    def _batch_for(self, n: int) -> Any:
+        """The reusable ``llama_batch``, grown to hold *n* tokens."""
+        lib = self._lib
+        if self._batch is None or self._batch_cap < min(n, self.n_batch):
+            if self._batch is not None:
+                lib.llama_batch_free(self._batch)
+            self._batch_cap = max(min(n, self.n_batch), 8)
+            self._batch = lib.llama_batch_init(self._batch_cap, 0, 1)
+        return self._batch
+
     def logits(self) -> np.ndarray:
         ptr = self._lib.llama_get_logits_ith(self._ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
@@ -356,12 +404,7 @@ class LlamaCppBackend(Backend):
         items = [(seq, list(toks)) for seq, toks in batch if len(toks)]
         # Flatten into chunks of at most n_batch tokens; logits only for each sequence's last token.
         flat = [(seq, tok, i == len(toks) - 1) for seq, toks in items for i, tok in enumerate(toks)]
-        if self._batch is None or self._batch_cap < min(len(flat), self.n_batch):
-            if self._batch is not None:
-                lib.llama_batch_free(self._batch)
-            self._batch_cap = max(min(len(flat), self.n_batch), 8)
-            self._batch = lib.llama_batch_init(self._batch_cap, 0, 1)
-        b = self._batch
+        b = self._batch_for(len(flat))
         for start in range(0, len(flat), self._batch_cap):
             chunk = flat[start : start + self._batch_cap]
             want: list[tuple[int, int]] = []

@@ -287,7 +287,7 @@ def _run(args: argparse.Namespace) -> int:
                                                    batch_size=args.batch_size,
                                                    tick=lambda k, j=job: bar.update(j, completed=k))
                     report.add(model, "batch", EDGESLM, **r["extract_many"], batch_size=r["batch_size"],
-                               decode_gain=r["decode_gain"], greedy_same=r["greedy_same"])
+                               decode_gain=r["decode_gain"], greedy_same=r["greedy_same"], bound=r["bound"])
                     report.add(model, "batch", "edgeslm extract, one at a time", **r["one_at_a_time"])
                     if r.get("peer"):
                         report.add(model, "batch", "llama-cpp-python response_format", **r["peer"])

@@ -55,7 +55,7 @@ SCENARIO_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
               "completion_tokens_mean", "prompt_tokens_mean"), ()),
     "extract_latency": (("items", "valid_rate", "accuracy", "latency_p50_s", "latency_p95_s", "s_per_item"), ()),
     "batch": (("items", "valid_rate", "accuracy", "valid_per_s", "s_per_item"), ("batch_size", "decode_gain",
-                                                                                "greedy_same")),
+                                                                                "greedy_same", "bound")),
 }
 RATIO_KEYS = ("model", "backend", "scenario", "metric", "edgeslm", "baseline", "baseline_system", "ratio")
 COST_KEYS = ("model", "scenario", "this_device", "gpu_server", "frontier_api")
@@ -265,7 +265,7 @@ class Report:
                 if r["system"] == EDGESLM:
                     vs = ", ".join(f"{v:.2f}x {b}" for (mo, b), v in per.items() if mo == r["model"]) or "-"
                     how = (f"batch {r.get('batch_size')}, engine gain {f(r.get('decode_gain'))}x, "
-                           f"{r.get('greedy_same')}/{r.get('items')} same as one by one")
+                           f"bound {f(r.get('bound'))}x, {r.get('greedy_same')}/{r.get('items')} same as one by one")
                 else:
                     vs, how = "-", "one at a time"
                 rows.append([r["model"], r["system"], how, str(r.get("items", "-")), f(r.get("valid_rate"), "{:.0%}"),

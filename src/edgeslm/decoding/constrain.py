@@ -265,6 +265,12 @@ class GrammarConstraint:
             )
         return toks
 
+    def validate(self, tokens: Sequence[int]) -> int:
+        """How many of *tokens*, in order, the grammar would accept from here (nothing is consumed)."""
+        if not tokens or self.matcher.is_stopped():
+            return 0
+        return int(self.matcher.validate_tokens([int(t) for t in tokens]))
+
     def done(self) -> bool:
         """Whether no further token (other than end-of-sequence) is allowed."""
         return bool(self.matcher.is_stopped())

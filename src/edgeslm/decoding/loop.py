@@ -2,15 +2,18 @@
 
 ``generate_steps`` is the bottom layer: prefill the prompt (reusing the KV cache prefix), then
 choose one token at a time, masked by an optional constraint whose forced tokens are evaluated as
-one batch. ``stream_text`` turns steps into text deltas with stop strings and a finish reason.
-Both yield plain dataclasses, so the API layer stays a thin wrapper.
+one batch. With a :class:`Drafter` (greedy decoding only), tokens it proposes (for extraction: the
+text that follows, in the document, what was just written) are evaluated in the same engine call
+and kept while each is the token the model would have chosen there. ``stream_text`` turns steps
+into text deltas with stop strings and a finish reason. Both yield plain dataclasses, so the API
+layer stays a thin wrapper.
 """
 
 from __future__ import annotations
 
 import codecs
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -21,8 +24,8 @@ from ..backends.base import Backend
 from .sampling import Sampler, token_logprob, token_margin
 
 __all__ = [
-    "Constraint", "GenStats", "LogitsProcessor", "Step", "TextDelta", "common_prefix", "generate_steps",
-    "partial_stop_len", "prefill",
+    "Constraint", "Drafter", "GenStats", "LogitsProcessor", "PromptLookup", "Step", "TextDelta", "common_prefix",
+    "generate_steps", "partial_stop_len", "prefill",
     "stream_text",
 ]
 
@@ -56,6 +59,53 @@ class LogitsProcessor(Protocol):
     loop calls each in turn, as mlx-lm's ``logits_processors``."""
 
     def __call__(self, tokens: Sequence[int], logits: np.ndarray) -> None: ...
+
+
+class Drafter(Protocol):
+    """Proposes the tokens likely to come next, given the bytes generated so far, and hears how
+    many of them the model kept."""
+
+    def propose(self, generated: bytes) -> list[int]: ...
+
+    def observe(self, proposed: int, kept: int) -> None: ...
+
+
+class PromptLookup:
+    """Drafts from a source text (the document an extraction reads): where the last bytes written
+    (at least *min_match*) occur in it, the tokens of the text that follows there. Extraction
+    copies names, e-mails and numbers from the document, so the model often writes exactly those.
+
+    A rejected token costs a row of the engine call, so the proposal length adapts: it doubles
+    (up to *max_tokens*) after a proposal kept whole, and drops to what was kept after one that
+    was not; once *patience* tokens have been proposed, drafting stops for the generation if fewer
+    than *min_kept* of them were kept."""
+
+    def __init__(self, source: bytes, tokenize: Callable[[str], list[int]], *, min_match: int = 3,
+                 max_match: int = 32, max_tokens: int = 8, span: int = 64, patience: int = 16,
+                 min_kept: float = 0.3) -> None:
+        self.source, self.tokenize = source, tokenize
+        self.min_match, self.max_match, self.max_tokens, self.span = min_match, max_match, max_tokens, span
+        self.patience, self.min_kept = patience, min_kept
+        self.length = 2
+        self.proposed = self.kept = 0
+
+    def propose(self, generated: bytes) -> list[int]:
+        src = self.source
+        if self.proposed >= self.patience and self.kept < self.min_kept * self.proposed:
+            return []
+        if len(generated) < self.min_match or src.rfind(generated[-self.min_match:]) < 0:
+            return []
+        n = self.min_match  # the longest suffix found: a longer one is found only if this one is
+        while n < min(len(generated), self.max_match) and src.rfind(generated[-(n + 1):]) >= 0:
+            n += 1
+        at = src.rfind(generated[-n:]) + n
+        text = src[at : at + self.span].decode("utf-8", errors="ignore")
+        return self.tokenize(text)[: self.length] if text else []
+
+    def observe(self, proposed: int, kept: int) -> None:
+        self.proposed += proposed
+        self.kept += kept
+        self.length = min(self.max_tokens, 2 * self.length) if kept == proposed else max(1, kept)
 
 
 @dataclass
@@ -152,12 +202,17 @@ def generate_steps(
     processors: Sequence[LogitsProcessor] = (),
     logprobs: bool = False,
     stats: GenStats | None = None,
+    draft: Drafter | None = None,
 ) -> Iterator[Step]:
     """Yield generated tokens until end-of-generation, the grammar ends, or *max_tokens*.
 
     Each step: the backend's logits, masked by *constraint* (if any), then changed by each of
     *processors* in turn, then sampled; tokens the grammar forces after it are evaluated in one
-    batch with it."""
+    batch with it. With *draft*, greedy decoding on a backend that ``verifies`` and a constraint
+    that can ``validate``: the drafter's proposal (cut where the grammar would refuse it) goes in
+    that batch too, and each proposed token the model would have chosen is kept, which saves an
+    engine call per kept token. The tokens are those greedy decoding chooses from the engine's
+    logits; only the engine call a logit comes from differs, which can change a near-tie."""
     stats = stats if stats is not None else GenStats()
     check_fits(backend, len(prompt))
     stats.prompt_tokens = len(prompt)
@@ -165,6 +220,9 @@ def generate_steps(
     budget = min(max_tokens, backend.n_ctx - len(prompt))
     produced = 0
     out: list[int] = []  # the tokens generated so far, for processors
+    validate = getattr(constraint, "validate", None)
+    drafting = draft is not None and sampler.params.greedy and backend.verifies and validate is not None
+    written = bytearray()  # the bytes generated so far, for the drafter
     if constraint is not None:  # tokens the grammar forces before the model chooses anything
         first = constraint.forced()[:budget]
         out.extend(first)
@@ -173,13 +231,14 @@ def generate_steps(
             produced = len(first)
             stats.completion_tokens = stats.forced_tokens = produced
             for f in first:
-                yield Step(f, backend.token_bytes(f), None, True)
+                piece = backend.token_bytes(f)
+                written.extend(piece)
+                yield Step(f, piece, None, True)
             if produced < budget and not constraint.done():
                 backend.eval(first)
-    while produced < budget:
-        if constraint is not None and constraint.done():
-            break
-        logits = backend.logits()
+
+    def pick(logits: np.ndarray) -> tuple[int, float | None, bool, float | None]:
+        """The token chosen from *logits* (masked, processed): token, logprob, forced, margin."""
         if constraint is not None or processors:
             logits = logits.copy()
         if constraint is not None:
@@ -190,11 +249,12 @@ def generate_steps(
         # a token that was the grammar's only option is forced, whatever the sampler did
         only = constraint is not None and constraint.n_allowed == 1
         lp = token_logprob(logits, tok) if logprobs and not only else None
-        margin = token_margin(logits) if lp is not None else None
-        if stats.first_token_at is None:
-            stats.first_token_at = time.perf_counter()
-        if backend.is_eog(tok) and (constraint is None or constraint.accepting()):
-            break
+        return tok, lp, only, token_margin(logits) if lp is not None else None
+
+    def take(tok: int, lp: float | None, only: bool, margin: float | None) -> tuple[list[int], list[Step]]:
+        """Advance past the chosen *tok*: the tokens to evaluate (it and those the grammar forces
+        after it), and the steps to yield."""
+        nonlocal produced
         batch = [tok]
         forced: list[int] = []
         if constraint is not None:
@@ -205,14 +265,74 @@ def generate_steps(
         out.extend(batch)
         stats.completion_tokens = produced
         stats.forced_tokens += len(forced) + only
-        yield Step(tok, backend.token_bytes(tok), lp, only, margin)
-        for f in forced:
-            yield Step(f, backend.token_bytes(f), None, True)
-        if produced >= budget or (constraint is not None and constraint.done()):
+        steps = [Step(tok, backend.token_bytes(tok), lp, only, margin)]
+        steps.extend(Step(f, backend.token_bytes(f), None, True) for f in forced)
+        if drafting:
+            for st in steps:
+                written.extend(st.piece)
+        return batch, steps
+
+    def ended() -> bool:
+        return produced >= budget or (constraint is not None and constraint.done())
+
+    picked: tuple[int, float | None, bool, float | None] | None = None
+    while produced < budget:
+        if constraint is not None and constraint.done():
+            break
+        choice = picked if picked is not None else pick(backend.logits())
+        picked = None
+        if stats.first_token_at is None:
+            stats.first_token_at = time.perf_counter()
+        if backend.is_eog(choice[0]) and (constraint is None or constraint.accepting()):
+            break
+        batch, steps = take(*choice)
+        yield from steps
+        if ended():
             break  # the cache need not hold the last tokens: prefill() compares what it holds
-        backend.eval(batch)
+        proposal = _proposal(draft, bytes(written), validate, backend, budget - produced) if drafting else []
+        if not proposal:
+            backend.eval(batch)
+            continue
+        # one engine call: the tokens taken, then the proposal, with the logits after each of the
+        # latter's predecessors; a proposed token is kept while it is what the model chooses there
+        rows = backend.eval_rows([*batch, *proposal], len(proposal) + 1)
+        base = keep = len(backend.tokens) - len(proposal)
+        tail: list[int] = []
+        for j, token in enumerate(proposal):
+            choice = pick(rows[j])
+            if choice[0] != token:
+                picked = choice
+                break
+            taken, steps = take(*choice)
+            keep += 1
+            yield from steps
+            if len(taken) > 1 or ended():  # forced tokens follow: evaluate them, then choose afresh
+                tail = taken[1:]
+                break
+        else:
+            picked = pick(rows[len(proposal)])
+        if draft is not None:
+            draft.observe(len(proposal), keep - base)
+        backend.trim(keep)
+        if ended():
+            break
+        if tail:
+            backend.eval(tail)
     stats.finished_at = time.perf_counter()
     stats.hit_limit = produced >= budget
+
+
+def _proposal(draft: Drafter | None, written: bytes, validate: Callable[[list[int]], int], backend: Backend,
+              room: int) -> list[int]:
+    """The drafter's tokens, cut where the grammar would refuse them and to the *room* left."""
+    if draft is None or room < 1:
+        return []
+    got = [t for t in draft.propose(written)[:room]]
+    for i, t in enumerate(got):
+        if backend.is_eog(t):
+            got = got[:i]
+            break
+    return got[: validate(got)] if got else []
 
 
 @dataclass
