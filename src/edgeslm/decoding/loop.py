@@ -313,7 +313,8 @@ def generate_steps(
             picked = pick(rows[len(proposal)])
         if draft is not None:
             draft.observe(len(proposal), keep - base)
-        backend.trim(keep)
+        if keep < len(backend.tokens):  # drop the rejected proposal from the cache
+            backend.trim(keep)
         if ended():
             break
         if tail:
@@ -327,7 +328,7 @@ def _proposal(draft: Drafter | None, written: bytes, validate: Callable[[list[in
     """The drafter's tokens, cut where the grammar would refuse them and to the *room* left."""
     if draft is None or room < 1:
         return []
-    got = [t for t in draft.propose(written)[:room]]
+    got = draft.propose(written)[:room]
     for i, t in enumerate(got):
         if backend.is_eog(t):
             got = got[:i]
