@@ -46,7 +46,7 @@ from ..decoding.loop import common_prefix
 from .generation import Generation
 from .results import Extraction
 
-__all__ = ["MAX_AUTO_BATCH", "auto_batch_size", "decode_gain", "extract_iter", "planned_bytes"]
+__all__ = ["MAX_AUTO_BATCH", "auto_batch_size", "decode_gain", "decode_step_seconds", "extract_iter", "planned_bytes"]
 
 Result = Extraction | EdgeSLMError
 
@@ -66,7 +66,7 @@ SHARE_MIN_TOKENS = 16
 #: 1.5x on whole extractions.
 MIN_DECODE_GAIN = 3.0
 
-_GAINS: weakref.WeakKeyDictionary[Backend, dict[int, float]] = weakref.WeakKeyDictionary()
+_STEPS: weakref.WeakKeyDictionary[Backend, dict[int, tuple[float, float]]] = weakref.WeakKeyDictionary()
 
 
 def _texts(texts: Iterable[Any]) -> Iterable[Any]:
@@ -104,10 +104,11 @@ def auto_batch_size(engine: Backend, n_ctx: int, available_bytes: int | None = N
     return max(1, min(MAX_AUTO_BATCH, int(room // per_seq)))
 
 
-def decode_gain(engine: Backend, n: int) -> float:
-    """Tokens per second of one decode step of *n* sequences over that of one sequence, best of two,
-    measured on a small context forked for it (freed after); kept per model."""
-    known = _GAINS.setdefault(engine.vocab_owner, {})
+def decode_step_seconds(engine: Backend, n: int) -> tuple[float, float]:
+    """Seconds of one decode step of one sequence and of *n* sequences (a token each, 8 tokens
+    cached), best of two after a warm-up, on a small context forked for it (freed after); kept per
+    model."""
+    known = _STEPS.setdefault(engine.vocab_owner, {})
     if n in known:
         return known[n]
     tok = engine.bos_id if engine.bos_id is not None else 0
@@ -121,12 +122,17 @@ def decode_gain(engine: Backend, n: int) -> float:
 
         fork.eval_many([(s, [tok] * 8) for s in range(n)])
         step(1), step(n)  # warm-up: first use of each batch shape
-        one = min(step(1), step(1))
-        many = min(step(n), step(n))
+        known[n] = times = (min(step(1), step(1)), min(step(n), step(n)))
     finally:
         fork.close()
-    known[n] = gain = n * one / max(many, 1e-9)
-    return gain
+    return times
+
+
+def decode_gain(engine: Backend, n: int) -> float:
+    """Tokens per second of one decode step of *n* sequences over that of one sequence
+    (:func:`decode_step_seconds`)."""
+    one, many = decode_step_seconds(engine, n)
+    return n * one / max(many, 1e-9)
 
 
 def extract_iter(

@@ -28,29 +28,26 @@ def batch_documents(n: int, task: str = "contacts") -> tuple[Any, list[dict[str,
 
 def engine_rates(engine: Any, n: int, per_seq: int = 64) -> tuple[float, float]:
     """The engine at its most efficient for *n* sequences, in tokens per second: prompt tokens (one
-    call of *per_seq* tokens for each sequence, logits for the last ones only) and generated tokens
-    (one decode step of the *n* sequences, a token each, every one with logits). Best of two after
-    a warm-up, on a short context forked for it, so attention over a long context is not counted."""
+    call of *per_seq* tokens for each sequence, logits for the last ones only; best of two after a
+    warm-up, on a context forked for it) and generated tokens (one decode step of the *n*
+    sequences, every token with logits: :func:`~edgeslm.api.batch.decode_step_seconds`). Both on a
+    short context, so attention over a long context is not counted."""
+    from edgeslm.api.batch import decode_step_seconds
+
     tok = engine.bos_id if engine.bos_id is not None else 0
-    fork = engine.fork(n, n * per_seq * 2)
-
-    def best(batch: list[tuple[int, list[int]]]) -> float:
-        t_best = float("inf")
-        for i in range(3):
-            for s, toks in batch:
-                fork.seq_trim(s, per_seq if len(toks) == 1 else 0)
-            t = time.perf_counter()
-            fork.eval_many(batch)
-            if i:  # the first is the warm-up
-                t_best = min(t_best, time.perf_counter() - t)
-        return sum(len(x) for _, x in batch) / t_best
-
+    fork = engine.fork(n, n * per_seq)
     try:
-        prompt = best([(s, [tok] * per_seq) for s in range(n)])
-        step = best([(s, [tok]) for s in range(n)])
+        best = float("inf")
+        for i in range(3):
+            for s in range(n):
+                fork.seq_trim(s, 0)
+            t = time.perf_counter()
+            fork.eval_many([(s, [tok] * per_seq) for s in range(n)])
+            if i:  # the first is the warm-up
+                best = min(best, time.perf_counter() - t)
     finally:
         fork.close()
-    return prompt, step
+    return n * per_seq / best, n / decode_step_seconds(engine, n)[1]
 
 
 def _token_counts(results: list[Any]) -> tuple[int, int]:
