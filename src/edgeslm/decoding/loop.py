@@ -93,12 +93,18 @@ class PromptLookup:
         src = self.source
         if self.proposed >= self.patience and self.kept < self.min_kept * self.proposed:
             return []
-        if len(generated) < self.min_match or src.rfind(generated[-self.min_match:]) < 0:
+        if len(generated) < self.min_match:
             return []
-        n = self.min_match  # the longest suffix found: a longer one is found only if this one is
-        while n < min(len(generated), self.max_match) and src.rfind(generated[-(n + 1):]) >= 0:
-            n += 1
-        at = src.rfind(generated[-n:]) + n
+        n, at = self.min_match, src.rfind(generated[-self.min_match:])
+        # the longest suffix found (a longer one is found only if this one is), and where it ends
+        while at >= 0 and n < min(len(generated), self.max_match):
+            longer = src.rfind(generated[-(n + 1):])
+            if longer < 0:
+                break
+            n, at = n + 1, longer
+        if at < 0:
+            return []
+        at += n
         text = src[at : at + self.span].decode("utf-8", errors="ignore")
         return self.tokenize(text)[: self.length] if text else []
 
