@@ -95,6 +95,14 @@ def test_eval_rows_gives_the_logits_of_each_position_of_one_call(engines) -> Non
         assert np.allclose(rows[k], single.logits(), atol=1e-3), k
     single.trim(len(toks) - 2)  # rejected drafts are dropped from the cache like any tokens
     assert single.tokens == toks[:-2]
+    long = (toks * (single.n_batch // len(toks) + 2))[: single.n_batch + 20]
+    with pytest.raises(edgeslm.GenerationError, match="rows"):  # more rows than one call holds
+        single.eval_rows(long, single.n_batch + 1)
+    with pytest.raises(edgeslm.GenerationError, match="KV cache overflow"):  # refused before any is evaluated
+        single.eval_rows(long * 2, 2)
+    assert single.tokens == toks[:-2]
+    assert single.eval_rows(long, 3).shape == (3, single.n_vocab)  # the head first, the rows in one call
+    assert single.tokens == toks[:-2] + long
     assert not Backend.verifies and single.verifies
     with pytest.raises(NotImplementedError):
         Backend.eval_rows(single, toks, 1)

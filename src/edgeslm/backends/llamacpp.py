@@ -300,11 +300,7 @@ class LlamaCppBackend(Backend):
         if self._ctx is None:
             raise GenerationError("the model is closed", hint="load it again with edgeslm.load()")
         lib = self._lib
-        if len(self._tokens) + len(tokens) > self.n_ctx:
-            raise GenerationError(
-                f"KV cache overflow: {len(self._tokens)} + {len(tokens)} > n_ctx={self.n_ctx}",
-                hint="load the model with a larger n_ctx=",
-            )
+        self._check_room(len(tokens))
         for i in range(0, len(tokens), self.n_batch):
             chunk = tokens[i : i + self.n_batch]
             if len(chunk) == 1:
@@ -330,23 +326,18 @@ class LlamaCppBackend(Backend):
             raise GenerationError("the model is closed", hint="load it again with edgeslm.load()")
         tokens = list(tokens)
         n_rows = max(1, min(n_rows, len(tokens)))
+        if n_rows > self.n_batch:
+            raise GenerationError(f"{n_rows} rows of logits asked from one call; it holds {self.n_batch} tokens",
+                                  hint="ask for fewer rows (this is a bug in the caller)")
+        self._check_room(len(tokens))  # before any of it is evaluated
         if len(tokens) > self.n_batch:  # the head on its own; the rows come from one call
             self.eval(tokens[: len(tokens) - n_rows])
             tokens = tokens[len(tokens) - n_rows :]
-        if len(self._tokens) + len(tokens) > self.n_ctx:
-            raise GenerationError(
-                f"KV cache overflow: {len(self._tokens)} + {len(tokens)} > n_ctx={self.n_ctx}",
-                hint="load the model with a larger n_ctx=",
-            )
         lib = self._lib
         b = self._batch_for(len(tokens))
         start = len(tokens) - n_rows
         for i, tok in enumerate(tokens):
-            b.token[i] = tok
-            b.pos[i] = len(self._tokens) + i
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = 0
-            b.logits[i] = i >= start
+            _put(b, i, 0, tok, len(self._tokens) + i, i >= start)
         b.n_tokens = len(tokens)
         rc = lib.llama_decode(self._ctx, b)
         if rc != 0:
@@ -360,6 +351,11 @@ class LlamaCppBackend(Backend):
             ptr = lib.llama_get_logits_ith(self._ctx, start + r)
             out[r] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
         return out
+
+    def _check_room(self, n: int) -> None:
+        if len(self._tokens) + n > self.n_ctx:
+            raise GenerationError(f"KV cache overflow: {len(self._tokens)} + {n} > n_ctx={self.n_ctx}",
+                                  hint="load the model with a larger n_ctx=")
 
     def _batch_for(self, n: int) -> Any:
         """The reusable ``llama_batch``, grown to hold *n* tokens."""
@@ -410,11 +406,7 @@ class LlamaCppBackend(Backend):
             want: list[tuple[int, int]] = []
             for i, (seq, tok, last) in enumerate(chunk):
                 toks = self._seq(seq)
-                b.token[i] = tok
-                b.pos[i] = len(toks)
-                b.n_seq_id[i] = 1
-                b.seq_id[i][0] = seq
-                b.logits[i] = last
+                _put(b, i, seq, tok, len(toks), last)
                 toks.append(tok)
                 if last:
                     want.append((seq, i))
@@ -505,6 +497,15 @@ class LlamaCppBackend(Backend):
             self.close()
         except Exception:
             pass
+
+
+def _put(b: Any, i: int, seq: int, tok: int, pos: int, logits: bool) -> None:
+    """Entry *i* of the ``llama_batch`` *b*: *tok* at *pos* of sequence *seq*, with its logits or not."""
+    b.token[i] = tok
+    b.pos[i] = pos
+    b.n_seq_id[i] = 1
+    b.seq_id[i][0] = seq
+    b.logits[i] = logits
 
 
 def _tok_or_none(t: int) -> int | None:
