@@ -317,6 +317,27 @@ def test_gemma_large_vocabulary(gemma) -> None:
     assert not list(make_validator(PERSON).iter_errors(x.data))
 
 
+def test_base_model_without_template_gets_plain_text_prompts(gemma) -> None:
+    """The bundled Gemma-3-270M is a base model whose file has no chat template: it is prompted in
+    plain text, which it reads, not in Gemma's turn tokens, which it never learned."""
+    from edgeslm.decoding.template import GEMMA_TEMPLATE, ChatTemplate
+
+    assert "<start_of_turn>" not in gemma.template.render_text([{"role": "user", "content": "hi"}])
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "email": {"type": "string"}},
+              "required": ["name", "email"]}
+    docs = [("Laura Mendes", "laura.mendes@brightwave.io"), ("Tomasz Nowak", "t.nowak@kestrel-logistics.co.uk"),
+            ("Aiko Tanaka", "aiko@tanaka-design.jp")]
+    texts = [f"Hi team, please add {n} ({e}) to the shared contacts list. Thanks!" for n, e in docs]
+    plain = [gemma.extract(t, schema).data for t in texts]
+    saved, gemma.template = gemma.template, ChatTemplate(GEMMA_TEMPLATE, bos_token="<bos>", eos_token="<eos>")
+    try:
+        turns = [gemma.extract(t, schema).data for t in texts]
+    finally:
+        gemma.template = saved
+    right = [sum(x == {"name": n, "email": e} for x, (n, e) in zip(got, docs, strict=True)) for got in (plain, turns)]
+    assert right[0] >= 2 and right[0] > right[1], (plain, turns)
+
+
 def test_cli_extract(tmp_path: Path) -> None:
     schema = tmp_path / "s.json"
     schema.write_text(json.dumps(PERSON))

@@ -227,3 +227,16 @@ def test_json_of_every_reply_is_what_the_script_wrote(tmp_path: Path) -> None:
     r = m.chat([{"role": "user", "content": "list"}], response_format={"type": "json_object"}, temperature=0)
     assert json.loads(r.text) == {"items": ["x", "y"]}
     m.close()
+
+
+def test_a_model_without_template_is_prompted_by_what_its_name_says_it_is() -> None:
+    from edgeslm.decoding.template import GEMMA_TEMPLATE, PLAIN_TEMPLATE, default_template, looks_instruct
+
+    base = {"general.name": "Gemma 3 270m", "general.tags": "['gemma3', 'gemma', 'google', 'text-generation']"}
+    tuned = [{"general.finetune": "it"}, {"general.name": "Qwen2.5 7B Instruct"}, {"general.basename": "chat-model"},
+             {"general.name": "gemma-3-270m-it"}]
+    assert not looks_instruct(base) and not looks_instruct({"general.name": "Italian BERT"})
+    assert all(looks_instruct(m) for m in tuned)
+    has = {"<start_of_turn>"}.__contains__
+    assert default_template("gemma3", has, instruct=True)[0] == GEMMA_TEMPLATE
+    assert default_template("gemma3", has, instruct=False) == (PLAIN_TEMPLATE, ["\nUser:"])

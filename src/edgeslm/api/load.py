@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import BackendUnavailableError, ModelNotFoundError, TemplateError, UnsafeTemplateError
-from ..decoding.template import ChatTemplate, default_template
+from ..decoding.template import ChatTemplate, default_template, looks_instruct
 from .model import Model
 
 __all__ = ["load"]
@@ -106,10 +106,12 @@ def _template(engine: Any, override: str | None) -> ChatTemplate | None:
     eos = engine.token_text(engine.eos_id) if engine.eos_id is not None else ""
     stops: list[str] = []
     if not source:
-        # No template in the model: the family's own turn format, else ChatML, else plain text.
+        # No template in the model: the family's own turn format, else ChatML, else plain text;
+        # plain text for a base model (no template and no instruction tuning in its name).
         source, stops = default_template(
             engine.metadata.get("general.architecture", ""),
             lambda t: len(engine.tokenize(t, special=True)) == 1,
+            instruct=looks_instruct(engine.metadata),
         )
     template = ChatTemplate(source, bos_token=bos, eos_token=eos, stop=stops)
     try:  # render once now, so a hostile template fails at load instead of at the first chat

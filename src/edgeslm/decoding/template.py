@@ -35,6 +35,7 @@ __all__ = [
     "ChatTemplate",
     "PromptSegments",
     "default_template",
+    "looks_instruct",
 ]
 
 #: Steps one render may take (blocks entered, loop items, calls, filters, operators), plus 1,000
@@ -258,6 +259,17 @@ class ChatTemplate:
         return again
 
 
+_INSTRUCT_WORDS = re.compile(r"(?:^|[^a-z0-9])(it|instruct|instruction|chat|sft|dpo|rlhf)(?:$|[^a-z0-9])")
+
+
+def looks_instruct(metadata: dict[str, str]) -> bool:
+    """Whether a model's GGUF metadata names an instruction-tuned or chat model
+    (``general.finetune``, ``general.name``, ``general.basename`` or ``general.tags``: "it",
+    "Instruct", "chat"...). Conversion tools write it from the model's name; a base model has none."""
+    text = " ".join(str(metadata.get(f"general.{k}", "")) for k in ("finetune", "name", "basename", "tags"))
+    return bool(_INSTRUCT_WORDS.search(text.lower()))
+
+
 def _split(text: str, nonce: str, slots: list[str]) -> tuple[PromptSegments, set[int]]:
     """Segments of a rendering with placeholders (each replaced by its plain text), and the
     placeholders found unchanged."""
@@ -290,8 +302,15 @@ def _tojson(value: Any, indent: int | None = None, **_: Any) -> str:
     return json.dumps(value, ensure_ascii=False, indent=indent)
 
 
-def default_template(architecture: str, has_token: Callable[[str], bool]) -> tuple[str, list[str]]:
-    """Template (and extra stop strings) for a model whose file carries none."""
+def default_template(architecture: str, has_token: Callable[[str], bool], *,
+                     instruct: bool = True) -> tuple[str, list[str]]:
+    """Template (and extra stop strings) for a model whose file carries none.
+
+    A base model (``instruct=False``) gets :data:`PLAIN_TEMPLATE` even where its vocabulary holds
+    turn tokens: it never learned them (Gemma-3-270M base, 24 contact records extracted: 11 exact
+    and 68/96 fields with plain text, 0 and 30/96 with Gemma's turns)."""
+    if not instruct:
+        return PLAIN_TEMPLATE, ["\nUser:"]
     if architecture.startswith("gemma") and has_token("<start_of_turn>"):
         return GEMMA_TEMPLATE, ["<end_of_turn>"]
     if has_token("<|im_start|>"):

@@ -36,7 +36,7 @@ __all__ = [
     "safe_revision",
 ]
 
-CHAT_FORMATS = frozenset({"phi4", "gemma3", "llama3", "chatml", "generic"})
+CHAT_FORMATS = frozenset({"phi4", "gemma3", "llama3", "chatml", "generic", "plain"})
 TOOL_FORMATS = frozenset({"phi4", "hermes", "llama3", "gemma3", "generic"})
 FORMATS = frozenset({"gguf", "onnx"})  # the built-in backends' formats; registered backends add theirs
 SOURCES = frozenset({"hf", "bundled"})
