@@ -264,3 +264,33 @@ def test_extract_validates(onnx_model) -> None:
     assert x.data["age"] == 42
     assert x.usage.forced_tokens > 0  # forced tokens were evaluated as one batch
     assert json.loads(x.raw) == x.data
+
+
+def test_extract_many_runs_one_at_a_time_with_results_of_extract(onnx_model) -> None:
+    from edgeslm.api.batch import auto_batch_size
+
+    texts = ["John Smith is 42 years old.", "word " * 2000, "Maria Lopez, aged 31, lives in Lisbon."]
+    assert auto_batch_size(onnx_model._engine, onnx_model.n_ctx) == 1
+    got = onnx_model.extract_many(texts, PERSON, batch_size=4)  # asked for 4: the engine cannot fork
+    assert [type(r).__name__ for r in got] == ["Extraction", "ContextLengthError", "Extraction"]
+    for text, r in zip(texts[::2], got[::2], strict=True):
+        assert r.data == onnx_model.extract(text, PERSON).data  # one at a time: the very same decoding
+
+
+def test_onnxruntime_genai_batches_still_cannot_take_tokens_twice(onnx_dir: Path) -> None:
+    """Why extract_many runs ONNX models one at a time (README, api.batch): a Generator of several
+    sequences takes tokens once and rewinds only to 0, so no prefix is shared and nothing is
+    fast-forwarded. When this fails, onnxruntime-genai has changed: batching there can be revisited."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    model = og.Model(str(onnx_dir))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=64, batch_size=2)
+    gen = og.Generator(model, params)
+    gen.append_tokens(np.array([[1, 2, 3], [4, 5, 6]], dtype=np.int32))
+    assert gen.get_logits().shape[0] == 2
+    with pytest.raises(Exception, match="once"):
+        gen.append_tokens(np.array([[7], [8]], dtype=np.int32))
+    with pytest.raises(Exception, match="0"):
+        gen.rewind_to(2)
