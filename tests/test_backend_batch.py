@@ -106,3 +106,74 @@ def test_eval_rows_gives_the_logits_of_each_position_of_one_call(engines) -> Non
     assert not Backend.verifies and single.verifies
     with pytest.raises(NotImplementedError):
         Backend.eval_rows(single, toks, 1)
+
+
+@pytest.fixture(scope="module")
+def invariant(smollm2_path):
+    from edgeslm.backends.llamacpp import LlamaCppBackend
+
+    single = LlamaCppBackend(smollm2_path, n_ctx=1024, batch_invariant=True)
+    multi = single.fork(4, 4096)
+    yield single, multi
+    single.close()
+
+
+@requires_smollm2
+def test_batch_invariant_logits_do_not_depend_on_the_call_or_the_cache_layout(invariant) -> None:
+    """With batch_invariant, a sequence's logits are bit-identical whether its tokens come in one
+    call or several, alone or beside other sequences, first in the cache or after others."""
+    single, multi = invariant
+    text = single.tokenize("Alice Smith works at Acme Corp in Paris; her e-mail is alice@acme.com.", special=False)
+    other = single.tokenize("Bob is a plumber from Oslo who likes fishing.", special=False)
+
+    def greedy(run_step, first_logits, n=8) -> list[np.ndarray]:
+        out, logits = [], first_logits()
+        for _ in range(n):
+            out.append(logits.copy())
+            logits = run_step(int(np.argmax(logits)))
+        return out
+
+    def single_step(tok: int) -> np.ndarray:
+        single.eval([tok])  # one token: padded to a call of two
+        return single.logits()
+
+    single.trim(0)
+    single.eval(text)
+    ref = greedy(single_step, single.logits)
+    for split in (3, 11, len(text) - 2):  # the prompt in two calls
+        single.trim(0)
+        single.eval(text[:split])
+        single.eval(text[split:])
+        assert np.array_equal(single.logits(), ref[0]), split
+    for layout in ("alone", "beside", "after"):
+        for s in range(4):
+            multi.seq_trim(s, 0)
+        if layout == "alone":
+            multi.eval_many([(1, text)])
+        elif layout == "beside":
+            multi.eval_many([(0, other), (1, text), (2, other[:5])])
+        else:
+            multi.eval_many([(0, other)])
+            multi.eval_many([(2, other[:5])])
+            multi.eval_many([(1, text)])
+
+        def step(tok: int, layout=layout) -> np.ndarray:
+            rnd = [(1, [tok])] if layout == "alone" else [(0, [7]), (1, [tok]), (3, [9, 9])]
+            multi.eval_many(rnd)
+            return multi.logits_of(1)
+
+        got = greedy(step, lambda: multi.logits_of(1))
+        assert all(np.array_equal(a, b) for a, b in zip(got, ref, strict=True)), layout
+    # a prefix copied from another sequence (its cache copied whole, then cut) gives the same too
+    multi.seq_copy(1, 2, len(text) - 4)
+    assert multi.seq_tokens(2) == text[:-4]
+    multi.eval_many([(2, text[-4:])])
+    assert np.array_equal(multi.logits_of(2), ref[0])
+
+
+@requires_smollm2
+def test_batch_invariant_is_for_the_cpu(smollm2_path) -> None:
+    from edgeslm.backends.llamacpp import LlamaCppBackend
+
+    with pytest.raises(edgeslm.InvalidRequestError, match="CPU"):
+        LlamaCppBackend(smollm2_path, n_ctx=256, n_gpu_layers=4, batch_invariant=True)

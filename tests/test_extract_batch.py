@@ -49,6 +49,24 @@ def test_batched_results_are_those_of_extract_one_by_one(smollm2) -> None:
 
 
 @requires_smollm2
+def test_batch_invariant_results_are_exactly_those_of_extract_one_by_one(smollm2_path) -> None:
+    """With batch_invariant=True greedy extract_many gives, token for token, what extract gives one
+    document at a time: items decode beside each other, copy a shared prefix, draft nothing; the
+    one-by-one extractions draft copied text."""
+    m = edgeslm.load(smollm2_path, n_ctx=1024, batch_invariant=True)
+    try:
+        assert m._engine.batch_invariant and any("batch_invariant" in w for w in m.plan.why)
+        texts = TEXTS + [f"Contact: {n}, {30 + i} y/o, based in {CITIES[-1 - i % 8]}." for i, n in enumerate(NAMES[:4])]
+        one = [m.extract(t, SCHEMA) for t in texts]
+        got = m.extract_many(texts, SCHEMA, batch_size=4)
+        assert [b.raw for b in got] == [a.raw for a in one]
+        assert [b.data for b in got] == [a.data for a in one]
+        assert [b.confidence for b in got] == [a.confidence for a in one]
+    finally:
+        m.close()
+
+
+@requires_smollm2
 def test_one_bad_item_in_a_batch_is_an_error_in_its_slot(smollm2) -> None:
     texts = [TEXTS[0], "word " * 3000, TEXTS[1], 7, TEXTS[2]]
     got = smollm2.extract_many(texts, SCHEMA, batch_size=3)
@@ -165,3 +183,5 @@ def test_bench_batch_section_reports_ratio_and_bound(smollm2) -> None:
     # one at a time costs at least what its tokens cost at the engine's best rates: the bound is >= ~1
     assert 0.8 < r["bound"] < 50 and r["tokens"]["chosen"] > 0
     assert 0 <= r["greedy_same"] <= 3 and r["decode_gain"] > 0
+    inv = r["invariant"]  # batch_invariant on the same documents: the same results both ways
+    assert inv["documents"] == 3 and inv["greedy_same"] == 3 and inv["cost_one_at_a_time"] > 0 and inv["ratio"] > 0

@@ -55,3 +55,25 @@ def test_cli_writes_json_lines_for_many_inputs(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     assert [json.loads(x)["input"] for x in run.stdout.splitlines()] == [str(tmp_path / "one.txt"),
                                                                          str(tmp_path / "two.txt")]
+
+
+def test_invariant_calls_are_groups_llama_cpp_keeps_whole() -> None:
+    """With a cache per sequence llama.cpp splits a call into batches of consecutive sequence ids
+    with as many tokens each; batch_invariant's calls are each one such batch, never more than
+    the cap, and together they evaluate every token once, in order."""
+    from edgeslm.backends.llamacpp import _invariant_calls
+
+    items = [(0, [1, 2, 3]), (1, [4]), (2, list(range(10, 50))), (4, [5, 6]), (5, [7, 8]), (7, [9])]
+    calls = _invariant_calls(items, 8)
+    seen: dict[int, list[int]] = {}
+    for call in calls:
+        assert 1 <= len(call) <= 8
+        seqs = sorted({s for s, _, _ in call})
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # consecutive ids
+        counts = {s: sum(1 for x, _, _ in call if x == s) for s in seqs}
+        assert len(set(counts.values())) == 1  # as many tokens each
+        for s, tok, last in call:
+            seen.setdefault(s, []).append(tok)
+            assert last == (len(seen[s]) == len(dict(items)[s]))  # logits for each sequence's last token
+    assert seen == dict(items)
+    assert _invariant_calls([], 8) == []

@@ -15,11 +15,13 @@ the examples) is copied in the KV cache, not evaluated again. The context is ope
 and freed after it.
 
 Results are those of ``extract`` on the same inputs, except where the model hesitates between
-two tokens (logits within a few hundredths): llama.cpp's CPU kernels compute a token evaluated on
-its own (every decode step of ``extract``) very slightly differently from the same token in a call
-of two or more tokens (measured: a token's logits are bit-identical in any call of two or more
-tokens, whatever the other sequences, with flash attention off, and can differ from those of a call
-of that token alone), so greedy decoding can take the other one.
+two tokens: llama.cpp's CPU kernels compute a token slightly differently in a call of one token
+(every decode step of ``extract``), of several, or of 64 or more, and without flash attention by
+where the cache placed its sequence, so greedy decoding can take the other one. A model loaded
+with ``batch_invariant=True`` rules all of these out (see
+:class:`~edgeslm.backends.llamacpp.LlamaCppBackend`): greedy results are then those of ``extract``
+token for token, where the engine computes each token's row on its own (SmolLM2-135M; not
+Gemma-3-270M, whose Q5_0/Q8_0 tensors go through tiled kernels).
 
 The sequences of a batch do not draft copied text (:class:`~edgeslm.decoding.loop.PromptLookup`):
 a sequence view does not ``verify``. On 2 CPU cores the rows drafts add to a round cost more than

@@ -29,6 +29,7 @@ def load(
     tool_format: str | None = None,
     safe_mode: bool | None = None,
     escalation: Any = None,
+    batch_invariant: bool = False,
 ) -> Model:
     """Load a model: a catalog id (``"phi-4-mini"``, ``"smollm2-135m"``), a local ``.gguf`` file,
     an ONNX GenAI folder, or ``hf://owner/repo/file.gguf``.
@@ -46,6 +47,13 @@ def load(
     ``escalation`` (an :class:`edgeslm.Escalation`, off unless given): the default hand-off of
     ``extract``, ``chat`` and tool calls to a bigger model when the local answer is invalid, unsure
     or the app's predicate says so. Nothing leaves the device without it.
+
+    ``batch_invariant=True`` (llama.cpp on the CPU; ``device="auto"`` then means the CPU): a
+    token's logits no longer depend on what else an engine call evaluates, so greedy
+    ``extract_many`` gives exactly the results of ``extract`` one by one, at the cost of slower
+    steps (SmolLM2-135M: 1.35x the time one at a time; see
+    :class:`~edgeslm.backends.llamacpp.LlamaCppBackend` for what it changes and where it is not
+    exact). ONNX Runtime GenAI models batch nothing, so their results are the same anyway.
     """
     from ._validate import check_escalation, check_int, check_model_ref
 
@@ -65,6 +73,9 @@ def load(
         raise BackendUnavailableError(f"unknown backend {backend!r}", hint=f"use 'auto' or one of {backend_names()}")
     if device not in DEVICES:
         raise BackendUnavailableError(f"unknown device {device!r}", hint=f"use one of {DEVICES}")
+    batch_invariant = bool(batch_invariant)
+    if batch_invariant and device == "auto":
+        device = "cpu"  # GPU kernels change with the batch size
     reason = None
     if quant is None:
         quant, reason = _planned_quant(model, n_ctx)
@@ -88,8 +99,11 @@ def load(
         plan.variant = f"{entry.id}:{quant}"
         plan.why.insert(0, reason)
     name = entry.id if entry is not None else path.name
+    if batch_invariant:
+        plan.why.append("batch_invariant: on the CPU, one-token engine calls padded to two, no weight repacking")
     request = OpenRequest(n_ctx=plan.n_ctx, device=plan.device, n_gpu_layers=plan.n_gpu_layers,
-                          n_threads=n_threads, safe_mode=safe_mode, trusted=entry is not None, plan=plan)
+                          n_threads=n_threads, safe_mode=safe_mode, trusted=entry is not None, plan=plan,
+                          batch_invariant=batch_invariant)
     engine = spec.open(path, request)
     engine.plan = plan
     try:

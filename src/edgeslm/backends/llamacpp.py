@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import BackendUnavailableError, CorruptModelError, GenerationError
+from .._errors import BackendUnavailableError, CorruptModelError, GenerationError, InvalidRequestError
 from .base import Backend
 from .registry import BackendSpec, OpenRequest
 
@@ -28,6 +28,9 @@ _init_lock = threading.Lock()
 _initialized = False
 _log_callback: Any = None  # kept alive for as long as llama.cpp may call it
 _logger = logging.getLogger("edgeslm.llama_cpp")
+#: With ``batch_invariant``, the most tokens one engine call evaluates: on the CPU, calls of 64
+#: tokens or more compute every token differently from calls of 2 to 63 (measured, SmolLM2-135M).
+INVARIANT_MAX_CALL = 32
 
 
 def _install_log_callback(llama_cpp: Any) -> None:
@@ -109,12 +112,30 @@ class LlamaCppBackend(Backend):
         n_batch: int = 512,
         extra_bufts: bool = True,
         n_seq_max: int = 1,
+        batch_invariant: bool = False,
     ) -> None:
         """Open *path*. ``extra_bufts=False`` turns off llama.cpp's CPU "extra" buffer types (weight
         repacking for AMX and other special kernels): the safe option the self-check falls back to.
         ``n_seq_max`` above 1 holds that many sequences in one KV cache of ``n_ctx`` tokens shared by
-        all of them (batched decoding, see :class:`~edgeslm.backends.base.Backend`)."""
+        all of them (batched decoding, see :class:`~edgeslm.backends.base.Backend`).
+
+        ``batch_invariant=True`` (CPU only) makes a token's logits the same whatever else is evaluated
+        in the same engine call and wherever the cache holds its sequence. llama.cpp's CPU kernels
+        compute a call of one token differently from a call of several, a call of 64 tokens or more
+        differently again, repacked weights by a row's place in the call, and attention without
+        flash attention by the cells' places in the cache. So every call holds 2 to
+        :data:`INVARIANT_MAX_CALL` tokens (a call of one token evaluates the token before it again
+        with it), weights are not repacked, flash attention is on, and each sequence of a
+        :meth:`fork` has a cache of its own laid out as a one-sequence context's. Greedy ``extract``
+        and ``extract_many`` then choose the same tokens."""
         super().__init__()
+        if batch_invariant and n_gpu_layers:
+            raise InvalidRequestError("batch_invariant=True runs on the CPU only",
+                                      hint="GPU kernels change with the batch size: pass n_gpu_layers=0 "
+                                      "(device=\"cpu\"), or drop batch_invariant")
+        if batch_invariant:
+            extra_bufts = False
+        self.batch_invariant = bool(batch_invariant)
         lib = _lib()
         self._lib = lib
         self.path = os.fspath(path)
@@ -150,13 +171,19 @@ class LlamaCppBackend(Backend):
     def _new_context(self, n_ctx: int, n_batch: int, n_seq_max: int, threads: int, n_gpu_layers: int) -> None:
         lib, model = self._lib, self._model
         n_train = self.n_ctx_train
+        invariant = self.batch_invariant
+        n_seq_max = max(1, int(n_seq_max))
         cparams = lib.llama_context_default_params()
-        cparams.n_ctx = int(min(n_ctx, n_train * max(1, n_seq_max)))
+        cparams.n_ctx = int(min(n_ctx, n_train * n_seq_max))
+        if invariant:
+            n_batch = min(n_batch, INVARIANT_MAX_CALL)
         cparams.n_batch = int(min(n_batch, cparams.n_ctx))
         cparams.n_ubatch = cparams.n_batch
-        cparams.n_seq_max = max(1, int(n_seq_max))
+        cparams.n_seq_max = n_seq_max
         if n_seq_max > 1 and hasattr(cparams, "kv_unified"):
-            cparams.kv_unified = True  # one cache for all sequences, so a prompt prefix can be shared
+            # one cache for all sequences, so a prompt prefix is shared, not copied; batch_invariant:
+            # a cache per sequence (its cells in the order of its positions, from the first cell)
+            cparams.kv_unified = not invariant
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.no_perf = True
@@ -164,9 +191,15 @@ class LlamaCppBackend(Backend):
         # except with several sequences: the CPU kernel skips the cells of other sequences, where
         # plain attention computes over the whole shared cache (SmolLM2-135M, 8 sequences of ~300
         # tokens: a one-sequence step took 14 ms with it, 22 ms without).
-        cparams.flash_attn_type = (
-            lib.LLAMA_FLASH_ATTN_TYPE_AUTO if n_gpu_layers or n_seq_max > 1 else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        )
+        # batch_invariant: on, because without it the softmax sums a row over every cell of the
+        # cache, in SIMD lanes set by the cell's index, so a token's result depends on where the
+        # cache placed the tokens of its sequence.
+        if invariant:
+            cparams.flash_attn_type = getattr(lib, "LLAMA_FLASH_ATTN_TYPE_ENABLED", 1)
+        else:
+            cparams.flash_attn_type = (
+                lib.LLAMA_FLASH_ATTN_TYPE_AUTO if n_gpu_layers or n_seq_max > 1 else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            )
         ctx = lib.llama_init_from_model(model, cparams)
         if not ctx:
             if self._owns_model:
@@ -191,7 +224,8 @@ class LlamaCppBackend(Backend):
         self._one = (lib.llama_token * 1)()
         self._eog_cache: dict[int, bool] = {}
         self._piece_cache: dict[int, bytes] = {}
-        self.max_sequences = int(lib.llama_n_seq_max(ctx)) if n_seq_max > 1 else 1
+        self.max_sequences = n_seq_max
+        self._invariant = invariant
         self._tokens = []
         self._seqs: dict[int, list[int]] = {0: self._tokens}
         self._seq_logits: dict[int, np.ndarray] = {}
@@ -205,7 +239,8 @@ class LlamaCppBackend(Backend):
             raise GenerationError("the model is closed", hint="load it again with edgeslm.load()")
         other = object.__new__(LlamaCppBackend)
         Backend.__init__(other)
-        for k in ("_lib", "path", "_model", "_vocab", "n_vocab", "metadata", "n_ctx_train", "extra_bufts", "plan"):
+        for k in ("_lib", "path", "_model", "_vocab", "n_vocab", "metadata", "n_ctx_train", "extra_bufts", "plan",
+                  "batch_invariant"):
             setattr(other, k, getattr(self, k))
         other._owns_model = False
         other._forks = []
@@ -303,12 +338,18 @@ class LlamaCppBackend(Backend):
         self._check_room(len(tokens))
         for i in range(0, len(tokens), self.n_batch):
             chunk = tokens[i : i + self.n_batch]
-            if len(chunk) == 1:
+            if len(chunk) == 1 and self._invariant:
+                b = self._batch_for(2)
+                _put(b, 0, 0, chunk[0], len(self._tokens), True)
+                b.n_tokens = 1
+                rc = self._decode(b)[0]
+            elif len(chunk) == 1:
                 arr = self._one
                 arr[0] = chunk[0]
+                rc = lib.llama_decode(self._ctx, lib.llama_batch_get_one(arr, 1))
             else:
                 arr = (lib.llama_token * len(chunk))(*chunk)
-            rc = lib.llama_decode(self._ctx, lib.llama_batch_get_one(arr, len(chunk)))
+                rc = lib.llama_decode(self._ctx, lib.llama_batch_get_one(arr, len(chunk)))
             if rc != 0:
                 # Keep our view in sync with whatever the cache holds now.
                 self.trim(len(self._tokens))
@@ -339,7 +380,7 @@ class LlamaCppBackend(Backend):
         for i, tok in enumerate(tokens):
             _put(b, i, 0, tok, len(self._tokens) + i, i >= start)
         b.n_tokens = len(tokens)
-        rc = lib.llama_decode(self._ctx, b)
+        rc, shift = self._decode(b)
         if rc != 0:
             lib.llama_memory_seq_rm(self._mem, 0, len(self._tokens), -1)
             raise GenerationError(f"llama_decode failed with code {rc}",
@@ -348,9 +389,29 @@ class LlamaCppBackend(Backend):
         self._seq_logits.pop(0, None)
         out = np.empty((n_rows, self.n_vocab), dtype=np.float32)
         for r in range(n_rows):
-            ptr = lib.llama_get_logits_ith(self._ctx, start + r)
+            ptr = lib.llama_get_logits_ith(self._ctx, start + r + shift)
             out[r] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
         return out
+
+    def _decode(self, b: Any) -> tuple[int, int]:
+        """``llama_decode`` of the batch *b*: its return code, and by how many rows the batch's
+        entries moved. With ``batch_invariant``, a batch of one token at a position above 0
+        evaluates the token before it again first (its cache cell is rewritten with what it held):
+        a call of one token would compute it differently."""
+        lib = self._lib
+        if not self._invariant or b.n_tokens != 1 or b.pos[0] < 1:
+            return int(lib.llama_decode(self._ctx, b)), 0
+        seq, tok, pos, want = int(b.seq_id[0][0]), int(b.token[0]), int(b.pos[0]), bool(b.logits[0])
+        toks = self._seq(seq)
+        lib.llama_memory_seq_rm(self._mem, seq, pos - 1, -1)
+        _put(b, 0, seq, toks[pos - 1], pos - 1, False)
+        _put(b, 1, seq, tok, pos, want)
+        b.n_tokens = 2
+        rc = int(lib.llama_decode(self._ctx, b))
+        if rc != 0:  # the cell of the token before is gone too: so is it from our view
+            lib.llama_memory_seq_rm(self._mem, seq, pos - 1, -1)
+            del toks[pos - 1 :]
+        return rc, 1
 
     def _check_room(self, n: int) -> None:
         if len(self._tokens) + n > self.n_ctx:
@@ -398,30 +459,37 @@ class LlamaCppBackend(Backend):
             raise GenerationError("the model is closed", hint="load it again with edgeslm.load()")
         lib = self._lib
         items = [(seq, list(toks)) for seq, toks in batch if len(toks)]
-        # Flatten into chunks of at most n_batch tokens; logits only for each sequence's last token.
-        flat = [(seq, tok, i == len(toks) - 1) for seq, toks in items for i, tok in enumerate(toks)]
-        b = self._batch_for(len(flat))
-        for start in range(0, len(flat), self._batch_cap):
-            chunk = flat[start : start + self._batch_cap]
+        for seq, _ in items:
+            self._seq(seq)  # in range
+        # Logits only for each sequence's last token.
+        if self._invariant:
+            chunks = _invariant_calls(items, self.n_batch)
+        else:  # in order, chunks of at most n_batch tokens
+            flat = [(seq, tok, i == len(toks) - 1) for seq, toks in items for i, tok in enumerate(toks)]
+            chunks = [flat[i : i + self.n_batch] for i in range(0, len(flat), self.n_batch)]
+        b = self._batch_for(max((len(c) for c in chunks), default=1))  # at least 8: room for _decode's 2
+        for chunk in chunks:
             want: list[tuple[int, int]] = []
+            start: dict[int, int] = {}
             for i, (seq, tok, last) in enumerate(chunk):
                 toks = self._seq(seq)
+                start.setdefault(seq, len(toks))
                 _put(b, i, seq, tok, len(toks), last)
                 toks.append(tok)
                 if last:
                     want.append((seq, i))
             b.n_tokens = len(chunk)
-            rc = lib.llama_decode(self._ctx, b)
+            rc, shift = self._decode(b)
             if rc != 0:
-                for seq, _, _ in chunk:  # undo our view of this chunk; the cache may hold part of it
+                for seq, n in start.items():  # undo our view of this chunk; the cache may hold part of it
                     toks = self._seq(seq)
-                    n = sum(1 for s, _, _ in chunk if s == seq)
-                    del toks[len(toks) - n :]
-                    lib.llama_memory_seq_rm(self._mem, seq, len(toks), -1)
+                    n = min(n, len(toks))
+                    del toks[n:]
+                    lib.llama_memory_seq_rm(self._mem, seq, n, -1)
                 raise GenerationError(f"llama_decode failed with code {rc}",
                                       hint="the KV cache may be full: raise n_ctx=, or decode fewer sequences at once")
             for seq, i in want:
-                ptr = lib.llama_get_logits_ith(self._ctx, i)
+                ptr = lib.llama_get_logits_ith(self._ctx, i + shift)
                 self._seq_logits[seq] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
 
     def logits_of(self, seq: int) -> np.ndarray:
@@ -446,7 +514,11 @@ class LlamaCppBackend(Backend):
         s, d = self._seq(src), self._seq(dst)
         n = max(0, min(n, len(s)))
         self._lib.llama_memory_seq_rm(self._mem, dst, 0, -1)
-        if n:
+        if n and self._invariant:
+            # a cache per sequence: llama.cpp copies a whole one (and aborts on a part), then cut it
+            self._lib.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+            self._lib.llama_memory_seq_rm(self._mem, dst, n, -1)
+        elif n:
             self._lib.llama_memory_seq_cp(self._mem, src, dst, 0, n)
         d[:] = s[:n]
         self._seq_logits.pop(dst, None)
@@ -508,6 +580,32 @@ def _put(b: Any, i: int, seq: int, tok: int, pos: int, logits: bool) -> None:
     b.logits[i] = logits
 
 
+def _invariant_calls(items: list[tuple[int, list[int]]], cap: int) -> list[list[tuple[int, int, bool]]]:
+    """The engine calls of one round with a cache per sequence, each one batch of llama.cpp: it
+    splits a call into batches of sequences with consecutive ids and as many tokens each, so each
+    call here is such a group (at most *cap* tokens). Entries: ``(seq, token, logits wanted)``."""
+    queues = {seq: [(tok, i == len(toks) - 1) for i, tok in enumerate(toks)] for seq, toks in items}
+    heads = dict.fromkeys(queues, 0)
+    calls: list[list[tuple[int, int, bool]]] = []
+    while True:
+        live = sorted(seq for seq, q in queues.items() if heads[seq] < len(q))
+        if not live:
+            return calls
+        runs: list[list[int]] = []
+        for seq in live:
+            if runs and seq == runs[-1][-1] + 1 and len(runs[-1]) < cap:
+                runs[-1].append(seq)
+            else:
+                runs.append([seq])
+        for run in runs:
+            k = max(1, min(min(len(queues[s]) - heads[s] for s in run), cap // len(run)))
+            call = []
+            for s in run:
+                call += [(s, *queues[s][j]) for j in range(heads[s], heads[s] + k)]
+                heads[s] += k
+            calls.append(call)
+
+
 def _tok_or_none(t: int) -> int | None:
     return None if t is None or t < 0 else int(t)
 
@@ -540,7 +638,7 @@ def _open(path: Path, req: OpenRequest) -> LlamaCppBackend:
 
     def open_fn(layers: int) -> LlamaCppBackend:
         return LlamaCppBackend(path, n_ctx=req.n_ctx, n_gpu_layers=layers, n_threads=req.n_threads,
-                               extra_bufts=options.extra_bufts)
+                               extra_bufts=options.extra_bufts, batch_invariant=req.batch_invariant)
 
     n_layers = getattr(plan, "n_layers", None)
     engine, layers = selfcheck.open_with_gpu_fallback(open_fn, options.n_gpu_layers, n_layers)

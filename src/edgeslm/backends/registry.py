@@ -51,6 +51,9 @@ class OpenRequest:
     """Whether the file comes from the catalog (verified by SHA-256) rather than from the user."""
     plan: Any = None
     """The :class:`edgeslm.Plan`; an engine may append to ``plan.why`` what it changed."""
+    batch_invariant: bool = False
+    """Logits of a token independent of what else one engine call evaluates (see
+    :class:`~edgeslm.backends.llamacpp.LlamaCppBackend`); engines that batch nothing ignore it."""
 
 
 @dataclass(frozen=True)

@@ -286,8 +286,11 @@ def _run(args: argparse.Namespace) -> int:
                     r = res["batch"] = batch_bench(model, schema, docs, n_threads=args.threads, peer=peer,
                                                    batch_size=args.batch_size,
                                                    tick=lambda k, j=job: bar.update(j, completed=k))
+                    inv = r.get("invariant") or {}
                     report.add(model, "batch", EDGESLM, **r["extract_many"], batch_size=r["batch_size"],
-                               decode_gain=r["decode_gain"], greedy_same=r["greedy_same"], bound=r["bound"])
+                               decode_gain=r["decode_gain"], greedy_same=r["greedy_same"], bound=r["bound"],
+                               invariant_same=inv.get("greedy_same"), invariant_docs=inv.get("documents"),
+                               invariant_cost=inv.get("cost_one_at_a_time"))
                     report.add(model, "batch", "edgeslm extract, one at a time", **r["one_at_a_time"])
                     if r.get("peer"):
                         report.add(model, "batch", "llama-cpp-python response_format", **r["peer"])

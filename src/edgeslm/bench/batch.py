@@ -6,7 +6,9 @@ The figure is valid extractions per second of wall time; the greedy agreement of
 results with the one-at-a-time ones and the engine's own batching gain (tokens per second of one
 decode step of the whole batch over that of one sequence) are reported beside it, with the bound
 batching cannot pass on this machine: the one-at-a-time time over the time the same tokens take at
-the engine's best batched rates (see :func:`engine_rates`).
+the engine's best batched rates (see :func:`engine_rates`). With ``batch_invariant=True``
+(``invariant``): how many of the first documents come out the same both ways, and what the mode
+costs one at a time, against the default run on the same documents.
 """
 
 from __future__ import annotations
@@ -50,6 +52,28 @@ def engine_rates(engine: Any, n: int, per_seq: int = 64) -> tuple[float, float]:
     return n * per_seq / best, n / decode_step_seconds(engine, n)[1]
 
 
+def _invariant_run(model_ref: str, schema: Any, texts: list[str], n_threads: int, batch_size: int,
+                   max_tokens: int) -> dict[str, Any]:
+    """*texts* one at a time and through ``extract_many`` with ``batch_invariant=True``: how many
+    results are the same, and the seconds of each run."""
+    import edgeslm
+
+    model = edgeslm.load(model_ref, n_ctx=2048, n_threads=n_threads, batch_invariant=True)
+    try:
+        model.extract(texts[0], schema, max_tokens=max_tokens)  # warm, as the default run was
+        t = time.perf_counter()
+        one = [model.extract_many([x], schema, batch_size=1, max_tokens=max_tokens)[0] for x in texts]
+        one_s = time.perf_counter() - t
+        t = time.perf_counter()
+        many = model.extract_many(texts, schema, batch_size=batch_size, max_tokens=max_tokens)
+        many_s = time.perf_counter() - t
+    finally:
+        model.close()
+    same = sum(isinstance(a, edgeslm.Extraction) and isinstance(b, edgeslm.Extraction) and a.raw == b.raw
+               for a, b in zip(one, many, strict=True))
+    return {"documents": len(texts), "greedy_same": same, "one_s": one_s, "many_s": round(many_s, 3)}
+
+
 def _token_counts(results: list[Any]) -> tuple[int, int]:
     """``(prompt, generated)`` tokens the engine evaluated for *results*: prompt tokens not reused
     from the cache plus the tokens the grammar forced (no logits needed), and the tokens the model
@@ -60,10 +84,11 @@ def _token_counts(results: list[Any]) -> tuple[int, int]:
 
 
 def batch_bench(model_ref: str, schema: Any, rows: list[dict[str, Any]], *, n_threads: int = 2, peer: bool = True,
-                batch_size: int = 8, max_tokens: int = 256,
+                batch_size: int = 8, max_tokens: int = 256, invariant_docs: int = 16,
                 tick: Callable[[int], None] | None = None) -> dict[str, Any]:
     """valid/s of ``extract_many`` (``batch_size`` sequences), of ``extract`` one at a time and of
-    the peer one at a time, on *rows* (``text`` and ``expected``)."""
+    the peer one at a time, on *rows* (``text`` and ``expected``); then both again with
+    ``batch_invariant=True`` on the first *invariant_docs* rows (0: not measured)."""
     import edgeslm
     from edgeslm.api.batch import decode_gain
 
@@ -92,14 +117,16 @@ def batch_bench(model_ref: str, schema: Any, rows: list[dict[str, Any]], *, n_th
         model.extract(texts[0], schema, max_tokens=max_tokens)  # tokenizer, grammar, prompt prefix: warm for both
         gain = decode_gain(model._engine, batch_size)
         one: list[Any] = []
-        t = time.perf_counter()
+        each: list[float] = []
         for text in texts:
+            t = time.perf_counter()
             try:
                 one.append(model.extract(text, schema, max_tokens=max_tokens))
             except edgeslm.EdgeSLMError as exc:
                 one.append(exc)
+            each.append(time.perf_counter() - t)
             step()
-        one_s = time.perf_counter() - t
+        one_s = sum(each)
         rates = engine_rates(model._engine, batch_size)
         t = time.perf_counter()
         many: list[Any] = [None] * len(texts)
@@ -109,6 +136,8 @@ def batch_bench(model_ref: str, schema: Any, rows: list[dict[str, Any]], *, n_th
         many_s = time.perf_counter() - t
     finally:
         model.close()
+    k = min(invariant_docs, len(texts))
+    invariant = _invariant_run(model_ref, schema, texts[:k], n_threads, batch_size, max_tokens) if k else None
     same = sum(isinstance(a, edgeslm.Extraction) and isinstance(b, edgeslm.Extraction) and a.data == b.data
                for a, b in zip(one, many, strict=True))
     out: dict[str, Any] = {"model": model_ref, "documents": len(rows), "batch_size": batch_size,
@@ -122,6 +151,11 @@ def batch_bench(model_ref: str, schema: Any, rows: list[dict[str, Any]], *, n_th
     out["tokens"] = {"prompt": prompt_tokens, "chosen": chosen}
     out["one_at_a_time"] = summary(one, one_s)
     out["extract_many"] = summary(many, many_s)
+    if invariant is not None:  # its one-at-a-time time against the default run's on the same documents
+        inv_one = invariant.pop("one_s")
+        invariant["cost_one_at_a_time"] = round(inv_one / max(1e-9, sum(each[:k])), 3)
+        invariant["ratio"] = round(inv_one / max(1e-9, invariant["many_s"]), 3)
+        out["invariant"] = invariant
     if peer:
         got = peer_run(path, n_threads, [peer_job(text, schema) for text in texts], max_tokens)
         scored = [peer_row({"id": i, "schema": schema, "expected": r["expected"]}, *got.get(i, ("<crash>", None)))
