@@ -90,7 +90,7 @@ def batch_bench(model_ref: str, schema: Any, rows: list[dict[str, Any]], *, n_th
     the peer one at a time, on *rows* (``text`` and ``expected``); then both again with
     ``batch_invariant=True`` on the first *invariant_docs* rows (0: not measured)."""
     import edgeslm
-    from edgeslm.api.batch import decode_gain
+    from edgeslm.api.batch import MIN_DECODE_GAIN, auto_batch_size, decode_gain
 
     from .extract import peer_run
     from .task import peer_job, peer_row, score
@@ -116,6 +116,9 @@ def batch_bench(model_ref: str, schema: Any, rows: list[dict[str, Any]], *, n_th
         path = model.path
         model.extract(texts[0], schema, max_tokens=max_tokens)  # tokenizer, grammar, prompt prefix: warm for both
         gain = decode_gain(model._engine, batch_size)
+        auto = auto_batch_size(model._engine, model.n_ctx)
+        if auto > 1 and decode_gain(model._engine, auto) < MIN_DECODE_GAIN:
+            auto = 1  # what extract_many(batch_size=None) decides here
         one: list[Any] = []
         each: list[float] = []
         for text in texts:
@@ -141,7 +144,7 @@ def batch_bench(model_ref: str, schema: Any, rows: list[dict[str, Any]], *, n_th
     same = sum(isinstance(a, edgeslm.Extraction) and isinstance(b, edgeslm.Extraction) and a.data == b.data
                for a, b in zip(one, many, strict=True))
     out: dict[str, Any] = {"model": model_ref, "documents": len(rows), "batch_size": batch_size,
-                           "decode_gain": round(gain, 3), "greedy_same": same}
+                           "decode_gain": round(gain, 3), "greedy_same": same, "auto_batch_size": auto}
     prompt_tokens, chosen = _token_counts(one)
     ideal_s = prompt_tokens / rates[0] + chosen / rates[1]
     # the most batching could give here: each token of the one-at-a-time run at the engine's best

@@ -54,10 +54,9 @@ SCENARIO_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "task": (("items", "valid_rate", "accuracy", "field_accuracy", "latency_p50_s", "latency_p95_s", "s_per_item",
               "completion_tokens_mean", "prompt_tokens_mean"), ()),
     "extract_latency": (("items", "valid_rate", "accuracy", "latency_p50_s", "latency_p95_s", "s_per_item"), ()),
-    "batch": (("items", "valid_rate", "accuracy", "valid_per_s", "s_per_item"), ("batch_size", "decode_gain",
-                                                                                "greedy_same", "bound",
-                                                                                "invariant_same", "invariant_docs",
-                                                                                "invariant_cost")),
+    "batch": (("items", "valid_rate", "accuracy", "valid_per_s", "s_per_item"),
+              ("batch_size", "decode_gain", "greedy_same", "bound", "auto_batch_size", "invariant_same",
+               "invariant_docs", "invariant_cost")),
 }
 RATIO_KEYS = ("model", "backend", "scenario", "metric", "edgeslm", "baseline", "baseline_system", "ratio")
 COST_KEYS = ("model", "scenario", "this_device", "gpu_server", "frontier_api")
@@ -266,7 +265,8 @@ class Report:
             for r in batch:
                 if r["system"] == EDGESLM:
                     vs = ", ".join(f"{v:.2f}x {b}" for (mo, b), v in per.items() if mo == r["model"]) or "-"
-                    how = (f"batch {r.get('batch_size')}, engine gain {f(r.get('decode_gain'))}x, "
+                    how = (f"batch {r.get('batch_size')} (batch_size=None picks {r.get('auto_batch_size')} here), "
+                           f"engine gain {f(r.get('decode_gain'))}x, "
                            f"bound {f(r.get('bound'))}x, {r.get('greedy_same')}/{r.get('items')} same as one by one")
                     if r.get("invariant_docs"):
                         how += (f"; batch_invariant: {r.get('invariant_same')}/{r.get('invariant_docs')} same, "
