@@ -24,8 +24,10 @@ token for token, where the engine computes each token's row on its own (SmolLM2-
 Gemma-3-270M, whose Q5_0/Q8_0 tensors go through tiled kernels).
 
 The sequences of a batch do not draft copied text (:class:`~edgeslm.decoding.loop.PromptLookup`):
-a sequence view does not ``verify``. On 2 CPU cores the rows drafts add to a round cost more than
-the rounds they save (Gemma-3-270M: 0.91x with drafts in the batch, 1.11x one at a time).
+a sequence view does not ``verify``. On 2 CPU cores the rows drafts add to a round cost as much as
+the rounds they save or more (Gemma-3-270M: 0.91x with drafts in the batch, 1.11x one at a time;
+SmolLM2-135M, 32 documents, two runs each: 0.92x and 0.93x of one at a time with drafts in the
+batch, 0.85x and 0.99x without).
 
 ONNX Runtime GenAI models (and any engine without ``fork``) run the items one at a time; the
 shared prefix still stays in the KV cache between items. onnxruntime-genai 0.18 has two batched

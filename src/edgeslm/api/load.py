@@ -51,7 +51,7 @@ def load(
     ``batch_invariant=True`` (llama.cpp on the CPU; ``device="auto"`` then means the CPU): a
     token's logits no longer depend on what else an engine call evaluates, so greedy
     ``extract_many`` gives exactly the results of ``extract`` one by one, at the cost of slower
-    steps (SmolLM2-135M: 1.35x the time one at a time; see
+    steps (SmolLM2-135M: 1.2-1.35x the time one at a time; see
     :class:`~edgeslm.backends.llamacpp.LlamaCppBackend` for what it changes and where it is not
     exact). ONNX Runtime GenAI models batch nothing, so their results are the same anyway.
     """
