@@ -27,12 +27,17 @@ TEXTS = [f"{n} is {20 + 3 * i} years old and lives in {CITIES[i % 8]}." for i, n
 NEAR_TIE = 0.1
 
 
+def _batch_threads() -> list[str]:
+    """Threads of extract_many still alive (other tests may leave threads of their own, such as an
+    escalation's timed-out worker, which end on their own time)."""
+    return [t.name for t in threading.enumerate() if t.name.startswith("edgeslm-batch")]
+
+
 @requires_smollm2
 def test_batched_results_are_those_of_extract_one_by_one(smollm2) -> None:
     one = [smollm2.extract(t, SCHEMA) for t in TEXTS]
-    before = threading.active_count()
     got = smollm2.extract_many(TEXTS, SCHEMA, batch_size=4)
-    assert threading.active_count() == before  # workers and the engine thread are gone
+    assert _batch_threads() == []  # workers and the engine thread are gone
     assert len(got) == len(TEXTS)
     same = 0
     for text, a, b in zip(TEXTS, one, got, strict=True):
@@ -56,7 +61,8 @@ def test_batch_invariant_results_are_exactly_those_of_extract_one_by_one(smollm2
     m = edgeslm.load(smollm2_path, n_ctx=1024, batch_invariant=True)
     try:
         assert m._engine.batch_invariant and any("batch_invariant" in w for w in m.plan.why)
-        texts = TEXTS + [f"Contact: {n}, {30 + i} y/o, based in {CITIES[-1 - i % 8]}." for i, n in enumerate(NAMES[:4])]
+        extra = [f"Contact: {n}, {30 + i} y/o, based in {CITIES[-1 - i % 8]}." for i, n in enumerate(NAMES[:4])]
+        texts = TEXTS[:8] + extra
         one = [m.extract(t, SCHEMA) for t in texts]
         got = m.extract_many(texts, SCHEMA, batch_size=4)
         assert [b.raw for b in got] == [a.raw for a in one]
@@ -77,12 +83,12 @@ def test_one_bad_item_in_a_batch_is_an_error_in_its_slot(smollm2) -> None:
 
 @requires_smollm2
 def test_leaving_extract_iter_early_releases_the_model(smollm2) -> None:
-    before = threading.active_count()
     it = smollm2.extract_iter(iter(TEXTS), SCHEMA, batch_size=4)
     first = next(it)
     assert first[0] in range(len(TEXTS)) and isinstance(first[1], edgeslm.Extraction)
+    assert len(_batch_threads()) == 5  # 4 workers and the engine thread
     it.close()  # the workers finish the items they hold, then the context is freed
-    assert threading.active_count() == before
+    assert _batch_threads() == []
     assert smollm2.extract(TEXTS[0], SCHEMA).data["name"] == "Alice"  # the lock was given back
 
 
@@ -176,7 +182,7 @@ def test_bench_batch_section_reports_ratio_and_bound(smollm2) -> None:
     assert chosen == sum(x.completion_tokens - x.forced_tokens for x in u) > 0
     assert prompt == sum(x.prompt_tokens - x.reused_prompt_tokens + x.forced_tokens for x in u) > 0
     schema, docs = batch_documents(3, "contacts")  # cycled: 3 rows of the labeled task
-    r = batch_bench("smollm2-135m", schema, docs, peer=False, batch_size=2, max_tokens=96)
+    r = batch_bench("smollm2-135m", schema, docs, peer=False, batch_size=2, max_tokens=96, invariant_docs=1)
     assert r["documents"] == 3 and r["batch_size"] == 2 and "peer" not in r
     for k in ("one_at_a_time", "extract_many"):
         assert r[k]["items"] == 3 and r[k]["valid"] == 3 and r[k]["valid_per_s"] > 0
@@ -184,4 +190,4 @@ def test_bench_batch_section_reports_ratio_and_bound(smollm2) -> None:
     assert 0.8 < r["bound"] < 50 and r["tokens"]["chosen"] > 0
     assert 0 <= r["greedy_same"] <= 3 and r["decode_gain"] > 0 and r["auto_batch_size"] >= 1
     inv = r["invariant"]  # batch_invariant on the same documents: the same results both ways
-    assert inv["documents"] == 3 and inv["greedy_same"] == 3 and inv["cost_one_at_a_time"] > 0 and inv["ratio"] > 0
+    assert inv["documents"] == 1 and inv["greedy_same"] == 1 and inv["cost_one_at_a_time"] > 0 and inv["ratio"] > 0
