@@ -100,7 +100,8 @@ def load(
         plan.why.insert(0, reason)
     name = entry.id if entry is not None else path.name
     if batch_invariant:
-        plan.why.append("batch_invariant: on the CPU, one-token engine calls padded to two, no weight repacking")
+        plan.why.append("batch_invariant: on the CPU, engine calls of 2 to 32 tokens, no weight repacking, "
+                        "flash attention on")
     request = OpenRequest(n_ctx=plan.n_ctx, device=plan.device, n_gpu_layers=plan.n_gpu_layers,
                           n_threads=n_threads, safe_mode=safe_mode, trusted=entry is not None, plan=plan,
                           batch_invariant=batch_invariant)
