@@ -170,6 +170,23 @@ def test_cli_reads_json_lines_lazily_and_decodes_them_together(tmp_path) -> None
 
 
 @requires_smollm2
+def test_cli_batch_invariant_gives_the_same_lines_whatever_the_batch_size(tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "s.json").write_text(json.dumps(SCHEMA))
+    lines = "".join(json.dumps({"text": t}) + "\n" for t in TEXTS[4:8])
+    runs = [subprocess.run(
+        [sys.executable, "-m", "edgeslm", "extract", "-m", "smollm2-135m", "--n-ctx", "1024", "-s",
+         str(tmp_path / "s.json"), "--jsonl", "--batch-invariant", "--batch-size", str(n), "-"],
+        input=lines, capture_output=True, text=True, timeout=300) for n in (1, 4)]
+    assert [r.returncode for r in runs] == [0, 0], runs[1].stderr
+    one, many = (sorted((json.loads(x) for x in r.stdout.splitlines()), key=lambda x: x["index"]) for r in runs)
+    assert len(one) == 4 and [x["data"] for x in one] == [x["data"] for x in many]
+
+
+@requires_smollm2
 def test_bench_batch_section_reports_ratio_and_bound(smollm2) -> None:
     from edgeslm.bench.batch import _token_counts, batch_bench, batch_documents, engine_rates
 

@@ -26,7 +26,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         raise SchemaError(f"cannot read the schema {args.schema}: {exc}", hint="pass a JSON Schema file") from exc
     inputs = args.input or ["-"]
     many = args.jsonl or len(inputs) > 1
-    with edgeslm.load(args.model, backend=args.backend, device=args.device, n_ctx=args.n_ctx) as model:
+    with edgeslm.load(args.model, backend=args.backend, device=args.device, n_ctx=args.n_ctx,
+                      batch_invariant=args.batch_invariant) as model:
         if not many:
             x = model.extract(_read(inputs[0]), schema, instructions=args.instructions, max_tokens=args.max_tokens)
             out: Any = x.to_dict() if args.full else x.data
@@ -104,6 +105,8 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="with many inputs, decode N documents together (llama.cpp); default: chosen from memory "
                    "and a measured gain, often 1 on a CPU")
+    p.add_argument("--batch-invariant", action="store_true",
+                   help="the same results whatever --batch-size (llama.cpp on the CPU, slower; see README)")
     p.add_argument("--instructions", default=None)
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--full", action="store_true", help="print confidence, attempts and usage too")
