@@ -284,7 +284,7 @@ def _run(args: argparse.Namespace) -> int:
                 else:
                     job = bar.add_task(f"batch · {model}", total=2 * len(docs))
                     r = res["batch"] = batch_bench(model, schema, docs, n_threads=args.threads, peer=peer,
-                                                   batch_size=args.batch_size,
+                                                   batch_size=args.batch_size, invariant_docs=1 if args.quick else 16,
                                                    tick=lambda k, j=job: bar.update(j, completed=k))
                     inv = r.get("invariant") or {}
                     report.add(model, "batch", EDGESLM, **r["extract_many"], batch_size=r["batch_size"],
