@@ -54,7 +54,7 @@ def test_batched_results_are_those_of_extract_one_by_one(smollm2) -> None:
 
 
 @requires_smollm2
-def test_batch_invariant_results_are_exactly_those_of_extract_one_by_one(smollm2_path) -> None:
+def test_batch_invariant_results_are_exactly_those_of_extract_one_by_one(smollm2_path, tmp_path) -> None:
     """With batch_invariant=True greedy extract_many gives, token for token, what extract gives one
     document at a time: items decode beside each other, copy a shared prefix, draft nothing; the
     one-by-one extractions draft copied text."""
@@ -70,6 +70,20 @@ def test_batch_invariant_results_are_exactly_those_of_extract_one_by_one(smollm2
         assert [b.confidence for b in got] == [a.confidence for a in one]
     finally:
         m.close()
+    # the same from the command line, four documents decoding together
+    import json
+    import subprocess
+    import sys
+
+    schema = tmp_path / "s.json"
+    schema.write_text(json.dumps(SCHEMA))
+    run = subprocess.run(
+        [sys.executable, "-m", "edgeslm", "extract", "-m", str(smollm2_path), "--n-ctx", "1024", "-s", str(schema),
+         "--jsonl", "--batch-invariant", "--batch-size", "4", "-"],
+        input="".join(json.dumps({"text": t}) + "\n" for t in texts[:6]), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    lines = sorted((json.loads(x) for x in run.stdout.splitlines()), key=lambda x: x["index"])
+    assert [x["data"] for x in lines] == [a.data for a in one[:6]]
 
 
 @requires_smollm2
@@ -167,23 +181,6 @@ def test_cli_reads_json_lines_lazily_and_decodes_them_together(tmp_path) -> None
          "-"], input=lines[0] + "\n", capture_output=True, text=True, timeout=300,
     )
     assert bad.returncode == 2 and "batch_size" in bad.stderr
-
-
-@requires_smollm2
-def test_cli_batch_invariant_gives_the_same_lines_whatever_the_batch_size(tmp_path) -> None:
-    import json
-    import subprocess
-    import sys
-
-    (tmp_path / "s.json").write_text(json.dumps(SCHEMA))
-    lines = "".join(json.dumps({"text": t}) + "\n" for t in TEXTS[4:8])
-    runs = [subprocess.run(
-        [sys.executable, "-m", "edgeslm", "extract", "-m", "smollm2-135m", "--n-ctx", "1024", "-s",
-         str(tmp_path / "s.json"), "--jsonl", "--batch-invariant", "--batch-size", str(n), "-"],
-        input=lines, capture_output=True, text=True, timeout=300) for n in (1, 4)]
-    assert [r.returncode for r in runs] == [0, 0], runs[1].stderr
-    one, many = (sorted((json.loads(x) for x in r.stdout.splitlines()), key=lambda x: x["index"]) for r in runs)
-    assert len(one) == 4 and [x["data"] for x in one] == [x["data"] for x in many]
 
 
 @requires_smollm2
