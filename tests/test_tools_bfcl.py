@@ -14,7 +14,7 @@ from edgeslm.tools import get_format
 
 BFCL = Path(__file__).resolve().parents[1].parent / "shared/conformance/bfcl"
 requires_bfcl = pytest.mark.skipif(not BFCL.is_dir(), reason=f"BFCL conformance sample not found at {BFCL}")
-PER_CATEGORY = 10
+PER_CATEGORY = 8  # 40 questions in all, a bounded sample; benchmarks/bfcl.py --per-category N for more
 
 
 @requires_bfcl
