@@ -55,7 +55,8 @@ from ..decoding.loop import common_prefix
 from .generation import Generation
 from .results import Extraction
 
-__all__ = ["MAX_AUTO_BATCH", "auto_batch_size", "decode_gain", "decode_step_seconds", "extract_iter", "planned_bytes"]
+__all__ = ["MAX_AUTO_BATCH", "auto_batch_size", "chosen_batch_size", "decode_gain", "decode_step_seconds",
+           "extract_iter", "planned_bytes"]
 
 Result = Extraction | EdgeSLMError
 
@@ -144,6 +145,18 @@ def decode_gain(engine: Backend, n: int) -> float:
     return n * one / max(many, 1e-9)
 
 
+def chosen_batch_size(engine: Backend, n_ctx: int, batch_size: int | None = None, total: int | None = None) -> int:
+    """The sequences ``extract_iter`` decodes together: *batch_size*, or with ``None``
+    :func:`auto_batch_size`, and 1 unless :func:`decode_gain` reaches :data:`MIN_DECODE_GAIN`; never
+    more than *total* items."""
+    n = batch_size if batch_size is not None else auto_batch_size(engine, n_ctx)
+    if total is not None:
+        n = min(n, max(1, total))
+    if n > 1 and batch_size is None and decode_gain(engine, n) < MIN_DECODE_GAIN:
+        n = 1
+    return n
+
+
 def extract_iter(
     model: Any, texts: Iterable[Any], schema: Any, *, progress: bool = False, total: int | None = None,
     batch_size: int | None = None, **extract_kwargs: Any,
@@ -158,11 +171,7 @@ def extract_iter(
     if total is None and isinstance(items, Sequence):
         total = len(items)
     with model._gen.holding() as engine:  # raises ModelClosedError once closed
-        n = batch_size if batch_size is not None else auto_batch_size(engine, model.n_ctx)
-        if total is not None:
-            n = min(n, max(1, total))
-        if n > 1 and batch_size is None and decode_gain(engine, n) < MIN_DECODE_GAIN:
-            n = 1
+        n = chosen_batch_size(engine, model.n_ctx, batch_size, total)
     run = _batched if n > 1 and _can_fork(engine) else _one_by_one
     bar = _Progress(total) if progress else None
     try:

@@ -90,7 +90,7 @@ def batch_bench(model_ref: str, schema: Any, rows: list[dict[str, Any]], *, n_th
     the peer one at a time, on *rows* (``text`` and ``expected``); then both again with
     ``batch_invariant=True`` on the first *invariant_docs* rows (0: not measured)."""
     import edgeslm
-    from edgeslm.api.batch import MIN_DECODE_GAIN, auto_batch_size, decode_gain
+    from edgeslm.api.batch import chosen_batch_size, decode_gain
 
     from .extract import peer_run
     from .task import peer_job, peer_row, score
@@ -116,9 +116,7 @@ def batch_bench(model_ref: str, schema: Any, rows: list[dict[str, Any]], *, n_th
         path = model.path
         model.extract(texts[0], schema, max_tokens=max_tokens)  # tokenizer, grammar, prompt prefix: warm for both
         gain = decode_gain(model._engine, batch_size)
-        auto = auto_batch_size(model._engine, model.n_ctx)
-        if auto > 1 and decode_gain(model._engine, auto) < MIN_DECODE_GAIN:
-            auto = 1  # what extract_many(batch_size=None) decides here
+        auto = chosen_batch_size(model._engine, model.n_ctx)  # what extract_many(batch_size=None) decides here
         one: list[Any] = []
         each: list[float] = []
         for text in texts:
