@@ -221,11 +221,9 @@ class LlamaCppBackend(Backend):
         self.chat_template = self.metadata.get("tokenizer.chat_template")
         self._piece_buf = ctypes.create_string_buffer(256)
         self._tok_buf = (lib.llama_token * 4096)()
-        self._one = (lib.llama_token * 1)()
         self._eog_cache: dict[int, bool] = {}
         self._piece_cache: dict[int, bytes] = {}
         self.max_sequences = n_seq_max
-        self._invariant = invariant
         self._tokens = []
         self._seqs: dict[int, list[int]] = {0: self._tokens}
         self._seq_logits: dict[int, np.ndarray] = {}
@@ -338,15 +336,11 @@ class LlamaCppBackend(Backend):
         self._check_room(len(tokens))
         for i in range(0, len(tokens), self.n_batch):
             chunk = tokens[i : i + self.n_batch]
-            if len(chunk) == 1 and self._invariant:
+            if len(chunk) == 1:  # a batch of its own: _decode pads it where it must
                 b = self._batch_for(2)
                 _put(b, 0, 0, chunk[0], len(self._tokens), True)
                 b.n_tokens = 1
                 rc = self._decode(b)[0]
-            elif len(chunk) == 1:
-                arr = self._one
-                arr[0] = chunk[0]
-                rc = lib.llama_decode(self._ctx, lib.llama_batch_get_one(arr, 1))
             else:
                 arr = (lib.llama_token * len(chunk))(*chunk)
                 rc = lib.llama_decode(self._ctx, lib.llama_batch_get_one(arr, len(chunk)))
@@ -399,7 +393,7 @@ class LlamaCppBackend(Backend):
         evaluates the token before it again first (its cache cell is rewritten with what it held):
         a call of one token would compute it differently."""
         lib = self._lib
-        if not self._invariant or b.n_tokens != 1 or b.pos[0] < 1:
+        if not self.batch_invariant or b.n_tokens != 1 or b.pos[0] < 1:
             return int(lib.llama_decode(self._ctx, b)), 0
         seq, tok, pos, want = int(b.seq_id[0][0]), int(b.token[0]), int(b.pos[0]), bool(b.logits[0])
         toks = self._seq(seq)
@@ -462,7 +456,7 @@ class LlamaCppBackend(Backend):
         for seq, _ in items:
             self._seq(seq)  # in range
         # Logits only for each sequence's last token.
-        if self._invariant:
+        if self.batch_invariant:
             chunks = _invariant_calls(items, self.n_batch)
         else:  # in order, chunks of at most n_batch tokens
             flat = [(seq, tok, i == len(toks) - 1) for seq, toks in items for i, tok in enumerate(toks)]
@@ -514,7 +508,7 @@ class LlamaCppBackend(Backend):
         s, d = self._seq(src), self._seq(dst)
         n = max(0, min(n, len(s)))
         self._lib.llama_memory_seq_rm(self._mem, dst, 0, -1)
-        if n and self._invariant:
+        if n and self.batch_invariant:
             # a cache per sequence: llama.cpp copies a whole one (and aborts on a part), then cut it
             self._lib.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
             self._lib.llama_memory_seq_rm(self._mem, dst, n, -1)
