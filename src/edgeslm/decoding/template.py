@@ -309,10 +309,8 @@ def default_template(architecture: str, has_token: Callable[[str], bool], *,
     A base model (``instruct=False``) gets :data:`PLAIN_TEMPLATE` even where its vocabulary holds
     turn tokens: it never learned them (Gemma-3-270M base, 24 contact records extracted: 11 exact
     and 68/96 fields with plain text, 0 and 30/96 with Gemma's turns)."""
-    if not instruct:
-        return PLAIN_TEMPLATE, ["\nUser:"]
-    if architecture.startswith("gemma") and has_token("<start_of_turn>"):
+    if instruct and architecture.startswith("gemma") and has_token("<start_of_turn>"):
         return GEMMA_TEMPLATE, ["<end_of_turn>"]
-    if has_token("<|im_start|>"):
+    if instruct and has_token("<|im_start|>"):
         return CHATML_TEMPLATE, ["<|im_end|>"]
     return PLAIN_TEMPLATE, ["\nUser:"]
