@@ -147,6 +147,12 @@ def test_automatic_batch_size_follows_memory_and_measured_gain(smollm2) -> None:
     assert engine._forks == []  # the probe's context is freed
     assert batch.decode_gain(engine, 4) == gain  # measured once per model
     assert 0.5 < gain < 4.5  # 4 tokens in one step: never more than 4x, and not slower than one by one
+    assert batch.best_batch_size(engine, 4) == (4, gain)  # at most the cap; the measurement is reused
+    assert batch.best_batch_size(engine, 1) == (1, 1.0)
+    # 4 items: batched at 4 exactly when the measured gain pays; an explicit size is kept (up to the items)
+    assert batch.chosen_batch_size(engine, smollm2.n_ctx, total=4) == (4 if gain >= batch.MIN_DECODE_GAIN else 1)
+    assert batch.chosen_batch_size(engine, smollm2.n_ctx, batch_size=6, total=4) == 4
+    assert batch.chosen_batch_size(engine, smollm2.n_ctx, batch_size=6) == 6
     # batch_size=None runs, batched or not as the measurement says, and returns every item in order
     got = smollm2.extract_many(TEXTS[:3], SCHEMA)
     assert len(got) == 3 and got[0].data["name"] == "Alice"

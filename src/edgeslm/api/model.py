@@ -357,9 +357,9 @@ class Model:
         raises at once. Other keyword arguments are those of :meth:`extract`.
 
         Up to ``batch_size`` items decode together in one context of the engine, each with its own
-        grammar, retries and validation (``None``: as many KV caches as fit a quarter of the free
-        memory, at most 8, and only when a decode step of them measures 3x the tokens/s of a step
-        of one, once per model; ``1``: one at a time). A prompt prefix the items share (instructions,
+        grammar, retries and validation (``None``: the size, from 8 up to 32 as memory allows,
+        where a decode step gives the most tokens/s, and only when that is 3x the tokens/s of a
+        step of one, measured once per model; ``1``: one at a time). A prompt prefix the items share (instructions,
         schema, examples) is evaluated once. Greedy results are those of :meth:`extract`, except
         where the model hesitates between two tokens (an engine rounds a batch differently). Engines
         that hold one sequence per context (ONNX Runtime GenAI) run one item at a time.

@@ -48,6 +48,13 @@ def _default_task(quick: bool) -> tuple[list[Any], str | None]:
     return examples, "labeled set in benchmarks/labeled"
 
 
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} is not 1 or more")
+    return n
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m edgeslm.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -61,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-peer", action="store_true", help="skip the llama-cpp-python baseline")
     p.add_argument("--bfcl-passes", nargs="+", default=None, choices=["auto", "named", "required"],
                    help="bfcl: tool_choice passes to run (default: auto; all three without --quick)")
-    p.add_argument("--batch-size", type=int, default=8, help="batch: sequences decoded together (default 8)")
+    p.add_argument("--batch-size", type=_positive, default=None,
+                   help="batch: sequences decoded together (default: the fastest size that fits in memory)")
     p.add_argument("--batch-task", default="contacts", help="batch: the labeled task whose documents are used")
     p.add_argument("--requests-per-day", type=int, default=None, help="cost view: daily volume")
     p.add_argument("--device-cost", type=float, default=None, help="cost view: price of this device, USD")

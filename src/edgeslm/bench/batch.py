@@ -28,14 +28,16 @@ def batch_documents(n: int, task: str = "contacts") -> tuple[Any, list[dict[str,
     return schema, [rows[i % len(rows)] for i in range(n)]
 
 
-def engine_rates(engine: Any, n: int, per_seq: int = 64) -> tuple[float, float]:
+def engine_rates(engine: Any, n: int, per_seq: int | None = None) -> tuple[float, float]:
     """The engine at its most efficient for *n* sequences, in tokens per second: prompt tokens (one
-    call of *per_seq* tokens for each sequence, logits for the last ones only; best of two after a
-    warm-up, on a context forked for it) and generated tokens (one decode step of the *n*
-    sequences, every token with logits: :func:`~edgeslm.api.batch.decode_step_seconds`). Both on a
-    short context, so attention over a long context is not counted."""
+    call of *per_seq* tokens for each sequence, 512 in all by default, logits for the last ones
+    only; best of two after a warm-up, on a context forked for it) and generated tokens (one decode
+    step of the *n* sequences, every token with logits:
+    :func:`~edgeslm.api.batch.decode_step_seconds`). Both on a short context, so attention over a
+    long context is not counted."""
     from edgeslm.api.batch import decode_step_seconds
 
+    per_seq = per_seq or max(1, 512 // n)
     tok = engine.bos_id if engine.bos_id is not None else 0
     fork = engine.fork(n, n * per_seq)
     try:
@@ -84,13 +86,15 @@ def _token_counts(results: list[Any]) -> tuple[int, int]:
 
 
 def batch_bench(model_ref: str, schema: Any, rows: list[dict[str, Any]], *, n_threads: int = 2, peer: bool = True,
-                batch_size: int = 8, max_tokens: int = 256, invariant_docs: int = 16,
+                batch_size: int | None = None, max_tokens: int = 256, invariant_docs: int = 16,
                 tick: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """valid/s of ``extract_many`` (``batch_size`` sequences), of ``extract`` one at a time and of
-    the peer one at a time, on *rows* (``text`` and ``expected``); then both again with
+    """valid/s of ``extract_many`` (``batch_size`` sequences; ``None``: the size where the engine
+    decodes fastest within what memory allows, :func:`~edgeslm.api.batch.best_batch_size`, which
+    ``batch_size=None`` takes where batching pays), of ``extract`` one at a time and of the peer
+    one at a time, on *rows* (``text`` and ``expected``); then both again with
     ``batch_invariant=True`` on the first *invariant_docs* rows (0: not measured)."""
     import edgeslm
-    from edgeslm.api.batch import chosen_batch_size, decode_gain
+    from edgeslm.api.batch import auto_batch_size, best_batch_size, chosen_batch_size, decode_gain
 
     from .extract import peer_run
     from .task import peer_job, peer_row, score
@@ -115,7 +119,10 @@ def batch_bench(model_ref: str, schema: Any, rows: list[dict[str, Any]], *, n_th
     try:
         path = model.path
         model.extract(texts[0], schema, max_tokens=max_tokens)  # tokenizer, grammar, prompt prefix: warm for both
-        gain = decode_gain(model._engine, batch_size)
+        if batch_size is None:
+            cap = min(auto_batch_size(model._engine, model.n_ctx), len(texts))
+            batch_size = best_batch_size(model._engine, cap)[0] if cap > 1 else 1
+        gain = decode_gain(model._engine, batch_size) if batch_size > 1 else 1.0
         auto = chosen_batch_size(model._engine, model.n_ctx)  # what extract_many(batch_size=None) decides here
         one: list[Any] = []
         each: list[float] = []
