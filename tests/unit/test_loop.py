@@ -10,7 +10,7 @@ import pytest
 
 import edgeslm
 from edgeslm.decoding.loop import GenStats, generate_steps, partial_stop_len, prefill, stream_text
-from edgeslm.decoding.sampling import Sampler, SamplingParams, retry_params
+from edgeslm.decoding.sampling import Sampler, SamplingParams, retry_params, token_scores
 from tests.fakes import ScriptedBackend
 
 MARK = "<|im_start|>assistant\n"
@@ -382,3 +382,39 @@ def test_prompt_lookup_proposes_what_follows_the_longest_match_and_adapts() -> N
     assert lk.length == 1
     lk.observe(20, 0)  # patience spent with few kept: no more drafts
     assert lk.propose(b'"Laura ') == []
+
+
+def test_token_scores_are_the_softmax_logprob_and_top_two_margin_over_allowed_tokens() -> None:
+    """Against a float64 softmax over the finite logits only, on masked vectors of both bundled
+    vocabulary sizes, the top token at either end, a tie, and a single allowed token."""
+    import math
+
+    rng = np.random.default_rng(7)
+
+    def reference(logits: np.ndarray, token: int) -> tuple[float, float]:
+        finite = np.sort(logits[np.isfinite(logits)].astype(np.float64))[::-1]
+        p = np.exp(finite - finite[0])
+        p /= p.sum()
+        return float(logits[token]) - finite[0] - math.log(np.exp(finite - finite[0]).sum()), \
+            float(p[0] - (p[1] if p.size > 1 else 0.0))
+
+    cases = []
+    for n in (49152, 262144):
+        for keep in (0.9, 0.01):
+            x = (rng.standard_normal(n) * 3).astype(np.float32)
+            x[rng.random(n) > keep] = -np.inf
+            cases.append(x)
+    first, last = cases[0].copy(), cases[1].copy()
+    first[0], last[-1] = 40.0, 40.0  # the top token at either end of the vocabulary
+    tie = np.full(1000, -np.inf, dtype=np.float32)
+    tie[[3, 9]] = 2.0
+    one = np.full(1000, -np.inf, dtype=np.float32)
+    one[500] = -3.0
+    for x in [*cases, first, last, tie, one]:
+        finite = np.flatnonzero(np.isfinite(x))
+        for token in (int(np.argmax(x)), int(finite[len(finite) // 2])):
+            lp, margin = token_scores(x, token)
+            ref_lp, ref_margin = reference(x, token)
+            assert lp == pytest.approx(ref_lp, abs=1e-4) and margin == pytest.approx(ref_margin, abs=1e-5)
+    assert token_scores(tie, 3) == pytest.approx((math.log(0.5), 0.0))
+    assert token_scores(one, 500) == (0.0, 1.0)

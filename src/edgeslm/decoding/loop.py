@@ -21,7 +21,7 @@ import numpy as np
 
 from .._errors import ContextLengthError, InvalidRequestError
 from ..backends.base import Backend
-from .sampling import Sampler, token_logprob, token_margin
+from .sampling import Sampler, token_scores
 
 __all__ = [
     "Constraint", "Drafter", "GenStats", "LogitsProcessor", "PromptLookup", "Step", "TextDelta", "common_prefix",
@@ -254,8 +254,10 @@ def generate_steps(
         tok = sampler.choose(logits)
         # a token that was the grammar's only option is forced, whatever the sampler did
         only = constraint is not None and constraint.n_allowed == 1
-        lp = token_logprob(logits, tok) if logprobs and not only else None
-        return tok, lp, only, token_margin(logits) if lp is not None else None
+        if not logprobs or only:
+            return tok, None, only, None
+        lp, margin = token_scores(logits, tok)
+        return tok, lp, only, margin
 
     def take(tok: int, lp: float | None, only: bool, margin: float | None) -> tuple[list[int], list[Step]]:
         """Advance past the chosen *tok*: the tokens to evaluate (it and those the grammar forces
