@@ -30,14 +30,14 @@ def batch_documents(n: int, task: str = "contacts") -> tuple[Any, list[dict[str,
 
 def engine_rates(engine: Any, n: int, per_seq: int | None = None) -> tuple[float, float]:
     """The engine at its most efficient for *n* sequences, in tokens per second: prompt tokens (one
-    call of *per_seq* tokens for each sequence, 512 in all by default, logits for the last ones
-    only; best of two after a warm-up, on a context forked for it) and generated tokens (one decode
-    step of the *n* sequences, every token with logits:
+    call of *per_seq* tokens for each sequence, by default 64, or 512 in all past 8 sequences,
+    logits for the last ones only; best of two after a warm-up, on a context forked for it) and
+    generated tokens (one decode step of the *n* sequences, every token with logits:
     :func:`~edgeslm.api.batch.decode_step_seconds`). Both on a short context, so attention over a
     long context is not counted."""
     from edgeslm.api.batch import decode_step_seconds
 
-    per_seq = per_seq or max(1, 512 // n)
+    per_seq = per_seq or max(1, min(64, 512 // n))
     tok = engine.bos_id if engine.bos_id is not None else 0
     fork = engine.fork(n, n * per_seq)
     try:
@@ -123,7 +123,7 @@ def batch_bench(model_ref: str, schema: Any, rows: list[dict[str, Any]], *, n_th
             cap = min(auto_batch_size(model._engine, model.n_ctx), len(texts))
             batch_size = best_batch_size(model._engine, cap)[0] if cap > 1 else 1
         gain = decode_gain(model._engine, batch_size) if batch_size > 1 else 1.0
-        auto = chosen_batch_size(model._engine, model.n_ctx)  # what extract_many(batch_size=None) decides here
+        auto = chosen_batch_size(model._engine, model.n_ctx, total=len(texts))  # what batch_size=None decides here
         one: list[Any] = []
         each: list[float] = []
         for text in texts:
