@@ -55,7 +55,7 @@ from ..decoding.loop import common_prefix
 from .generation import Generation
 from .results import Extraction
 
-__all__ = ["MAX_AUTO_BATCH", "auto_batch_size", "best_batch_size", "chosen_batch_size", "decode_gain",
+__all__ = ["MAX_AUTO_BATCH", "auto_batch_size", "batch_cap", "best_batch_size", "chosen_batch_size", "decode_gain",
            "decode_step_seconds", "extract_iter", "planned_bytes"]
 
 Result = Extraction | EdgeSLMError
@@ -179,11 +179,15 @@ def chosen_batch_size(engine: Backend, n_ctx: int, batch_size: int | None = None
     reaches :data:`MIN_DECODE_GAIN`; never more than *total* items."""
     if batch_size is not None:
         return batch_size if total is None else min(batch_size, max(1, total))
-    cap = auto_batch_size(engine, n_ctx)
-    if total is not None:
-        cap = min(cap, max(1, total))
-    n, gain = best_batch_size(engine, cap) if cap > 1 else (1, 1.0)
+    n, gain = best_batch_size(engine, batch_cap(engine, n_ctx, total))
     return n if gain >= MIN_DECODE_GAIN else 1
+
+
+def batch_cap(engine: Backend, n_ctx: int, total: int | None = None) -> int:
+    """The most sequences ``batch_size=None`` considers: :func:`auto_batch_size`, and never more
+    than *total* items."""
+    cap = auto_batch_size(engine, n_ctx)
+    return cap if total is None else min(cap, max(1, total))
 
 
 def extract_iter(

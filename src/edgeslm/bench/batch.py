@@ -94,7 +94,7 @@ def batch_bench(model_ref: str, schema: Any, rows: list[dict[str, Any]], *, n_th
     one at a time, on *rows* (``text`` and ``expected``); then both again with
     ``batch_invariant=True`` on the first *invariant_docs* rows (0: not measured)."""
     import edgeslm
-    from edgeslm.api.batch import auto_batch_size, best_batch_size, chosen_batch_size, decode_gain
+    from edgeslm.api.batch import batch_cap, best_batch_size, chosen_batch_size, decode_gain
 
     from .extract import peer_run
     from .task import peer_job, peer_row, score
@@ -120,8 +120,7 @@ def batch_bench(model_ref: str, schema: Any, rows: list[dict[str, Any]], *, n_th
         path = model.path
         model.extract(texts[0], schema, max_tokens=max_tokens)  # tokenizer, grammar, prompt prefix: warm for both
         if batch_size is None:
-            cap = min(auto_batch_size(model._engine, model.n_ctx), len(texts))
-            batch_size = best_batch_size(model._engine, cap)[0] if cap > 1 else 1
+            batch_size = best_batch_size(model._engine, batch_cap(model._engine, model.n_ctx, len(texts)))[0]
         gain = decode_gain(model._engine, batch_size) if batch_size > 1 else 1.0
         auto = chosen_batch_size(model._engine, model.n_ctx, total=len(texts))  # what batch_size=None decides here
         one: list[Any] = []
