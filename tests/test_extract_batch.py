@@ -159,6 +159,60 @@ def test_automatic_batch_size_follows_memory_and_measured_gain(smollm2) -> None:
 
 
 @requires_smollm2
+def test_a_batch_the_engine_cannot_allocate_is_halved_when_automatic_and_an_error_when_asked(
+        smollm2, monkeypatch) -> None:
+    """A context of N sequences that llama.cpp cannot create (a GPU without room for N KV caches):
+    with batch_size=None the batch is asked again with half the sequences, and runs one at a time
+    once not even 2 fit; a batch_size the caller chose is an InsufficientMemoryError that says
+    what to do. Nothing is lost either way, and the model is free after."""
+    engine = smollm2._engine
+    real_fork = engine.fork
+    asked: list[int] = []
+    fits = [2]
+
+    def fork(n_seq: int, n_ctx: int):
+        asked.append(n_seq)
+        if n_seq > fits[0]:
+            raise edgeslm.BackendUnavailableError(f"llama.cpp could not create a context of {n_ctx} tokens",
+                                                  hint="lower n_ctx=")
+        return real_fork(n_seq, n_ctx)
+
+    monkeypatch.setattr(engine, "fork", fork)
+    monkeypatch.setattr(batch, "chosen_batch_size", lambda *a, **k: 4)  # what a roomier machine would choose
+    texts = TEXTS[:4]
+    one = [smollm2.extract(t, SCHEMA) for t in texts]
+    got = smollm2.extract_many(texts, SCHEMA)
+    assert asked == [4, 2] and _batch_threads() == []
+    for text, b in zip(texts, got, strict=True):
+        assert isinstance(b, edgeslm.Extraction) and b.data["name"] in text
+    fits[0], asked[:] = 1, []
+    got = smollm2.extract_many(texts, SCHEMA)
+    assert asked == [4, 2]
+    assert [x.raw for x in got] == [x.raw for x in one]  # one at a time: extract's own results
+    with pytest.raises(edgeslm.InsufficientMemoryError, match="batch_size") as err:
+        smollm2.extract_many(texts, SCHEMA, batch_size=4)
+    assert "4 sequences" in str(err.value) and asked[-1] == 4
+    assert smollm2.extract(texts[0], SCHEMA).raw == one[0].raw  # not left held
+
+
+def test_kv_memory_is_the_ram_and_on_a_cuda_gpu_no_more_than_its_free_memory() -> None:
+    from edgeslm.runtime.hardware import GPU, Hardware
+
+    gib = 2**30
+
+    def hw(*gpus: GPU) -> Hardware:
+        return Hardware(os="Linux", arch="x86_64", cpu_count=2, cpu_features=(), ram_total=24 * gib,
+                        ram_available=20 * gib, gpus=gpus)
+
+    two = hw(GPU("A", "cuda", 8 * gib, 3 * gib), GPU("B", "cuda", 8 * gib, 2 * gib))
+    assert batch.kv_memory(two, on_gpu=True) == 5 * gib  # caches of offloaded layers live on the GPUs
+    assert batch.kv_memory(two, on_gpu=False) == 20 * gib
+    assert batch.kv_memory(hw(GPU("A", "cuda", 80 * gib, 70 * gib)), on_gpu=True) == 20 * gib  # RAM is less
+    assert batch.kv_memory(hw(GPU("A", "cuda", 8 * gib, 0)), on_gpu=True) == 20 * gib  # free memory unknown
+    assert batch.kv_memory(hw(GPU("M", "metal", 24 * gib, 20 * gib)), on_gpu=True) == 20 * gib  # unified memory
+
+
+@requires_smollm2
 def test_batch_size_is_checked(smollm2) -> None:
     with pytest.raises(edgeslm.InvalidRequestError, match="batch_size"):
         smollm2.extract_many(TEXTS, SCHEMA, batch_size=0)

@@ -49,14 +49,21 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import EdgeSLMError, GenerationError, InvalidRequestError, ModelClosedError
+from .._errors import (
+    BackendUnavailableError,
+    EdgeSLMError,
+    GenerationError,
+    InsufficientMemoryError,
+    InvalidRequestError,
+    ModelClosedError,
+)
 from ..backends.base import Backend
 from ..decoding.loop import common_prefix
 from .generation import Generation
 from .results import Extraction
 
 __all__ = ["MAX_AUTO_BATCH", "auto_batch_size", "batch_cap", "best_batch_size", "chosen_batch_size", "decode_gain",
-           "decode_step_seconds", "extract_iter", "planned_bytes"]
+           "decode_step_seconds", "extract_iter", "kv_memory", "planned_bytes"]
 
 Result = Extraction | EdgeSLMError
 
@@ -111,14 +118,23 @@ def auto_batch_size(engine: Backend, n_ctx: int, available_bytes: int | None = N
     if not _can_fork(engine):
         return 1
     if available_bytes is None:
-        import psutil
+        from ..runtime.hardware import detect
 
-        available_bytes = int(psutil.virtual_memory().available)
+        available_bytes = kv_memory(detect(probe_engine=False), on_gpu=getattr(engine, "device", "cpu") == "gpu")
     per_seq = engine.kv_bytes_per_token() * n_ctx
     if per_seq <= 0:
         return min(4, MAX_AUTO_BATCH)
     room = available_bytes * KV_MEMORY_SHARE - planned_bytes(engine, 0, n_ctx)
     return max(1, min(MAX_AUTO_BATCH, int(room // per_seq)))
+
+
+def kv_memory(hw: Any, *, on_gpu: bool) -> int:
+    """Memory a batch's KV caches may come out of, in bytes: the available RAM (a container's
+    limit included), and with a model on a CUDA GPU no more than the GPUs' free memory, where
+    llama.cpp keeps the caches of offloaded layers."""
+    avail = int(hw.ram_available)
+    cuda = sum(g.memory_free for g in hw.gpus if g.api == "cuda")
+    return min(avail, cuda) if on_gpu and cuda > 0 else avail
 
 
 def decode_step_seconds(engine: Backend, n: int) -> tuple[float, float]:
@@ -205,10 +221,12 @@ def extract_iter(
         total = len(items)
     with model._gen.holding() as engine:  # raises ModelClosedError once closed
         n = chosen_batch_size(engine, model.n_ctx, batch_size, total)
-    run = _batched if n > 1 and _can_fork(engine) else _one_by_one
+    batched = n > 1 and _can_fork(engine)
     bar = _Progress(total) if progress else None
     try:
-        for i, result in run(model, items, schema, n, extract_kwargs):
+        run = _batched(model, items, schema, n, extract_kwargs, auto=batch_size is None) if batched else \
+            _one_by_one(model, items, schema, extract_kwargs)
+        for i, result in run:
             if bar is not None:
                 bar.advance(result)
             yield i, result
@@ -229,7 +247,7 @@ def _extract_one(model: Any, i: int, text: Any, schema: Any, kwargs: dict[str, A
         return exc
 
 
-def _one_by_one(model: Any, items: Iterable[Any], schema: Any, n: int,
+def _one_by_one(model: Any, items: Iterable[Any], schema: Any,
                 kwargs: dict[str, Any]) -> Iterator[tuple[int, Result]]:
     for i, text in enumerate(items):
         yield i, _extract_one(model, i, text, schema, kwargs)
@@ -420,8 +438,26 @@ class _SeqGeneration(Generation):
 _DONE = object()
 
 
+def _open_fork(engine: Backend, n: int, n_ctx: int, auto: bool) -> tuple[Backend | None, int]:
+    """A context of *n* sequences of *n_ctx* tokens and *n*; one the engine cannot allocate is
+    asked again with half the sequences when the size was automatic (``None, 1`` once none of 2
+    or more fits), and is an :class:`InsufficientMemoryError` when the caller chose it."""
+    while n > 1:
+        try:
+            return engine.fork(n, n * n_ctx), n
+        except BackendUnavailableError as exc:
+            if not auto:
+                raise InsufficientMemoryError(
+                    f"a batch of {n} sequences of {n_ctx} tokens does not fit in memory: {exc}",
+                    hint="pass a smaller batch_size= (or batch_size=None to have one chosen), or load the model "
+                    "with a smaller n_ctx=",
+                ) from exc
+            n //= 2
+    return None, 1
+
+
 def _batched(model: Any, items: Iterable[Any], schema: Any, n: int,
-             kwargs: dict[str, Any]) -> Iterator[tuple[int, Result]]:
+             kwargs: dict[str, Any], *, auto: bool) -> Iterator[tuple[int, Result]]:
     from ..decoding.constrain import constraints
 
     main = model._gen
@@ -433,7 +469,15 @@ def _batched(model: Any, items: Iterable[Any], schema: Any, n: int,
     try:
         cache = constraints(engine)  # built once here, not raced by the workers
         _ = cache.tokenizer, cache.closing, cache.eog
-        fork = engine.fork(n, n * model.n_ctx)
+        fork, n = _open_fork(engine, n, model.n_ctx, auto)
+    except BaseException:
+        main.release()
+        raise
+    if fork is None:  # not even 2 sequences fit: one at a time
+        main.release()
+        yield from _one_by_one(model, items, schema, kwargs)
+        return
+    try:
         batcher = _Batcher(fork)
         source = iter(enumerate(items))
         source_lock = threading.Lock()
