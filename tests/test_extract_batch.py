@@ -196,20 +196,15 @@ def test_a_batch_the_engine_cannot_allocate_is_halved_when_automatic_and_an_erro
 
 
 def test_kv_memory_is_the_ram_and_on_a_cuda_gpu_no_more_than_its_free_memory() -> None:
-    from edgeslm.runtime.hardware import GPU, Hardware
+    from edgeslm.runtime.hardware import GPU
 
     gib = 2**30
-
-    def hw(*gpus: GPU) -> Hardware:
-        return Hardware(os="Linux", arch="x86_64", cpu_count=2, cpu_features=(), ram_total=24 * gib,
-                        ram_available=20 * gib, gpus=gpus)
-
-    two = hw(GPU("A", "cuda", 8 * gib, 3 * gib), GPU("B", "cuda", 8 * gib, 2 * gib))
-    assert batch.kv_memory(two, on_gpu=True) == 5 * gib  # caches of offloaded layers live on the GPUs
-    assert batch.kv_memory(two, on_gpu=False) == 20 * gib
-    assert batch.kv_memory(hw(GPU("A", "cuda", 80 * gib, 70 * gib)), on_gpu=True) == 20 * gib  # RAM is less
-    assert batch.kv_memory(hw(GPU("A", "cuda", 8 * gib, 0)), on_gpu=True) == 20 * gib  # free memory unknown
-    assert batch.kv_memory(hw(GPU("M", "metal", 24 * gib, 20 * gib)), on_gpu=True) == 20 * gib  # unified memory
+    two = (GPU("A", "cuda", 8 * gib, 3 * gib), GPU("B", "cuda", 8 * gib, 2 * gib))
+    assert batch.kv_memory(20 * gib, two) == 5 * gib  # caches of offloaded layers live on the GPUs
+    assert batch.kv_memory(20 * gib) == 20 * gib  # a model on the CPU
+    assert batch.kv_memory(20 * gib, (GPU("A", "cuda", 80 * gib, 70 * gib),)) == 20 * gib  # RAM is less
+    assert batch.kv_memory(20 * gib, (GPU("A", "cuda", 8 * gib, 0),)) == 20 * gib  # free memory unknown
+    assert batch.kv_memory(20 * gib, (GPU("M", "metal", 24 * gib, 20 * gib),)) == 20 * gib  # unified memory
 
 
 @requires_smollm2

@@ -107,7 +107,7 @@ def test_without_psutil_the_system_source_is_used(monkeypatch: pytest.MonkeyPatc
             raise ImportError("no psutil")
         return real(name, *a, **k)
 
-    with_psutil = hardware._ram()
+    with_psutil = hardware.ram()
     monkeypatch.setattr(builtins, "__import__", no_psutil)
-    without = hardware._ram()
+    without = hardware.ram()
     assert without[0] > 0 and abs(without[0] - with_psutil[0]) <= 0.02 * with_psutil[0]

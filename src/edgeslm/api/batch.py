@@ -118,9 +118,10 @@ def auto_batch_size(engine: Backend, n_ctx: int, available_bytes: int | None = N
     if not _can_fork(engine):
         return 1
     if available_bytes is None:
-        from ..runtime.hardware import detect
+        from ..runtime import hardware
 
-        available_bytes = kv_memory(detect(probe_engine=False), on_gpu=getattr(engine, "device", "cpu") == "gpu")
+        on_gpu = getattr(engine, "device", "cpu") == "gpu"
+        available_bytes = kv_memory(hardware.ram()[1], hardware.nvidia_gpus() if on_gpu else ())
     per_seq = engine.kv_bytes_per_token() * n_ctx
     if per_seq <= 0:
         return min(4, MAX_AUTO_BATCH)
@@ -128,13 +129,12 @@ def auto_batch_size(engine: Backend, n_ctx: int, available_bytes: int | None = N
     return max(1, min(MAX_AUTO_BATCH, int(room // per_seq)))
 
 
-def kv_memory(hw: Any, *, on_gpu: bool) -> int:
-    """Memory a batch's KV caches may come out of, in bytes: the available RAM (a container's
-    limit included), and with a model on a CUDA GPU no more than the GPUs' free memory, where
-    llama.cpp keeps the caches of offloaded layers."""
-    avail = int(hw.ram_available)
-    cuda = sum(g.memory_free for g in hw.gpus if g.api == "cuda")
-    return min(avail, cuda) if on_gpu and cuda > 0 else avail
+def kv_memory(ram_available: int, gpus: Iterable[Any] = ()) -> int:
+    """Memory a batch's KV caches may come out of, in bytes: *ram_available*, and no more than the
+    free memory of the CUDA GPUs among *gpus* (those a model runs on), where llama.cpp keeps the
+    caches of offloaded layers."""
+    cuda = sum(g.memory_free for g in gpus if g.api == "cuda")
+    return min(ram_available, cuda) if cuda > 0 else ram_available
 
 
 def decode_step_seconds(engine: Backend, n: int) -> tuple[float, float]:

@@ -21,10 +21,12 @@ __all__ = [
     "cpu_identity",
     "cpu_info",
     "detect",
+    "nvidia_gpus",
     "parse_cgroup_limit",
     "parse_meminfo",
     "parse_nvidia_smi",
     "parse_vm_stat",
+    "ram",
     "windows_memory",
 ]
 
@@ -188,7 +190,8 @@ def _system_ram() -> tuple[int, int]:
         return 0, 0
 
 
-def _ram() -> tuple[int, int]:
+def ram() -> tuple[int, int]:
+    """Total and available RAM in bytes; on Linux no more than the cgroup (container) allows."""
     try:
         import psutil
 
@@ -256,7 +259,8 @@ def parse_nvidia_smi(csv: str, cuda_version: str | None = None) -> tuple[GPU, ..
     return tuple(gpus)
 
 
-def _nvidia_gpus() -> tuple[GPU, ...]:
+def nvidia_gpus() -> tuple[GPU, ...]:
+    """The NVIDIA GPUs ``nvidia-smi`` reports, with their free memory (none without it)."""
     exe = shutil.which("nvidia-smi")
     if not exe:
         return ()
@@ -275,9 +279,9 @@ def _nvidia_gpus() -> tuple[GPU, ...]:
 def detect(*, probe_engine: bool = True) -> Hardware:
     """Look at this machine. With ``probe_engine`` it also asks the installed llama.cpp build
     (through the backend registry) whether it can offload layers to a GPU."""
-    total, avail = _ram()
+    total, avail = ram()
     metal = platform.system() == "Darwin" and platform.machine() == "arm64"
-    gpus = _nvidia_gpus()
+    gpus = nvidia_gpus()
     if metal:
         gpus += (GPU("Apple Silicon", "metal", total, avail),)  # unified memory
     offload = None
