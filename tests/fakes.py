@@ -60,10 +60,17 @@ MARKERS = {"generic": "<|im_start|>assistant\n", "hermes": "<|im_start|>assistan
            "llama3": "<|start_header_id|>assistant<|end_header_id|>\n\n", "gemma3": "<start_of_turn>model\n"}
 
 
+#: Tool tags that are one token of the vocabulary; with ``user_defined_tags`` they are *user-defined*
+#: tokens, as in Qwen 2.5's GGUF: llama.cpp matches them in plain text too (``special=False``),
+#: while llguidance still counts them as special tokens, which only ``<[id]>`` in a grammar matches.
+TAGS = ("<tool_call>", "</tool_call>", "<|tool_call|>", "<|/tool_call|>", "<|python_tag|>")
+
+
 class FakeVocab:
     """Bytes, :data:`PIECES` and :data:`SPECIALS`; greedy longest-match tokenization."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, user_defined_tags: bool = False) -> None:
+        self.user_defined = TAGS if user_defined_tags else ()
         self.plain: list[bytes] = [bytes([i]) for i in range(256)] + [p.encode() for p in PIECES]
         self.special: dict[str, int] = {s: len(self.plain) + i for i, s in enumerate(SPECIALS)}
         self.pieces: list[bytes] = self.plain + [s.encode() for s in SPECIALS]
@@ -88,12 +95,13 @@ class FakeVocab:
         return out
 
     def encode(self, text: str, *, special: bool) -> list[int]:
-        if not special:
+        parsed = SPECIALS if special else self.user_defined
+        if not parsed:
             return self.encode_plain(text.encode("utf-8"))
         out: list[int] = []
         pos = 0
         while pos < len(text):
-            hits = [(text.find(s, pos), s) for s in SPECIALS if text.find(s, pos) >= 0]
+            hits = [(text.find(s, pos), s) for s in parsed if text.find(s, pos) >= 0]
             if not hits:
                 out.extend(self.encode_plain(text[pos:].encode("utf-8")))
                 break
@@ -124,9 +132,10 @@ class ScriptedBackend(Backend):
 
     name = "scripted"
 
-    def __init__(self, reply: str | Sequence[str], *, marker: str, n_ctx: int = 4096) -> None:
+    def __init__(self, reply: str | Sequence[str], *, marker: str, n_ctx: int = 4096,
+                 user_defined_tags: bool = False) -> None:
         super().__init__()
-        self.vocab = FakeVocab()
+        self.vocab = FakeVocab(user_defined_tags=user_defined_tags)
         self.replies = [reply] if isinstance(reply, str) else list(reply)
         self.marker = marker
         self.n_ctx = n_ctx
@@ -180,9 +189,10 @@ class ScriptedBackend(Backend):
         self.closed = True
 
 
-def scripted_model(tool_format: str, reply: str | Sequence[str]) -> Model:
-    """A :class:`Model` in *tool_format* (with that family's chat template) that writes *reply*."""
-    engine = ScriptedBackend(reply, marker=MARKERS[tool_format])
+def scripted_model(tool_format: str, reply: str | Sequence[str], *, user_defined_tags: bool = False) -> Model:
+    """A :class:`Model` in *tool_format* (with that family's chat template) that writes *reply*
+    (``user_defined_tags``: its tool tags are user-defined tokens, see :data:`TAGS`)."""
+    engine = ScriptedBackend(reply, marker=MARKERS[tool_format], user_defined_tags=user_defined_tags)
     return Model(engine, name=f"scripted-{tool_format}", template=ChatTemplate(TEMPLATES[tool_format]),
                  tool_format=tool_format)
 

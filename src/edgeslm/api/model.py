@@ -560,11 +560,11 @@ def _default_tool_format(engine: Backend, template: ChatTemplate | None, info: A
     if isinstance(fmt, str) and fmt:
         return fmt
     from ..tools.formats import detect_tool_format
+    from .tools import tag_token
 
-    def has_token(t: str) -> bool:
+    def has_token(t: str) -> bool:  # a control or user-defined token (Qwen 2.5's <tool_call>)
         try:
-            toks = engine.tokenize(t, special=True)
-            return len(toks) == 1 and toks != engine.tokenize(t, special=False)
+            return tag_token(engine, t) is not None
         except Exception:
             return False
 

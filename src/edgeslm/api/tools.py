@@ -40,7 +40,7 @@ from ..tools.spec import Tool, as_tools
 from .generation import Generation, default_retries, drain, new_id, run_attempts, sum_usage, usage_of
 from .results import ChatChunk, ChatResult, ToolCall
 
-__all__ = ["ToolPlan", "ToolRun", "plan_tools", "run_tools", "tool_reply"]
+__all__ = ["ToolPlan", "ToolRun", "plan_tools", "run_tools", "tag_token", "tool_reply"]
 
 Message = dict[str, Any]
 _SEPARATORS = {"item_separator": ", ", "key_separator": ": "}
@@ -137,13 +137,30 @@ class ToolPlan:
 
 
 def _special_ids(engine: Backend, texts: Sequence[str]) -> dict[str, int]:
-    """The texts among *texts* that are one control token in the engine's vocabulary, with its id."""
+    """The texts among *texts* that are one special token of the engine's vocabulary, with its id.
+
+    A grammar matches such a token only as ``<[id]>``, never by its spelling: control tokens
+    (Phi-4-mini's ``<|tool_call|>``, Llama 3's ``<|python_tag|>``) and *user-defined* ones alike
+    (Qwen 2.5's ``<tool_call>``, which llama.cpp produces from plain text too, so what the grammar
+    forces as text comes back as that one token)."""
+    from ..decoding.constrain import constraints
+
     out: dict[str, int] = {}
     for s in dict.fromkeys(texts):
-        toks = engine.tokenize(s, special=True)
-        if len(toks) == 1 and toks != engine.tokenize(s, special=False):
-            out[s] = toks[0]
+        tok = tag_token(engine, s)
+        if tok is not None and constraints(engine).tokenizer.is_special_token(tok):
+            out[s] = tok
     return out
+
+
+def tag_token(engine: Backend, text: str) -> int | None:
+    """The id of *text* when the vocabulary has it as one control or user-defined token, else ``None``."""
+    toks = engine.tokenize(text, special=True)
+    if len(toks) != 1:
+        return None
+    if toks != engine.tokenize(text, special=False):  # parsed only as a control token
+        return toks[0]
+    return toks[0] if engine.token_text(toks[0]) == text and len(text) > 1 else None
 
 
 def plan_tools(tools: Any, tool_choice: Any, parallel: bool, fmt: str | ToolFormat) -> ToolPlan:
