@@ -46,6 +46,18 @@ def probes(monkeypatch: pytest.MonkeyPatch) -> list[EngineOptions]:
     return seen
 
 
+@pytest.fixture
+def no_amx_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine reports no AMX kernels, so the ladder tries the requested extra buffers first.
+
+    Without it these tests depend on the machine: on an AMX CPU with an AMX build (CI's machines among
+    them) the self-check skips the extra buffers outright, which is what it should do there.
+    """
+    import edgeslm.backends.llamacpp as llb
+
+    monkeypatch.setattr(llb, "system_info", lambda: AMX_INFO.replace("AMX_INT8 = 1 | ", ""))
+
+
 # ------------------------------------------------------------------------------ pure logic
 
 
@@ -91,7 +103,8 @@ def test_out_of_gpu_memory_at_load_retries_with_fewer_layers_then_the_cpu(caplog
 
 
 @requires_smollm2
-def test_fallback_chain_is_remembered_and_rechecked_for_a_new_build(home, probes, monkeypatch, caplog) -> None:
+def test_fallback_chain_is_remembered_and_rechecked_for_a_new_build(home, probes, monkeypatch, caplog,
+                                                                    no_amx_kernels) -> None:
     monkeypatch.setenv("EDGESLM_TEST_CRASH", "extra_bufts")  # the child dies with SIGSEGV when they are on
     with caplog.at_level(logging.WARNING, logger="edgeslm"):
         m = edgeslm.load("smollm2-135m", n_ctx=512)
@@ -140,7 +153,7 @@ def test_amx_build_on_an_amx_cpu_goes_straight_to_the_safe_options(home, probes,
 
 
 @requires_smollm2
-def test_every_option_crashing_raises_an_error_that_says_what_was_tried(home, monkeypatch) -> None:
+def test_every_option_crashing_raises_an_error_that_says_what_was_tried(home, monkeypatch, no_amx_kernels) -> None:
     monkeypatch.setenv("EDGESLM_TEST_CRASH", "always")
     with pytest.raises(edgeslm.EngineCrashError) as e:
         edgeslm.load("smollm2-135m", n_ctx=512)
@@ -221,11 +234,12 @@ def test_a_frozen_app_without_an_interpreter_applies_the_known_bad_rules_only(mo
 
 
 @requires_smollm2
-def test_a_choice_made_by_a_timeout_is_checked_again_later(home, probes) -> None:
+def test_a_choice_made_by_a_timeout_is_checked_again_later(home, probes, no_amx_kernels) -> None:
     """A busy machine at the first check looks like a hang: that choice expires, a crash does not."""
     with edgeslm.load("smollm2-135m", n_ctx=256):
         pass
-    assert len(probes) == 1
+    n_probes = len(probes)  # 1, or 2 on a CPU where the extra buffers really crash
+    assert n_probes >= 1
     record = next((home / "selfcheck").glob("engine-*.json"))
     data = json.loads(record.read_text())
     requested = data["requested"]
@@ -238,12 +252,16 @@ def test_a_choice_made_by_a_timeout_is_checked_again_later(home, probes) -> None
     record.write_text(json.dumps(data))
     with edgeslm.load("smollm2-135m", n_ctx=256) as m:
         assert m._engine.extra_bufts is False  # remembered while fresh: no new child
-    assert len(probes) == 1
+    assert len(probes) == n_probes
     data["checked_at"] -= selfcheck.TIMEOUT_MEMORY_S + 1
     record.write_text(json.dumps(data))
     with edgeslm.load("smollm2-135m", n_ctx=256) as m:
-        assert m._engine.extra_bufts is True and not m.plan.engine_check.degraded  # checked again
-    assert len(probes) == 2
+        check = m.plan.engine_check
+        assert not check.from_cache and check.attempts[0].options.extra_bufts  # checked again, from the request
+        # what the fresh check found is what runs (a CPU where the extra buffers crash falls back again)
+        assert m._engine.extra_bufts is check.chosen.extra_bufts is check.attempts[0].ok
+    assert len(probes) > n_probes
+    n_probes = len(probes)
     data = json.loads(record.read_text())
     data["attempts"][0]["outcome"] = "killed by SIGSEGV"  # a crash is remembered for good
     data["chosen"], data["checked_at"] = safer, 0.0
@@ -252,4 +270,4 @@ def test_a_choice_made_by_a_timeout_is_checked_again_later(home, probes) -> None
     record.write_text(json.dumps(data))
     with edgeslm.load("smollm2-135m", n_ctx=256) as m:
         assert m._engine.extra_bufts is False
-    assert len(probes) == 2
+    assert len(probes) == n_probes
