@@ -294,3 +294,17 @@ def test_onnxruntime_genai_batches_still_cannot_take_tokens_twice(onnx_dir: Path
         gen.append_tokens(np.array([[7], [8]], dtype=np.int32))
     with pytest.raises(Exception, match="0"):
         gen.rewind_to(2)
+
+
+def test_adapters_on_an_onnx_model_are_a_clear_error(onnx_dir: Path, tmp_path: Path) -> None:
+    """ONNX Runtime GenAI adapters (.onnx_adapter files) are not wired in yet: asking for one says so and
+    loads nothing, rather than running the base model as if it were adapted."""
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / "adapter_config.json").write_text("{}")
+    with pytest.raises(edgeslm.AdapterError, match=r"onnx.*cannot apply LoRA adapters") as e:
+        edgeslm.load(onnx_dir, adapters={"tickets": tmp_path / "lora"})
+    assert "llama.cpp" in e.value.hint
+    with edgeslm.load(onnx_dir, n_ctx=256) as m:  # without adapters it loads as before
+        assert m.adapters == ()
+        with pytest.raises(edgeslm.AdapterError, match="no adapter"):
+            m.generate("Hello", max_tokens=2, adapter="tickets")

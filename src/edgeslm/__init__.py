@@ -12,9 +12,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._errors import (
+    AdapterError,
     BackendUnavailableError,
     ContextLengthError,
     CorruptModelError,
+    DatasetError,
     DiskFullError,
     DownloadError,
     EdgeSLMError,
@@ -44,6 +46,8 @@ if TYPE_CHECKING:
     from .api.results import ChatChunk, ChatResult, Extraction, ToolCall, Usage
     from .api.tools import ToolRun
     from .decoding.support import SchemaSupport, check_schema
+    from .distill.finetune import FinetuneReport, finetune
+    from .distill.teach import TeachReport, teach
     from .runtime.calibration import CalibrationReport
     from .runtime.cloud import OpenAICompatible
     from .runtime.escalation import CloudAnswer, Escalation, EscalationRequest
@@ -53,6 +57,7 @@ if TYPE_CHECKING:
     from .tools.spec import Tool, tool
 
 __all__ = [
+    "AdapterError",
     "BackendUnavailableError",
     "CalibrationReport",
     "ChatChunk",
@@ -61,6 +66,7 @@ __all__ = [
     "CloudAnswer",
     "ContextLengthError",
     "CorruptModelError",
+    "DatasetError",
     "DiskFullError",
     "DownloadError",
     "EdgeSLMError",
@@ -70,6 +76,7 @@ __all__ = [
     "EscalationRequest",
     "Extraction",
     "ExtractionFailed",
+    "FinetuneReport",
     "GatedModelError",
     "GenerationError",
     "Hardware",
@@ -84,6 +91,7 @@ __all__ = [
     "Plan",
     "SchemaError",
     "SchemaSupport",
+    "TeachReport",
     "TemplateError",
     "Tool",
     "ToolCall",
@@ -95,9 +103,11 @@ __all__ = [
     "calibrate",
     "check_schema",
     "detect",
+    "finetune",
     "load",
     "plan",
     "pull",
+    "teach",
     "tool",
 ]
 
@@ -127,6 +137,10 @@ _LAZY = {
     "CloudAnswer": ".runtime.escalation",
     "Escalation": ".runtime.escalation",
     "EscalationRequest": ".runtime.escalation",
+    "finetune": ".distill.finetune",
+    "FinetuneReport": ".distill.finetune",
+    "teach": ".distill.teach",
+    "TeachReport": ".distill.teach",
 }
 
 

@@ -19,6 +19,8 @@ Hierarchy::
     ├── ToolCallError             a tool call could not be produced or executed
     ├── EscalationError           the escalation target's answer was missing or rejected
     ├── MissingExtraError         a feature needs an optional extra (pip install "edgeslm[...]")
+    ├── AdapterError              a LoRA adapter is corrupt, unsupported or made for another base
+    ├── DatasetError              a training or teaching data file cannot be used
     ├── DownloadError             a download failed (network, HTTP, disk)
     │   ├── GatedModelError       the Hub repo needs a token / licence acceptance
     │   └── DiskFullError         not enough free disk for the download
@@ -28,9 +30,11 @@ Hierarchy::
 from __future__ import annotations
 
 __all__ = [
+    "AdapterError",
     "BackendUnavailableError",
     "ContextLengthError",
     "CorruptModelError",
+    "DatasetError",
     "DiskFullError",
     "DownloadError",
     "EdgeSLMError",
@@ -145,6 +149,14 @@ class EscalationError(EdgeSLMError):
 
 class MissingExtraError(EdgeSLMError):
     """A feature needs an optional extra that is not installed; the hint names the ``pip install``."""
+
+
+class AdapterError(EdgeSLMError):
+    """A LoRA adapter cannot be used: corrupt, unsupported, or made for another base model."""
+
+
+class DatasetError(EdgeSLMError):
+    """A training or teaching data file (JSON Lines) cannot be used; the line is named."""
 
 
 class DownloadError(EdgeSLMError):

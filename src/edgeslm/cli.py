@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
 _VERB_MODULES: dict[str, tuple[str, ...]] = {
     "edgeslm.api.cli_extract": ("extract",),
     "edgeslm.api.cli_calibrate": ("calibrate",),
+    "edgeslm.distill.cli_teach": ("teach",),
+    "edgeslm.distill.cli_finetune": ("finetune",),
     "edgeslm.store.cli": ("pull", "list", "rm", "verify"),
 }
 

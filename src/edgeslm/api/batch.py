@@ -425,8 +425,8 @@ class _SeqGeneration(Generation):
         super().__init__(view, name)
         self._view = view
 
-    def acquire(self) -> Backend:
-        engine = super().acquire()
+    def acquire(self, adapter: str | None = None, *, keep: bool = False) -> Backend:
+        engine = super().acquire()  # the batch's context has the adapter of the call that forked it
         self._view._b.enter(self._view.seq)
         return engine
 

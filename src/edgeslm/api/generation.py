@@ -132,15 +132,27 @@ class Generation:
             if stale is not None:
                 stale.close()
 
-    def acquire(self) -> Backend:
-        """Take the model (waiting for another call to end); raises ``ModelClosedError`` once closed."""
+    #: The LoRA adapter this service decodes with (``None``: the base weights); see :meth:`view`.
+    adapter: str | None = None
+
+    def acquire(self, adapter: str | None = None, *, keep: bool = False) -> Backend:
+        """Take the model (waiting for another call to end), with *adapter* switched on (``None``:
+        the base weights; ``keep=True``: whatever is on, for calls that evaluate nothing); raises
+        ``ModelClosedError`` once closed."""
         self.end_own_stream()
         self._lock.acquire()
-        if self._engine is None:
+        engine = self._engine
+        if engine is None:
             self._lock.release()
             raise ModelClosedError(f"model {self.name!r} is closed", hint="load it again with edgeslm.load()")
+        try:
+            if not keep:
+                engine.use_adapter(adapter)
+        except BaseException:
+            self._lock.release()
+            raise
         self._owner = threading.get_ident()
-        return self._engine
+        return engine
 
     def release(self) -> None:
         self._owner = None
@@ -148,14 +160,20 @@ class Generation:
         self._lock.release()
 
     @contextmanager
-    def holding(self, holder: Sequence[weakref.ref[Any]] = ()) -> Iterator[Backend]:
-        """Hold the model for one call; *holder* (filled by the caller) names the stream that holds it."""
-        engine = self.acquire()
+    def holding(self, holder: Sequence[weakref.ref[Any]] = (), adapter: str | None = None, *,
+                keep: bool = False) -> Iterator[Backend]:
+        """Hold the model for one call (with *adapter* on, see :meth:`acquire`); *holder* (filled by
+        the caller) names the stream that holds it."""
+        engine = self.acquire(adapter, keep=keep)
         try:
             self._open_stream = holder[0] if holder else None
             yield engine
         finally:
             self.release()
+
+    def view(self, adapter: str | None) -> Generation:
+        """This service with *adapter* on for every call made through it (one engine, one lock)."""
+        return self if adapter is None else _AdapterGeneration(self, adapter)
 
     def close(self) -> None:
         """Free the engine and what constrained decoding kept for it. Idempotent."""
@@ -220,6 +238,44 @@ class Generation:
                         yield ChatChunk("", d.finish_reason, usage_of(stats), model=self.name, id=cid)
             finally:
                 steps.close()
+
+
+class _AdapterGeneration(Generation):
+    """A model's generation service seen through one adapter: the same engine, lock and caches;
+    every call it makes switches the adapter on (a no-op when it already is)."""
+
+    def __init__(self, main: Generation, adapter: str) -> None:  # no super().__init__: state is main's
+        self._main = main
+        self.name = main.name
+        self.adapter = adapter
+
+    _engine = property(lambda self: self._main._engine)  # type: ignore[assignment]
+    _controls = property(lambda self: self._main._controls)  # type: ignore[assignment]
+    closed = property(lambda self: self._main.closed)  # type: ignore[assignment]
+
+    def acquire(self, adapter: str | None = None, *, keep: bool = False) -> Backend:
+        return self._main.acquire(self.adapter, keep=keep)
+
+    def release(self) -> None:
+        self._main.release()
+
+    @contextmanager
+    def holding(self, holder: Sequence[weakref.ref[Any]] = (), adapter: str | None = None, *,
+                keep: bool = False) -> Iterator[Backend]:
+        with self._main.holding(holder, self.adapter, keep=keep) as engine:
+            yield engine
+
+    def view(self, adapter: str | None) -> Generation:
+        return self._main.view(adapter)
+
+    def end_own_stream(self) -> None:
+        self._main.end_own_stream()
+
+    def close(self) -> None:
+        self._main.close()
+
+    def collect(self) -> None:  # the model, not a view of it, owns the engine
+        pass
 
 
 def new_id() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ def load(
     safe_mode: bool | None = None,
     escalation: Any = None,
     batch_invariant: bool = False,
+    adapters: Mapping[str, Any] | None = None,
 ) -> Model:
     """Load a model: a catalog id (``"phi-4-mini"``, ``"smollm2-135m"``), a local ``.gguf`` file,
     an ONNX GenAI folder, or ``hf://owner/repo/file.gguf``.
@@ -54,11 +56,19 @@ def load(
     steps (SmolLM2-135M: 1.2-1.35x the time one at a time; see
     :class:`~edgeslm.backends.llamacpp.LlamaCppBackend` for what it changes and where it is not
     exact). ONNX Runtime GenAI models batch nothing, so their results are the same anyway.
+
+    ``adapters`` (llama.cpp): LoRA adapters loaded beside the base weights, ``{"name": path}`` or
+    ``{"name": (path, scale)}``; a path is a GGUF LoRA file, or a PEFT folder (``adapter_config.json``
+    + ``adapter_model.safetensors``, as TRL, Unsloth, Axolotl or ``edgeslm finetune`` write it),
+    converted once to GGUF and cached in the model store. Each is checked against the base first.
+    Calls pick one with ``adapter="name"`` (or :meth:`Model.with_adapter`); switching costs no reload.
     """
+    from ..distill.adapters import parse_adapters
     from ._validate import check_escalation, check_int, check_model_ref
 
     check_model_ref(model)
     check_escalation(escalation)
+    adapter_specs = parse_adapters(adapters)
     check_int(n_ctx, "n_ctx", minimum=1, allow_none=True, hint="pass n_ctx=None for the planner's choice, or e.g. 4096")
     check_int(n_threads, "n_threads", minimum=1, allow_none=True, hint="pass n_threads=None to use every core")
     if tool_format is not None:
@@ -109,10 +119,26 @@ def load(
     engine.plan = plan
     try:
         template = _template(engine, chat_template)
-    except Exception:
+        _load_adapters(engine, adapter_specs, info, plan)
+    except BaseException:
         engine.close()
         raise
     return Model(engine, name=name, template=template, info=resolved, tool_format=tool_format, escalation=escalation)
+
+
+def _load_adapters(engine: Any, specs: list[Any], info: Any, plan: Any) -> None:
+    """Check each adapter against the base (converting PEFT folders), then load it in the engine."""
+    if not specs:
+        return
+    from ..distill.adapters import resolve_adapter
+
+    for spec in specs:
+        if getattr(info, "tensor_shapes", None) is None:  # not a GGUF base: the engine says what it can do
+            engine.load_adapter(spec.name, str(spec.source), spec.scale)
+            continue
+        path = resolve_adapter(spec, info)
+        engine.load_adapter(spec.name, str(path), spec.scale)
+        plan.why.append(f"adapter {spec.name!r}: {spec.source.name} (scale {spec.scale:g})")
 
 
 def _template(engine: Any, override: str | None) -> ChatTemplate | None:

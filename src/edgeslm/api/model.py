@@ -60,6 +60,9 @@ class Model:
         self.tool_format: str = tool_format or _default_tool_format(engine, template, info)
         """How this model is shown tools and writes calls: "generic", "hermes", "phi4", "llama3" or
         "gemma3" (from the catalog, else detected from the template; assign to override)."""
+        self.adapters: tuple[str, ...] = tuple(engine.adapter_names())
+        """The LoRA adapters loaded beside the base weights (``load(..., adapters={...})``): pass one
+        as ``adapter=`` to a call, or use :meth:`with_adapter`."""
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -85,6 +88,31 @@ class Model:
         return self._gen.closed
 
     @property
+    def adapter(self) -> str | None:
+        """The adapter this model's calls use by default (``None``: the base weights)."""
+        return self._gen.adapter
+
+    def with_adapter(self, adapter: str | None) -> Model:
+        """This model with *adapter* on by default (``None``: the base): the same engine, memory and
+        lock, no reload. Calls switch adapters per call; a switch starts the KV cache over."""
+        if adapter is not None and adapter not in self.adapters:
+            from .._errors import AdapterError
+
+            raise AdapterError(f"model {self.name!r} has no adapter {adapter!r}",
+                               hint=f"choose one of {list(self.adapters)} (load(..., adapters={{...}}) adds them), "
+                               "or None for the base model")
+        if adapter == self.adapter:
+            return self
+        import copy
+
+        view = copy.copy(self)
+        view._gen = self._gen.view(adapter)
+        return view
+
+    def _using(self, adapter: str | None) -> Model:
+        return self if adapter is None else self.with_adapter(adapter)
+
+    @property
     def _engine(self) -> Backend | None:
         """The backend (for tests and benchmarks; calls on it are not serialized)."""
         return self._gen._engine
@@ -97,7 +125,7 @@ class Model:
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
         """Tokens for *text* (control tokens parsed only when ``special=True``)."""
         check_text(text, "text")
-        with self._gen.holding() as engine:
+        with self._gen.holding(keep=True) as engine:
             return engine.tokenize(text, special=special)
 
     def _chat_segments(self, engine: Backend, messages: Sequence[Message], **kw: Any) -> list[tuple[str, bool]]:
@@ -133,7 +161,7 @@ class Model:
         self, messages: Sequence[Message], *, tools: Sequence[Any] | None = None, **template_kwargs: Any
     ) -> list[int]:
         """The prompt tokens :meth:`chat` would evaluate for *messages* (shown *tools*, if any)."""
-        with self._gen.holding() as engine:
+        with self._gen.holding(keep=True) as engine:
             if tools:
                 from ..tools.spec import as_tools
 
@@ -157,6 +185,7 @@ class Model:
         tool_choice: Any = None,
         parallel_tool_calls: bool = True,
         escalation: Any = None,
+        adapter: str | None = None,
         **kwargs: Any,
     ) -> Any:
         """Answer a conversation (OpenAI message dicts).
@@ -183,9 +212,17 @@ class Model:
         JSON reply or tool call that could not be produced), or one the app's predicate rejects, is
         handed to a bigger model (``result.escalated``). Streams are never escalated: their text is
         shown as it is made.
+
+        ``adapter`` names one of :attr:`adapters` for this call (``None``: the model's default, the
+        base weights unless this is a :meth:`with_adapter` view).
         """
         if kwargs:
             raise TypeError(f"unexpected arguments: {sorted(kwargs)}")
+        if adapter is not None:
+            m = self.with_adapter(adapter)
+            return m.chat(messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                          seed=seed, stop=stop, stream=stream, response_format=response_format, tools=tools,
+                          tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls, escalation=escalation)
         esc = None if stream else self._escalation(escalation)
         args = (messages, max_tokens, temperature, top_p, top_k, seed, stop, stream, response_format, tools,
                 tool_choice, parallel_tool_calls)
@@ -262,6 +299,7 @@ class Model:
         tool_choice: Any = "auto",
         tool_timeout: float | None = 30.0,
         max_result_chars: int | None = None,
+        adapter: str | None = None,
         **chat_kwargs: Any,
     ) -> Any:
         """Let the model call Python *tools* until it answers: each round the calls are executed
@@ -281,7 +319,7 @@ class Model:
         if chat_kwargs.get("stream"):
             raise InvalidRequestError("run_tools does not stream",
                                       hint="use chat(..., tools=..., stream=True) for each round")
-        return run_tools(self, messages, tools, max_rounds=max_rounds, tool_choice=tool_choice,
+        return run_tools(self._using(adapter), messages, tools, max_rounds=max_rounds, tool_choice=tool_choice,
                          tool_timeout=tool_timeout, max_result_chars=max_result_chars, **chat_kwargs)
 
     def generate(
@@ -295,6 +333,7 @@ class Model:
         seed: int | None = None,
         stop: str | Sequence[str] | None = None,
         stream: bool = False,
+        adapter: str | None = None,
     ) -> Any:
         """Continue raw text (no chat template; control tokens in *prompt* stay plain text).
         ``max_tokens=None`` is auto (up to 2048 tokens, as the context window allows)."""
@@ -304,7 +343,7 @@ class Model:
         def tokens(engine: Backend) -> list[int]:
             return self._gen.prompt_tokens(engine, [(prompt, False)])
 
-        return self._run(tokens, params, max_tokens, _stops(stop), stream)
+        return self._using(adapter)._run(tokens, params, max_tokens, _stops(stop), stream)
 
     # ------------------------------------------------------------------ structured output
     def extract(
@@ -319,6 +358,7 @@ class Model:
         seed: int | None = None,
         retries: int | None = None,
         escalation: Any = None,
+        adapter: str | None = None,
     ) -> Extraction:
         """Extract data from *text* as *schema* (a JSON Schema dict or a pydantic model class).
 
@@ -331,10 +371,13 @@ class Model:
         ``escalation`` (default: the model's, see :func:`edgeslm.load`; ``False``: off) hands the
         request to a bigger model when the local answer is invalid, unsure or the app's predicate
         says so; the result then says ``escalated=True`` and which model answered.
+
+        ``adapter``: one of :attr:`adapters` for this call (``None``: the model's default).
         """
+        m = self._using(adapter)
         esc = self._escalation(escalation)
         if esc is None:
-            return self._extract_local(text, schema, instructions, examples, max_tokens, temperature, seed, retries)
+            return m._extract_local(text, schema, instructions, examples, max_tokens, temperature, seed, retries)
         from .escalate import extract_with_escalation, extraction_request
         from .extract import prepare_schema
 
@@ -342,8 +385,8 @@ class Model:
         request = extraction_request(text, schema, instructions=instructions, examples=examples,
                                      max_tokens=max_tokens)
         return extract_with_escalation(
-            esc, lambda: self._extract_local(text, schema, instructions, examples, max_tokens, temperature, seed,
-                                             retries),
+            esc, lambda: m._extract_local(text, schema, instructions, examples, max_tokens, temperature, seed,
+                                          retries),
             request, model_class=plan.model_class,
         )
 
@@ -375,10 +418,12 @@ class Model:
     ) -> Iterator[tuple[int, Extraction | EdgeSLMError]]:
         """Like :meth:`extract_many`, yielding ``(index, result)`` as each item finishes (not in input
         order when items decode together); *texts* may be any iterable, read lazily (lines of a file).
-        The model is held until the iterator is exhausted or closed."""
+        The model is held until the iterator is exhausted or closed. ``adapter``: as in :meth:`extract`."""
         from .batch import extract_iter
 
-        return extract_iter(self, texts, schema, batch_size=batch_size, progress=progress, **extract_kwargs)
+        adapter = extract_kwargs.pop("adapter", None)
+        return extract_iter(self._using(adapter), texts, schema, batch_size=batch_size, progress=progress,
+                            **extract_kwargs)
 
     def _escalation(self, escalation: Any) -> Any:
         """The escalation of one call: its own, the model's (``None``), or none (``False``)."""

@@ -157,6 +157,27 @@ class Backend(ABC):
         """KV cache bytes one token of context takes (0 when unknown)."""
         return 0
 
+    # ------------------------------------------------------------------ adapters
+    def adapter_names(self) -> list[str]:
+        """The LoRA adapters loaded beside the base weights (see :meth:`load_adapter`)."""
+        return []
+
+    def load_adapter(self, name: str, path: str, scale: float = 1.0) -> None:
+        """Load the adapter file *path* (already checked against the base) as *name*; it applies
+        only while :meth:`use_adapter` names it. Engines without adapters raise ``AdapterError``."""
+        from .._errors import AdapterError
+
+        raise AdapterError(f"the {self.name} backend cannot apply LoRA adapters",
+                           hint="load the model's GGUF with the llama.cpp backend to use adapters")
+
+    def use_adapter(self, name: str | None) -> None:
+        """Make *name* (``None``: the base alone) the adapter of the next evaluations. A switch
+        empties the KV cache: what it holds was computed with other weights."""
+        if name is not None:
+            from .._errors import AdapterError
+
+            raise AdapterError(f"no adapter {name!r} is loaded", hint="pass adapters={...} to edgeslm.load()")
+
     def _only_seq0(self, seq: int) -> None:
         if seq != 0:
             raise NotImplementedError(f"{self.name} holds one sequence per context (asked for sequence {seq})")

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import BackendUnavailableError, CorruptModelError, GenerationError, InvalidRequestError
+from .._errors import AdapterError, BackendUnavailableError, CorruptModelError, GenerationError, InvalidRequestError
 from .base import Backend
 from .registry import BackendSpec, OpenRequest
 
@@ -166,6 +166,7 @@ class LlamaCppBackend(Backend):
         self.n_ctx_train = int(lib.llama_model_n_ctx_train(model)) or n_ctx
         self._owns_model = True
         self._forks: list[LlamaCppBackend] = []
+        self._adapters: dict[str, tuple[Any, float]] = {}  # name -> (llama_adapter_lora *, scale)
         self._new_context(n_ctx, n_batch, n_seq_max, n_threads or max(1, os.cpu_count() or 1), int(n_gpu_layers))
 
     def _new_context(self, n_ctx: int, n_batch: int, n_seq_max: int, threads: int, n_gpu_layers: int) -> None:
@@ -229,6 +230,7 @@ class LlamaCppBackend(Backend):
         self._seq_logits: dict[int, np.ndarray] = {}
         self._batch: Any = None
         self._batch_cap = 0
+        self._active_adapter: str | None = None
 
     def fork(self, n_seq: int, n_ctx: int) -> LlamaCppBackend:
         """A new context on the same weights holding *n_seq* sequences in one KV cache of *n_ctx*
@@ -238,15 +240,63 @@ class LlamaCppBackend(Backend):
         other = object.__new__(LlamaCppBackend)
         Backend.__init__(other)
         for k in ("_lib", "path", "_model", "_vocab", "n_vocab", "metadata", "n_ctx_train", "extra_bufts", "plan",
-                  "batch_invariant"):
+                  "batch_invariant", "_adapters"):
             setattr(other, k, getattr(self, k))
         other._owns_model = False
         other._forks = []
         other._ctx = None
         other._new_context(n_ctx, 512, n_seq, self.n_threads, self.n_gpu_layers)
+        other.use_adapter(self._active_adapter)  # a batch decodes with the weights of the call that forked
         other._base = self
         self._forks.append(other)
         return other
+
+    # ------------------------------------------------------------------ adapters
+    def adapter_names(self) -> list[str]:
+        return list(self._adapters)
+
+    def load_adapter(self, name: str, path: str, scale: float = 1.0) -> None:
+        """Load a GGUF LoRA (checked against this model by :mod:`edgeslm.distill.adapters`) once;
+        every context of the model (forks included) can then switch it on."""
+        if self._model is None:
+            raise GenerationError("the model is closed", hint="load it again with edgeslm.load()")
+        if name in self._adapters:
+            raise AdapterError(f"an adapter named {name!r} is already loaded", hint="give each adapter its own name")
+        ptr = self._lib.llama_adapter_lora_init(self._model, os.fspath(path).encode("utf-8"))
+        if not ptr:
+            raise AdapterError(f"llama.cpp could not load the adapter {name!r} ({path})",
+                               hint="check that it is a GGUF LoRA for this base model (EDGESLM_VERBOSE=1 shows "
+                               "llama.cpp's reason)")
+        self._adapters[name] = (ptr, float(scale))
+
+    def use_adapter(self, name: str | None) -> None:
+        if name == self._active_adapter:
+            return
+        if name is not None and name not in self._adapters:
+            raise AdapterError(f"no adapter {name!r} is loaded",
+                               hint=f"choose one of {sorted(self._adapters)}, or None for the base model")
+        if self._ctx is None:
+            raise GenerationError("the model is closed", hint="load it again with edgeslm.load()")
+        lib = self._lib
+        if not hasattr(lib, "llama_set_adapters_lora"):  # llama-cpp-python before the rename (< 0.3.20 or so)
+            lib.llama_clear_adapter_lora(self._ctx)
+            rc = 0 if name is None else lib.llama_set_adapter_lora(self._ctx, *self._adapters[name])
+        elif name is None:
+            rc = lib.llama_set_adapters_lora(self._ctx, None, 0, None)
+        else:
+            ptr, scale = self._adapters[name]
+            arr = (lib.llama_adapter_lora_p_ctypes * 1)(ptr)
+            scales = (ctypes.c_float * 1)(scale)
+            rc = lib.llama_set_adapters_lora(self._ctx, arr, 1, scales)
+        if rc != 0:
+            raise AdapterError(f"llama.cpp could not switch to adapter {name!r} (code {rc})",
+                               hint="load the model again")
+        # the cache holds keys and values computed with the other weights: every sequence starts over
+        lib.llama_memory_clear(self._mem, True)
+        for toks in self._seqs.values():
+            del toks[:]
+        self._seq_logits.clear()
+        self._active_adapter = name
 
     @property
     def vocab_owner(self) -> Backend:
@@ -554,7 +604,8 @@ class LlamaCppBackend(Backend):
             lib.llama_free(self._ctx)
             self._ctx = None
         if self._model is not None and getattr(self, "_owns_model", True):
-            lib.llama_model_free(self._model)
+            lib.llama_model_free(self._model)  # frees its adapters too
+            getattr(self, "_adapters", {}).clear()
         self._model = None
         self._tokens = []
 

@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m edgeslm.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", default=None,
-                   help="catalog id or file path; repeat to compare models or quantizations side by side")
+                   help="catalog id or file path; repeat to compare models or quantizations side by side; "
+                        "BASE+adapter:DIR[@SCALE] is BASE with a LoRA adapter (PEFT folder or GGUF)")
     p.add_argument("--quick", action="store_true", help="every section on small samples (about 2 minutes on 2 cores)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", nargs="*", default=None, choices=SECTIONS, help="sections to run (default: all)")
@@ -156,6 +157,7 @@ def _spread(items: list[Any], n: int) -> list[Any]:
 def _run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from .models import has_adapter
     from .report import EDGESLM, LLAMA_CPP, Report
 
     models = args.model or ["smollm2-135m"]
@@ -175,7 +177,6 @@ def _run(args: argparse.Namespace) -> int:
         a.escalation_budget = args.escalation_budget
     if args.cloud_accuracy is not None:
         a.cloud_accuracy = args.cloud_accuracy
-    peer = not args.no_peer
 
     task_examples: list[Any] = []
     task_source = "your task"
@@ -205,6 +206,7 @@ def _run(args: argparse.Namespace) -> int:
                   console=_console(stderr=True), transient=True) as bar:
         for model in models:
             res: dict[str, Any] = report.sections.setdefault(model, {})
+            peer = not args.no_peer and not has_adapter(model)  # a base+adapter's peer would be its base's
             if "speed" in sections:
                 from .speed import decode_speed
 

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .models import load_ref
+
 __all__ = ["batch_bench", "batch_documents", "engine_rates"]
 
 
@@ -60,7 +62,7 @@ def _invariant_run(model_ref: str, schema: Any, texts: list[str], n_threads: int
     results are the same, and the seconds of each run."""
     import edgeslm
 
-    model = edgeslm.load(model_ref, n_ctx=2048, n_threads=n_threads, batch_invariant=True)
+    model = load_ref(model_ref, n_ctx=2048, n_threads=n_threads, batch_invariant=True)
     try:
         model.extract(texts[0], schema, max_tokens=max_tokens)  # warm, as the default run was
         t = time.perf_counter()
@@ -100,7 +102,7 @@ def batch_bench(model_ref: str, schema: Any, rows: list[dict[str, Any]], *, n_th
     from .task import peer_job, peer_row, score
 
     texts = [r["text"] for r in rows]
-    model = edgeslm.load(model_ref, n_ctx=2048, n_threads=n_threads)
+    model = load_ref(model_ref, n_ctx=2048, n_threads=n_threads)
     done = 0
 
     def step(k: int = 1) -> None:

@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .models import load_ref
+
 CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance")
 PARALLEL = frozenset({"parallel", "parallel_multiple"})
 SYSTEMS = ("edgeslm", "peer", "edgeslm_named", "peer_named", "edgeslm_required")
@@ -407,7 +409,7 @@ def bfcl_bench(model_ref: str = "smollm2-135m", *, per_category: int = 10, n_thr
     cats = CATEGORIES[:3] if quick else CATEGORIES
     questions = [(cat, q) for cat in cats for q in load(cat, per_category)]
     by_id = {q["id"]: q for _, q in questions}
-    model = edgeslm.load(model_ref, n_ctx=4096, n_threads=n_threads)
+    model = load_ref(model_ref, n_ctx=4096, n_threads=n_threads)
     path = model.path
     try:  # warm up: tokenizer tables, grammar compiler
         model.chat([{"role": "user", "content": "hi"}], tools=tools_of(questions[0][1]), max_tokens=16)

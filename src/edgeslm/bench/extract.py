@@ -11,6 +11,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from .models import load_ref
+
 PROMPT = "Generate a realistic example object."
 
 
@@ -144,7 +146,7 @@ def extraction_bench(
     from edgeslm.decoding.normalize import make_validator
 
     rows = sample(load_corpus(), n or (30 if quick else 120))
-    model = edgeslm.load(model_ref, n_ctx=4096, n_threads=n_threads)
+    model = load_ref(model_ref, n_ctx=4096, n_threads=n_threads)
     max_tokens = 128 if quick else 256  # --quick: the peer's runaways (no JSON after 256 tokens) cost half
     ours: list[dict[str, Any]] = []
     jobs = []

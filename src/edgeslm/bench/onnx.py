@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from .models import load_ref
+
 __all__ = ["find_onnx", "og_decode_tok_s", "onnx_bench", "onnx_decode_speed"]
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
@@ -166,7 +168,7 @@ def onnx_bench(
         decode = onnx_decode_speed(onnx_model, n_tokens=n_tokens, reps=reps, tick=lambda _i: step())
         rows: dict[str, list[dict[str, Any]]] = {"onnx": [], "llama.cpp": []}
         if examples:
-            llama_model = edgeslm.load(model_ref, n_ctx=4096, n_threads=n_threads)
+            llama_model = load_ref(model_ref, n_ctx=4096, n_threads=n_threads)
             try:
                 for m in (onnx_model, llama_model) if warmup else ():  # first-call setup is not latency
                     _extract_row(m, examples[0], max_tokens)

@@ -258,6 +258,7 @@ class Report:
                 names = sorted({k for _, _, fa in fields for k in fa})
                 out.append((f"{title}: accuracy per field", ["model", "system", *names],
                             [[mo, sy, *[f(fa.get(k), "{:.0%}") for k in names]] for mo, sy, fa in fields]))
+        out += self._adapter_tables(f)
         batch = [r for r in self.records if r["scenario"] == "batch"]
         if batch:
             per = {(x["model"], x["baseline_system"]): x["ratio"] for x in measured if x["scenario"] == "batch"}
@@ -329,6 +330,37 @@ class Report:
             out.append(("Assumptions (options; every speed and accuracy above is measured)", ["assumption", "value"],
                         [[k, str(v)] for k, v in asdict(self.assumptions).items()]))
         return out
+
+    def _adapter_tables(self, f: Any) -> list[tuple[str, list[str], list[list[str]]]]:
+        """Each ``base+adapter:DIR`` model beside its base, on the task: validity, exact and per-field
+        accuracy, latency, confidence AUROC, and the accuracy with the budget's share escalated."""
+        from .models import has_adapter, parse_ref
+
+        task = {r["model"]: r for r in self.records if r["scenario"] == "task" and r["system"] == EDGESLM}
+        esc = {v["model"]: v for v in self.escalation}
+        rows = []
+        for model, r in task.items():
+            if not has_adapter(model):
+                continue
+            base = parse_ref(model)[0]
+            for name, rec in ((base, task.get(base)), (model, r)):
+                if rec is None:
+                    continue
+                fa = rec.get("field_accuracy") or {}
+                v = esc.get(name) or {}
+                cal = v.get("calibration") or {}
+                at = next((p for p in v.get("curve", []) if p.get("budgeted")), None)
+                rows.append([name, str(rec.get("items", "-")), f(rec.get("valid_rate"), "{:.0%}"),
+                             f(rec.get("accuracy"), "{:.0%}"), f(sum(fa.values()) / len(fa) if fa else None, "{:.0%}"),
+                             f(rec.get("latency_p50_s")), f(cal.get("auroc"), "{:.3f}"),
+                             f(at["accuracy"] if at else None, "{:.0%}")])
+        if not rows:
+            return []
+        budget = self.assumptions.escalation_budget
+        return [(f"Adapters: each base+adapter beside its base on the task (accuracy with {budget * 100:g} % "
+                 "escalated: the escalation view's budget)",
+                 ["model", "items", "valid", "exact", "fields", "p50 s", "AUROC", f"with {budget * 100:g} % escalated"],
+                 rows)]
 
     def render(self, console: Any) -> None:
         from rich.table import Table

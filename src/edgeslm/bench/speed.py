@@ -7,6 +7,8 @@ import statistics
 import time
 from typing import Any
 
+from .models import load_ref
+
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
 
 
@@ -15,11 +17,10 @@ def decode_speed(
     tick: Any = None,
 ) -> dict[str, Any]:
     """Greedy decode tokens/s, edgeslm vs ``Llama.generate``, same model/threads, interleaved reps."""
-    import edgeslm
 
     from ._peer import peer_llama
 
-    model = edgeslm.load(model_ref, n_threads=n_threads, n_ctx=2048)
+    model = load_ref(model_ref, n_threads=n_threads, n_ctx=2048)
     prompt = model.chat_prompt([{"role": "user", "content": PROMPT}])
     llm = peer_llama(model.path, n_ctx=2048, n_threads=n_threads, n_threads_batch=n_threads, verbose=False)
     ours, theirs, ttft, prompt_rate = [], [], [], []

@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .models import load_ref
+
 __all__ = ["TaskExample", "extract_row", "load_task", "peer_job", "peer_row", "score", "task_bench"]
 
 
@@ -104,11 +106,10 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def task_bench(model_ref: str, examples: list[TaskExample], *, n_threads: int = 2, peer: bool = True,
                max_tokens: int = 256, tick: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run every example through edgeslm and (with *peer*) llama-cpp-python; summary and per-item rows."""
-    import edgeslm
 
     from .extract import peer_run
 
-    model = edgeslm.load(model_ref, n_ctx=4096, n_threads=n_threads)
+    model = load_ref(model_ref, n_ctx=4096, n_threads=n_threads)
     mine: list[dict[str, Any]] = []
     jobs = []
     try:

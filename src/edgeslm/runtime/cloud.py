@@ -179,7 +179,17 @@ class OpenAICompatible:
             finish_reason=choice.finish_reason,
             bytes_sent=sent,
             bytes_received=received,
+            usage=_usage(getattr(resp, "usage", None)),
         )
+
+
+def _usage(usage: Any) -> dict[str, int] | None:
+    """The reply's token counts as a plain dict (only the integer fields present), or ``None``."""
+    if usage is None:
+        return None
+    out = {k: v for k in ("prompt_tokens", "completion_tokens", "total_tokens")
+           if isinstance(v := getattr(usage, k, None), int) and not isinstance(v, bool)}
+    return out or None
 
 
 def _body_size(http_request: Any) -> int | None:

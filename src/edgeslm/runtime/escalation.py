@@ -95,7 +95,8 @@ class EscalationRequest:
 class CloudAnswer:
     """A target's reply. ``tool_calls`` are ``{"id", "name", "arguments"}`` dicts (arguments a dict
     or a JSON string). ``bytes_sent`` / ``bytes_received``: request / response body sizes, when
-    the target knows them."""
+    the target knows them. ``usage``: the token counts the target reported (``prompt_tokens``,
+    ``completion_tokens``, ``total_tokens``), when it did."""
 
     content: str | None = None
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
@@ -103,6 +104,7 @@ class CloudAnswer:
     finish_reason: str | None = None
     bytes_sent: int | None = None
     bytes_received: int | None = None
+    usage: dict[str, int] | None = None
 
 
 @dataclass
@@ -111,7 +113,8 @@ class EscalationOutcome:
 
     ``escalated`` is true when a valid answer from the target is to be used: then ``data``
     (extraction, validated), ``text`` and ``tool_calls`` (validated) hold it and ``model`` names
-    the model that answered. Otherwise ``error`` says why the local answer stands.
+    the model that answered. Otherwise ``error`` says why the local answer stands. ``usage`` and
+    ``bytes_received`` come from the target's reply when there was one (valid or not).
     """
 
     trigger: str
@@ -125,6 +128,8 @@ class EscalationOutcome:
     target: str = ""
     latency_s: float = 0.0
     bytes_sent: int | None = None
+    bytes_received: int | None = None
+    usage: dict[str, int] | None = None
 
 
 class EscalationStats:
@@ -588,6 +593,9 @@ class Escalation:
         if answer is not None and answer.bytes_sent is not None:
             sent_bytes = answer.bytes_sent
         out.bytes_sent = sent_bytes if sent_bytes is not None else _size(sent)
+        if answer is not None:
+            out.usage = answer.usage
+            out.bytes_received = answer.bytes_received if answer.bytes_received is not None else _answer_size(answer)
         self._audit(sent, out, answer)
         if out.escalated and self.record_to is not None:
             _append_line(self.record_to, _dataset_line(sent, out))
@@ -648,6 +656,14 @@ class Escalation:
 
 def _size(req: EscalationRequest) -> int:
     return len(json.dumps(req.to_dict(), ensure_ascii=False, default=str).encode("utf-8"))
+
+
+def _answer_size(answer: CloudAnswer) -> int:
+    """Bytes of a reply whose target did not report them: its text and tool calls."""
+    n = len((answer.content or "").encode("utf-8"))
+    if answer.tool_calls:
+        n += len(json.dumps(answer.tool_calls, ensure_ascii=False, default=str).encode("utf-8"))
+    return n
 
 
 def _dataset_line(sent: EscalationRequest, out: EscalationOutcome) -> dict[str, Any]:

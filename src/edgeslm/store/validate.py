@@ -128,6 +128,8 @@ class GGUFInfo:
     metadata: dict[str, Any]
     array_lengths: dict[str, int] = field(default_factory=dict)
     tensor_bytes: dict[str, int] = field(default_factory=dict)  # name -> bytes of data
+    tensor_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # name -> ggml shape (ne0 first)
+    tensor_types: dict[str, int] = field(default_factory=dict)  # name -> ggml type id
 
     @property
     def architecture(self) -> str | None:
@@ -336,6 +338,8 @@ def _parse_gguf(p: Path, buf: Any, size: int) -> GGUFInfo:
     # Tensor infos
     names: set[str] = set()
     tensors: list[tuple[str, int, int | None]] = []  # (name, offset, nbytes; None for a type no table knows)
+    shapes: dict[str, tuple[int, ...]] = {}
+    ttypes: dict[str, int] = {}
     for i in range(n_tensors):
         name_b = r.raw_string(f"name of tensor #{i}")
         name = name_b.decode("utf-8", errors="replace")
@@ -371,6 +375,8 @@ def _parse_gguf(p: Path, buf: Any, size: int) -> GGUFInfo:
             raise _Bad(f"tensor {name!r} has unknown type {ttype}")
         offset = r.u64(f"offset of tensor {name!r}")
         tensors.append((name, offset, nbytes))
+        shapes[name] = tuple(int(d) for d in dims)
+        ttypes[name] = ttype
 
     data_offset = (r.off + alignment - 1) // alignment * alignment
     if tensors and data_offset > size:
@@ -405,6 +411,8 @@ def _parse_gguf(p: Path, buf: Any, size: int) -> GGUFInfo:
         metadata=metadata,
         array_lengths=array_lengths,
         tensor_bytes={name: nbytes for name, _, nbytes in tensors},
+        tensor_shapes=shapes,
+        tensor_types=ttypes,
     )
 
 
