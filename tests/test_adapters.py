@@ -148,6 +148,17 @@ def test_extract_chat_and_batches_use_the_adapter_of_the_call(smol_adapters: dic
 
 
 @requires_smollm2
+def test_a_view_keeps_its_model_alive(smol_adapters: dict[str, Path]) -> None:
+    import gc
+
+    view = edgeslm.load("smollm2-135m", n_ctx=256, adapters=smol_adapters).with_adapter("one")
+    gc.collect()  # the model itself is unreachable now, only its view is left
+    assert not view.closed and view.generate("Hi", max_tokens=2, temperature=0).text is not None
+    view.close()  # closing a view closes the model
+    assert view.closed
+
+
+@requires_smollm2
 def test_four_threads_with_different_adapters_stay_correct(smol_adapters: dict[str, Path]) -> None:
     names: list[str | None] = [None, "one", "two", "one"]
     with edgeslm.load("smollm2-135m", n_ctx=512, adapters=smol_adapters) as m:

@@ -288,3 +288,51 @@ def test_onnx_rows_beside_llama_cpp_on_the_real_models() -> None:
         rows = r["rows"][backend]
         assert [x["id"] for x in rows] == ["a"] and rows[0]["valid"] and rows[0]["s"] > 0
         assert r["extract"][backend]["examples"] == 1
+
+
+# ---------------------------------------------------------------------------- startup and adapters
+@requires_smollm2
+def test_startup_section_times_whole_processes_on_both_sides() -> None:
+    from edgeslm.bench.startup import SCHEMA, startup_bench
+
+    r = startup_bench("smollm2-135m", reps=1)
+    for side in ("edgeslm", "peer"):
+        s = r[side]
+        assert s["ok"] == 1 and not s["errors"], s
+        assert s["s_median"] > s["load_s"] > 0 and s["first_extract_s"] > 0 and s["import_s"] > 0
+    rep = _report()
+    rep.add("smollm2-135m", "startup", EDGESLM, runs=1, ok=1, s_per_item=r["edgeslm"]["s_median"],
+            import_s=1.0, load_s=1.0, first_extract_s=1.0)
+    rep.add("smollm2-135m", "startup", "peer", runs=1, ok=1, s_per_item=r["peer"]["s_median"], import_s=1.0,
+            load_s=1.0, first_extract_s=1.0)
+    titles = [t for t, _, _ in rep.tables()]
+    assert any(t.startswith("Fresh process to the first validated extraction") for t in titles)
+    assert any(x["scenario"] == "startup" and x["metric"] == "s_per_item" for x in rep.ratios())
+    assert set(SCHEMA["required"]) == {"name", "age", "city"}
+
+
+def test_model_refs_with_an_adapter() -> None:
+    from edgeslm.bench.models import has_adapter, parse_ref
+
+    assert parse_ref("smollm2-135m") == ("smollm2-135m", None, 1.0)
+    assert parse_ref("smollm2-135m+adapter:./a b/lora") == ("smollm2-135m", "./a b/lora", 1.0)
+    assert parse_ref("m.gguf+adapter:/x/lora@0.5") == ("m.gguf", "/x/lora", 0.5)
+    assert parse_ref("m+adapter:/x/me@home") == ("m", "/x/me@home", 1.0)  # an "@" that is part of the path
+    assert has_adapter("m+adapter:x") and not has_adapter("m")
+    import edgeslm
+
+    with pytest.raises(edgeslm.InvalidRequestError):
+        parse_ref("+adapter:x")
+
+
+def test_adapter_table_puts_each_adapter_beside_its_base() -> None:
+    rep = _report()
+    for model, exact in (("base", 0.25), ("base+adapter:/a", 0.65)):
+        rep.add(model, "task", EDGESLM, items=20, valid_rate=1.0, accuracy=exact, field_accuracy={"a": exact, "b": 1.0},
+                latency_p50_s=0.5, latency_p95_s=0.6, s_per_item=0.5, completion_tokens_mean=10,
+                prompt_tokens_mean=100)
+    table = next((t for t in rep.tables() if t[0].startswith("Adapters:")), None)
+    assert table is not None
+    rows = table[2]
+    assert [r[0] for r in rows] == ["base", "base+adapter:/a"] and rows[0][3] == "25%" and rows[1][3] == "65%"
+    assert rows[1][4] == "82%"  # the mean of the per-field accuracies

@@ -107,6 +107,8 @@ class Model:
 
         view = copy.copy(self)
         view._gen = self._gen.view(adapter)
+        # the model that owns the engine lives as long as any view of it: its collection frees the engine
+        view._owner = getattr(self, "_owner", self)
         return view
 
     def _using(self, adapter: str | None) -> Model:

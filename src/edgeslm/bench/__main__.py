@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-SECTIONS = ("speed", "extract", "bfcl", "task", "batch", "onnx")
+SECTIONS = ("speed", "extract", "bfcl", "task", "batch", "onnx", "startup")
 
 
 def _console(stderr: bool = False) -> Any:
@@ -339,6 +339,22 @@ def _run(args: argparse.Namespace) -> int:
                                        latency_p50_s=s["latency_p50_s"], latency_p95_s=s["latency_p95_s"],
                                        s_per_item=sum(lat) / len(lat))
                     timed("onnx", model, t0)
+            if "startup" in sections:
+                from .startup import startup_bench
+
+                t0 = time.perf_counter()
+                reps = 2 if args.quick else 3
+                job = bar.add_task(f"startup · {model}", total=reps)
+                r = res["startup"] = startup_bench(model, reps=reps, n_threads=args.threads, peer=peer,
+                                                   tick=lambda k, j=job: bar.update(j, completed=k))
+                for key, system in (("edgeslm", EDGESLM), ("peer", "llama-cpp-python Llama + response_format")):
+                    s = r.get(key)
+                    if s:
+                        report.add(model, "startup", system, runs=s["runs"], ok=s["ok"], s_per_item=s["s_median"],
+                                   import_s=s["import_s"], load_s=s["load_s"], first_extract_s=s["first_extract_s"])
+                        for e in s["errors"][:2]:
+                            report.notes.append(f"startup · {model} · {system}: a run failed: {e}")
+                timed("startup", model, t0)
     report.notes.append(f"wall time {time.perf_counter() - t_start:.0f} s")
     out = _console()
     report.render(out)

@@ -54,6 +54,7 @@ SCENARIO_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "task": (("items", "valid_rate", "accuracy", "field_accuracy", "latency_p50_s", "latency_p95_s", "s_per_item",
               "completion_tokens_mean", "prompt_tokens_mean"), ()),
     "extract_latency": (("items", "valid_rate", "accuracy", "latency_p50_s", "latency_p95_s", "s_per_item"), ()),
+    "startup": (("runs", "ok", "s_per_item", "import_s", "load_s", "first_extract_s"), ()),
     "batch": (("items", "valid_rate", "accuracy", "valid_per_s", "s_per_item"),
               ("batch_size", "decode_gain", "greedy_same", "bound", "auto_batch_size", "invariant_same",
                "invariant_docs", "invariant_cost")),
@@ -259,6 +260,14 @@ class Report:
                 out.append((f"{title}: accuracy per field", ["model", "system", *names],
                             [[mo, sy, *[f(fa.get(k), "{:.0%}") for k in names]] for mo, sy, fa in fields]))
         out += self._adapter_tables(f)
+        start = [r for r in self.records if r["scenario"] == "startup"]
+        if start:
+            out.append(("Fresh process to the first validated extraction (median of whole processes, alternating; "
+                        "ratio: edgeslm / the baseline)",
+                        ["model", "system", "runs", "seconds", "import s", "load s", "first extract s", "ratio"],
+                        [[r["model"], r["system"], f"{r.get('ok')}/{r.get('runs')}", f(r.get("s_per_item")),
+                          f(r.get("import_s")), f(r.get("load_s")), f(r.get("first_extract_s")),
+                          ratio(r, "s_per_item")] for r in start]))
         batch = [r for r in self.records if r["scenario"] == "batch"]
         if batch:
             per = {(x["model"], x["baseline_system"]): x["ratio"] for x in measured if x["scenario"] == "batch"}

@@ -119,7 +119,7 @@ def read_dataset(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], li
             continue
         if not isinstance(last.get("content"), str) or not last["content"].strip():
             raise DatasetError(f"{where}: the assistant's answer is empty", hint="remove the line or give the answer")
-        out.append({"messages": msgs[:-1], "answer": last["content"], "line": n})
+        out.append({"messages": msgs[:-1], "answer": last["content"], "line": n, "file": p.name})
     if not out:
         raise DatasetError(f"{p} holds no usable example", hint="label some texts first (edgeslm teach)")
     return out, skipped
@@ -188,7 +188,7 @@ def _encode(model: Any, examples: list[dict[str, Any]], schema: Any, max_len: in
     engine = model._engine
     out = []
     for ex in examples:
-        where = f"dataset line {ex['line']}"
+        where = f"{ex.get('file', 'dataset')} line {ex['line']}"
         answer = _answer_text(ex["answer"], schema, validator, where)
         prompt = model.chat_prompt(ex["messages"])
         full = model.chat_prompt([*ex["messages"], {"role": "assistant", "content": answer}],
@@ -297,7 +297,11 @@ def finetune(
                                   hint=f"choose among its linear layers, e.g. {sorted(present)[:8]}")
     cfg = peft.LoraConfig(r=rank, lora_alpha=alpha, target_modules=chosen, lora_dropout=0.05, bias="none",
                           task_type="CAUSAL_LM")
-    net = peft.get_peft_model(hf, cfg).to(dev)
+    import warnings
+
+    with warnings.catch_warnings():  # transformers' own deprecation notices, raised inside peft
+        warnings.simplefilter("ignore", FutureWarning)
+        net = peft.get_peft_model(hf, cfg).to(dev)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
     steps_per_epoch = math.ceil(len(train) / batch_size)
@@ -356,7 +360,7 @@ def finetune(
                 for seq in chunk:
                     loss, _, _ = loss_of(seq)
                     (loss / n_tok).backward()
-                    step_loss += float(loss)
+                    step_loss += float(loss.detach())
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 opt.step()
                 sched.step()
@@ -395,6 +399,18 @@ def _hf_model(transformers: Any, torch: Any, gguf_path: Path, weights: Any, dtyp
     import warnings
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()  # edgeslm shows its own bar; theirs would interleave
+    gguf_utils: Any = None
+    try:
+        import functools
+
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+        gguf_tqdm = gguf_utils.tqdm
+        gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)
+    except (ImportError, AttributeError):
+        gguf_utils = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -407,6 +423,11 @@ def _hf_model(transformers: Any, torch: Any, gguf_path: Path, weights: Any, dtyp
             f"transformers cannot read the training weights ({exc})",
             hint="pass weights= with the base model's Hugging Face folder (transformers reads GGUF for "
             "common architectures only)") from None
+    finally:
+        if gguf_utils is not None:
+            gguf_utils.tqdm = gguf_tqdm
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
 
 
 def _bar(total: int) -> tuple[Any, Any]:
@@ -429,7 +450,11 @@ def _save(net: Any, report: FinetuneReport, info: Any, out_dir: Path) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
-        net.save_pretrained(tmp, safe_serialization=True)
+        import warnings
+
+        with warnings.catch_warnings():  # "could not find a config file": the base is a GGUF, not a hub folder
+            warnings.simplefilter("ignore")
+            net.save_pretrained(tmp, safe_serialization=True)
         convert_peft(tmp, info, tmp / "adapter.gguf")
         card = report.to_dict()
         (tmp / "edgeslm_adapter.json").write_text(json.dumps(card, indent=2), encoding="utf-8")
