@@ -402,10 +402,13 @@ class JsonWrapUp:
     """
 
     def __init__(
-        self, tokens: ClosingTokens, token_bytes: Callable[[int], bytes], *, soft_limit: int = 1 << 30,
-        bias: float = 40.0, max_period: int = 24,
+        self, tokens: ClosingTokens | Callable[[], ClosingTokens], token_bytes: Callable[[int], bytes], *,
+        soft_limit: int = 1 << 30, bias: float = 40.0, max_period: int = 24,
     ) -> None:
-        self.quotes, self.closers, self.enders = tokens
+        # the token sets, or how to get them: a scan of the whole vocabulary (1.5 s for Gemma's 262k
+        # tokens) that only a runaway generation or an overlong number needs, so not the first call
+        self._tokens: ClosingTokens | None = tokens if isinstance(tokens, ClosingTokens) else None
+        self._source = tokens
         self.token_bytes = token_bytes
         self.soft_limit = soft_limit
         self.bias = bias
@@ -416,9 +419,18 @@ class JsonWrapUp:
         self._seen = 0
         self._checked = 0
 
+    def _get(self) -> ClosingTokens:
+        if self._tokens is None:
+            self._tokens = self._source()  # type: ignore[operator]
+        return self._tokens
+
+    quotes = property(lambda self: self._get().quotes)
+    closers = property(lambda self: self._get().closers)
+    enders = property(lambda self: self._get().enders)
+
     @classmethod
     def for_backend(cls, backend: Backend, **kw: Any) -> JsonWrapUp:
-        return cls(closing_tokens(backend), backend.token_bytes, **kw)
+        return cls(lambda: closing_tokens(backend), backend.token_bytes, **kw)
 
     def __call__(self, tokens: Sequence[int], logits: np.ndarray) -> None:
         for t in tokens[self._seen:]:
