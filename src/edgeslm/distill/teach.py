@@ -22,7 +22,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -180,32 +180,34 @@ def _repair_tail(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _read_done(path: Path) -> dict[str, bool]:
-    """``key -> ok`` from a ``.done`` file (ok once is ok for good; unreadable lines are ignored)."""
-    done: dict[str, bool] = {}
+def _objects(path: Path) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a JSON Lines file; other and unreadable lines are skipped."""
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
                 rec = json.loads(line)
             except (ValueError, RecursionError):
                 continue
-            if isinstance(rec, dict) and isinstance(rec.get("key"), str):
-                done[rec["key"]] = done.get(rec["key"], False) or rec.get("ok") is True
+            if isinstance(rec, dict):
+                yield rec
+
+
+def _read_done(path: Path) -> dict[str, bool]:
+    """``key -> ok`` from a ``.done`` file (ok once is ok for good; unreadable lines are ignored)."""
+    done: dict[str, bool] = {}
+    for rec in _objects(path):
+        if isinstance(rec.get("key"), str):
+            done[rec["key"]] = done.get(rec["key"], False) or rec.get("ok") is True
     return done
 
 
 def _labeled_prompts(path: Path) -> set[str]:
     """Digests of the conversations (all messages but the answer) already labeled in a dataset file."""
     seen: set[str] = set()
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except (ValueError, RecursionError):
-                continue
-            msgs = rec.get("messages") if isinstance(rec, dict) else None
-            if isinstance(msgs, list) and len(msgs) >= 2 and not rec.get("tools"):
-                seen.add(_digest(msgs[:-1]))
+    for rec in _objects(path):
+        msgs = rec.get("messages")
+        if isinstance(msgs, list) and len(msgs) >= 2 and not rec.get("tools"):
+            seen.add(_digest(msgs[:-1]))
     return seen
 
 
