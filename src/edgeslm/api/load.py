@@ -46,6 +46,11 @@ def load(
     that is not from the catalog is opened in a child once, so a hostile file cannot kill the app.
     ``safe_mode=False`` loads with the requested options directly.
 
+    ``n_threads=None`` (llama.cpp): every core while the machine is idle, fewer while other programs
+    take cores (:mod:`edgeslm.runtime.threads`: measured from the decode steps' times; with one of
+    two cores busy, SmolLM2-135M keeps 55 % of its idle rate where a fixed count keeps 4 %). An
+    ``n_threads`` the app chooses stays fixed; ``EDGESLM_ADAPTIVE_THREADS=0`` turns adapting off.
+
     ``escalation`` (an :class:`edgeslm.Escalation`, off unless given): the default hand-off of
     ``extract``, ``chat`` and tool calls to a bigger model when the local answer is invalid, unsure
     or the app's predicate says so. Nothing leaves the device without it.

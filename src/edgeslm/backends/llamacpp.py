@@ -12,6 +12,7 @@ import ctypes
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import AdapterError, BackendUnavailableError, CorruptModelError, GenerationError, InvalidRequestError
+from ..runtime.threads import ThreadTuner
 from .base import Backend
 from .registry import BackendSpec, OpenRequest
 
@@ -168,6 +170,12 @@ class LlamaCppBackend(Backend):
         self._forks: list[LlamaCppBackend] = []
         self._adapters: dict[str, tuple[Any, float]] = {}  # name -> (llama_adapter_lora *, scale)
         self._new_context(n_ctx, n_batch, n_seq_max, n_threads or max(1, os.cpu_count() or 1), int(n_gpu_layers))
+        # n_threads=None: every core while the machine is idle, fewer while other programs take cores
+        # (runtime.threads); a count the app chose stays fixed, and so do batch-invariant models
+        self._tuner: ThreadTuner | None = None
+        if n_threads is None and self.n_threads > 1 and not self.batch_invariant \
+                and os.environ.get("EDGESLM_ADAPTIVE_THREADS", "1") != "0":
+            self._tuner = ThreadTuner(self.n_threads)
 
     def _new_context(self, n_ctx: int, n_batch: int, n_seq_max: int, threads: int, n_gpu_layers: int) -> None:
         lib, model = self._lib, self._model
@@ -243,6 +251,7 @@ class LlamaCppBackend(Backend):
                   "batch_invariant", "_adapters"):
             setattr(other, k, getattr(self, k))
         other._owns_model = False
+        other._tuner = None  # a batch context decodes with the model's full thread count
         other._forks = []
         other._ctx = None
         other._new_context(n_ctx, 512, n_seq, self.n_threads, self.n_gpu_layers)
@@ -390,7 +399,12 @@ class LlamaCppBackend(Backend):
                 b = self._batch_for(2)
                 _put(b, 0, 0, chunk[0], len(self._tokens), True)
                 b.n_tokens = 1
+                t0 = time.perf_counter()
                 rc = self._decode(b)[0]
+                if self._tuner is not None and rc == 0:
+                    threads = self._tuner.observe(time.perf_counter() - t0)
+                    if threads is not None:
+                        lib.llama_set_n_threads(self._ctx, threads, threads)
             else:
                 arr = (lib.llama_token * len(chunk))(*chunk)
                 rc = lib.llama_decode(self._ctx, lib.llama_batch_get_one(arr, len(chunk)))

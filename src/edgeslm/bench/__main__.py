@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-SECTIONS = ("speed", "extract", "bfcl", "task", "batch", "onnx", "startup")
+SECTIONS = ("speed", "extract", "bfcl", "task", "batch", "onnx", "startup", "contention")
 
 
 def _console(stderr: bool = False) -> Any:
@@ -355,6 +355,21 @@ def _run(args: argparse.Namespace) -> int:
                         for e in s["errors"][:2]:
                             report.notes.append(f"startup · {model} · {system}: a run failed: {e}")
                 timed("startup", model, t0)
+            if "contention" in sections:
+                from .contention import contention_bench
+
+                t0 = time.perf_counter()
+                reps = 2 if args.quick else 3
+                job = bar.add_task(f"contention · {model}", total=2 * reps)
+                r = res["contention"] = contention_bench(model, reps=reps, peer=peer,
+                                                         tick=lambda k, j=job: bar.update(j, completed=k))
+                for key, system in (("edgeslm", EDGESLM), ("peer", "llama-cpp-python Llama.generate, every core")):
+                    s = r.get(key)
+                    if s:
+                        report.add(model, "contention", system, cores=r["cores"], tokens=r["tokens"],
+                                   idle_tok_s=s["idle_tok_s"], busy_tok_s=s["busy_tok_s"],
+                                   busy_over_idle=s["busy_over_idle"])
+                timed("contention", model, t0)
     report.notes.append(f"wall time {time.perf_counter() - t_start:.0f} s")
     out = _console()
     report.render(out)

@@ -55,6 +55,7 @@ SCENARIO_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
               "completion_tokens_mean", "prompt_tokens_mean"), ()),
     "extract_latency": (("items", "valid_rate", "accuracy", "latency_p50_s", "latency_p95_s", "s_per_item"), ()),
     "startup": (("runs", "ok", "s_per_item", "import_s", "load_s", "first_extract_s"), ()),
+    "contention": (("cores", "tokens", "idle_tok_s", "busy_tok_s", "busy_over_idle"), ()),
     "batch": (("items", "valid_rate", "accuracy", "valid_per_s", "s_per_item"),
               ("batch_size", "decode_gain", "greedy_same", "bound", "auto_batch_size", "invariant_same",
                "invariant_docs", "invariant_cost")),
@@ -260,6 +261,17 @@ class Report:
                 out.append((f"{title}: accuracy per field", ["model", "system", *names],
                             [[mo, sy, *[f(fa.get(k), "{:.0%}") for k in names]] for mo, sy, fa in fields]))
         out += self._adapter_tables(f)
+        busy = [r for r in self.records if r["scenario"] == "contention"]
+        if busy:
+            peer_busy = {r["model"]: r.get("busy_tok_s") for r in busy if r["system"] != EDGESLM}
+            rows = []
+            for r in busy:
+                other = peer_busy.get(r["model"]) if r["system"] == EDGESLM else None
+                rows.append([r["model"], r["system"], str(r.get("cores")), f(r.get("idle_tok_s"), "{:.1f}"),
+                             f(r.get("busy_tok_s"), "{:.1f}"), f(r.get("busy_over_idle"), "{:.2f}"),
+                             f(r["busy_tok_s"] / other if other and r.get("busy_tok_s") else None, "{:.1f}x")])
+            out.append(("Decode with one core busy (another process spinning; ratio: edgeslm / the baseline, busy)",
+                        ["model", "system", "cores", "idle tok/s", "busy tok/s", "busy / idle", "busy ratio"], rows))
         start = [r for r in self.records if r["scenario"] == "startup"]
         if start:
             out.append(("Fresh process to the first validated extraction (median of whole processes, alternating; "
