@@ -200,6 +200,27 @@ def test_audit_log_and_dataset_are_written(cloud: CloudStandin, tmp_path: Path) 
     assert last["request"]["messages"][-1]["content"] == mask_email(TEXT) and last["answer"]["name"] == "Ann Lee"
 
 
+@pytest.mark.parametrize("where", ["folder", "full"])
+def test_a_log_or_dataset_that_cannot_be_written_costs_no_answer(cloud: CloudStandin, tmp_path: Path,
+                                                                 where: str) -> None:
+    """Issue #24: record_to on a full disk, or a path that became a folder after the Escalation was made,
+    raised a raw OSError from extract and lost both the local and the cloud answer."""
+    if where == "full" and not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    bad = Path("/dev/full") if where == "full" else tmp_path / "gone"
+    for kw in ({"record_to": bad}, {"audit_log": bad}):
+        esc = edgeslm.Escalation(target(cloud), min_confidence=0.6, **kw)
+        if where == "folder":
+            bad.mkdir(exist_ok=True)
+        x = extract_with_escalation(esc, lambda: local_result(0.4), extraction_request(TEXT, CONTACT))
+        assert x.escalated and x.data == json.loads(CLOUD_ANSWER)  # the cloud's answer is kept
+        assert x.escalation_error and "not written" in x.escalation_error, x.escalation_error
+        name = "record_to" if "record_to" in kw else "audit log"
+        assert name in x.escalation_error
+        if where == "folder":
+            bad.rmdir()
+
+
 def test_records_are_whole_lines_under_threads(tmp_path: Path) -> None:
     audit = tmp_path / "audit.jsonl"
     esc = edgeslm.Escalation(lambda req: {"name": "A" * 2000, "email": "e"}, min_confidence=0.6, audit_log=audit,

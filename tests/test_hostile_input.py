@@ -524,3 +524,35 @@ def test_regex_validation_reads_patterns_as_re_does(pattern: str, text: str) -> 
         warnings.simplefilter("ignore", FutureWarning)
         expected = re.search(pattern, text) is not None
     assert make_validator({"type": "string", "pattern": pattern}).is_valid(text) is expected
+
+
+def test_a_text_far_beyond_the_context_is_refused_before_it_is_tokenized(smollm2) -> None:
+    """Issue #24: a 20 MB text was tokenized whole (24 s, 1.2 GB) before the context check. Now its
+    length alone refuses it: no token list is ever built (tokenizing it makes ~4 million Python ints)."""
+    import tracemalloc
+
+    big = "word " * (20 * 1024 * 1024 // 5)
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    calls = {
+        "extract": lambda: smollm2.extract(big, schema),
+        "chat": lambda: smollm2.chat([{"role": "user", "content": big}], max_tokens=4),
+        "parts": lambda: smollm2.chat([{"role": "user", "content": [{"type": "text", "text": big}]}], max_tokens=4),
+        "generate": lambda: smollm2.generate(big, max_tokens=2),
+        "tools": lambda: smollm2.chat([{"role": "user", "content": big}], tools=[_weather], max_tokens=4),
+    }
+    for name, call in calls.items():
+        tracemalloc.start()
+        try:
+            with pytest.raises(edgeslm.ContextLengthError) as e:
+                call()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert "characters" in str(e.value) and e.value.hint and e.value.n_ctx == smollm2._engine.n_ctx, name
+        assert peak < 5 * len(big), (name, peak)  # a few copies of the text at most, never its tokens
+    assert smollm2.generate("Monday, Tuesday,", max_tokens=3, temperature=0).text  # the model is fine after
+
+
+def _weather(city: str) -> str:
+    """Weather for a city."""
+    return city

@@ -315,3 +315,25 @@ def test_cli_teach_end_to_end(cloud: CloudStandin, tmp_path: Path, capsys: pytes
     src.write_text('"fine"\nnot json\n')
     assert main(base) == 2
     assert "line 2" in capsys.readouterr().err and len(cloud.requests) == 3
+
+
+def test_a_dataset_that_cannot_be_written_stops_the_run_and_keeps_the_text_pending(cloud: CloudStandin,
+                                                                                    tmp_path: Path) -> None:
+    """The label is not on disk, so the text is not marked done: a rerun asks it again."""
+    out = tmp_path / "train.jsonl"
+    edgeslm.teach(TEXTS[:1], CONTACT, teacher=teacher(cloud), out=out)
+    import edgeslm.runtime.escalation as escmod
+
+    def full(path, record):  # type: ignore[no-untyped-def]
+        raise OSError(28, "No space left on device")
+
+    original = escmod._append_line
+    escmod._append_line = full
+    try:
+        with pytest.raises(edgeslm.DatasetError, match="No space left"):
+            edgeslm.teach(TEXTS[:2], CONTACT, teacher=teacher(cloud), out=out)
+    finally:
+        escmod._append_line = original
+    assert len(out.read_text().splitlines()) == 1  # the first label is intact
+    again = edgeslm.teach(TEXTS[:2], CONTACT, teacher=teacher(cloud), out=out)
+    assert again.skipped == 1 and again.labeled == 1 and len(out.read_text().splitlines()) == 2

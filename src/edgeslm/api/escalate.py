@@ -119,6 +119,7 @@ def extract_with_escalation(
         support=local.support if local is not None else None,
         field_confidence=local.field_confidence if local is not None else {},
         escalation_trigger=out.trigger,
+        escalation_error=out.error,  # the answer is the target's; a log or dataset line that failed is said here
         model=out.model or out.target,
     )
 
@@ -156,4 +157,5 @@ def chat_with_escalation(
         tool_calls=calls,
         escalated=True,
         escalation_trigger=out.trigger,
+        escalation_error=out.error,
     )

@@ -25,7 +25,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
-from .._errors import ModelClosedError
+from .._errors import ContextLengthError, ModelClosedError
 from ..backends.base import Backend
 from ..decoding.loop import GenStats, generate_steps, stream_text
 from ..decoding.sampling import Sampler, SamplingParams, retry_params
@@ -195,6 +195,7 @@ class Generation:
     def prompt_tokens(self, engine: Backend, segments: Sequence[tuple[str, bool]]) -> list[int]:
         """Tokens of rendered prompt *segments* (``(text, parse control tokens)``), BOS added when
         the model wants one."""
+        check_fits(sum(len(text) for text, _ in segments), engine.n_ctx)
         toks: list[int] = []
         for text, special in segments:
             check_text(text, "the prompt")  # a lone surrogate from anywhere (tool descriptions...)
@@ -276,6 +277,25 @@ class _AdapterGeneration(Generation):
 
     def collect(self) -> None:  # the model, not a view of it, owns the engine
         pass
+
+
+#: No tokenizer puts more than this many bytes (so characters) in one token: a text longer than this
+#: many characters per token of context cannot fit, and is refused before it is tokenized.
+MAX_CHARS_PER_TOKEN = 32
+
+
+def check_fits(n_chars: int, n_ctx: int) -> None:
+    """Refuse, in constant time, a prompt of *n_chars* characters that cannot fit in *n_ctx* tokens
+    (issue #24: a 100 MB text was tokenized whole, 142 s and 5.6 GB, before the context check)."""
+    if n_ctx > 0 and n_chars > MAX_CHARS_PER_TOKEN * n_ctx:
+        raise ContextLengthError(
+            f"the prompt is {n_chars:,} characters; the context window is {n_ctx:,} tokens, which hold at "
+            f"most about {MAX_CHARS_PER_TOKEN * n_ctx:,} characters",
+            n_prompt=n_chars // MAX_CHARS_PER_TOKEN,  # at least this many tokens
+            n_ctx=n_ctx,
+            hint="shorten or split the input, or load the model with a larger n_ctx= (up to the model's "
+            "trained context length)",
+        )
 
 
 def new_id() -> str:

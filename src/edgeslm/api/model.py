@@ -132,6 +132,9 @@ class Model:
 
     def _chat_segments(self, engine: Backend, messages: Sequence[Message], **kw: Any) -> list[tuple[str, bool]]:
         msgs = check_messages(messages)
+        from .generation import check_fits
+
+        check_fits(_message_chars(msgs), engine.n_ctx)  # before the template copies a text too long to fit
         if self.template is None:
             raise TemplateError(
                 f"model {self.name!r} has no chat template",
@@ -146,6 +149,9 @@ class Model:
     ) -> list[tuple[str, bool]]:
         """Segments for a conversation with tools, tool calls or tool results, in the native format."""
         from ..tools.formats import Markup, get_format
+        from .generation import check_fits
+
+        check_fits(_message_chars(messages), engine.n_ctx)
 
         if self.template is None:
             raise TemplateError(
@@ -643,3 +649,15 @@ def _normalize_messages(messages: Sequence[Message]) -> list[Message]:
             raise TypeError(f"messages[{i}]['content'] must be a string")
         out.append(m)
     return out
+
+
+def _message_chars(messages: Sequence[Any]) -> int:
+    """Characters of text in *messages* (contents, and the text of content parts)."""
+    n = 0
+    for m in messages:
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, str):
+            n += len(content)
+        elif isinstance(content, list):
+            n += sum(len(p["text"]) for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return n

@@ -76,7 +76,7 @@ class ChatResult:
     ``max_tokens``, with ``finish_reason="length"``); ``text`` is then what came before the call."""
     escalated: bool = False  # the answer came from the escalation target (``model`` names it)
     escalation_trigger: str | None = None  # "invalid", "low_confidence" or "predicate"
-    escalation_error: str | None = None  # why a triggered escalation did not answer
+    escalation_error: str | None = None  # why a triggered escalation did not answer (or, escalated: a log not written)
     confidence: float | None = None
     """For tool calls and JSON replies: the geometric mean of the probabilities of the tokens the
     model chose freely in them (``None`` for free text); escalation compares it with

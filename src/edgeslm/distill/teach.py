@@ -399,6 +399,8 @@ def teach(
                 if res.error_kind != "redact":  # nothing is sent when redact fails
                     report.requests += 1
                     report.tokens += _tokens(res)
+                if res.escalated and res.recorded is False:  # the label is not on disk: stop, ask it again later
+                    raise OSError(res.error)
                 if res.escalated:
                     _fsync(out_path)
                 _append_done(done_path, key, res.escalated)

@@ -105,6 +105,7 @@ class CloudAnswer:
     bytes_sent: int | None = None
     bytes_received: int | None = None
     usage: dict[str, int] | None = None
+    recorded: bool | None = None  # the answer's line in record_to: written, not written (see error), no record_to
 
 
 @dataclass
@@ -598,7 +599,12 @@ class Escalation:
             out.bytes_received = answer.bytes_received if answer.bytes_received is not None else _answer_size(answer)
         self._audit(sent, out, answer)
         if out.escalated and self.record_to is not None:
-            _append_line(self.record_to, _dataset_line(sent, out))
+            try:
+                _append_line(self.record_to, _dataset_line(sent, out))
+                out.recorded = True
+            except OSError as exc:  # a full disk or a path gone bad must not cost the answer: say so
+                out.recorded = False
+                out.error = (out.error + "; " if out.error else "") + f"record_to {self.record_to} not written: {exc}"
         return out
 
     def _accept(self, req: EscalationRequest, answer: CloudAnswer, model_class: type | None, trigger: str,
