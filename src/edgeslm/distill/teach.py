@@ -400,7 +400,8 @@ def teach(
                     report.requests += 1
                     report.tokens += _tokens(res)
                 if res.escalated and res.recorded is False:  # the label is not on disk: stop, ask it again later
-                    raise OSError(res.error)
+                    raise DatasetError(f"cannot write the labels to {out_path}: {res.error}",
+                                       hint="check the disk space and permissions; run again to resume")
                 if res.escalated:
                     _fsync(out_path)
                 _append_done(done_path, key, res.escalated)

@@ -105,7 +105,6 @@ class CloudAnswer:
     bytes_sent: int | None = None
     bytes_received: int | None = None
     usage: dict[str, int] | None = None
-    recorded: bool | None = None  # the answer's line in record_to: written, not written (see error), no record_to
 
 
 @dataclass
@@ -131,6 +130,7 @@ class EscalationOutcome:
     bytes_sent: int | None = None
     bytes_received: int | None = None
     usage: dict[str, int] | None = None
+    recorded: bool | None = None  # the answer's line in record_to: written, not written (see error), no record_to
 
 
 class EscalationStats:
