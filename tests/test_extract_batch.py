@@ -101,7 +101,7 @@ def test_leaving_extract_iter_early_releases_the_model(smollm2) -> None:
     first = next(it)
     assert first[0] in range(len(TEXTS)) and isinstance(first[1], edgeslm.Extraction)
     assert len(_batch_threads()) == 5  # 4 workers and the engine thread
-    it.close()  # the workers finish the items they hold, then the context is freed
+    it.close()  # the workers drop the items they hold, then the context is freed
     assert _batch_threads() == []
     assert smollm2.extract(TEXTS[0], SCHEMA).data["name"] == "Alice"  # the lock was given back
 
@@ -260,3 +260,108 @@ def test_bench_batch_section_reports_ratio_and_bound(smollm2) -> None:
     assert 0 <= r["greedy_same"] <= 3 and r["decode_gain"] > 0 and r["auto_batch_size"] >= 1
     inv = r["invariant"]  # batch_invariant on the same documents: the same results both ways
     assert inv["documents"] == 1 and inv["greedy_same"] == 1 and inv["cost_one_at_a_time"] > 0 and inv["ratio"] > 0
+
+
+def _drain(it) -> tuple[list, BaseException | None]:
+    """The results an iterator still gives, and the error it ends with (``None``: it ended)."""
+    got = []
+    try:
+        for x in it:
+            got.append(x)
+    except edgeslm.EdgeSLMError as exc:
+        return got, exc
+    return got, None
+
+
+@requires_smollm2
+@pytest.mark.timeout(180)
+def test_another_call_on_the_thread_of_an_unfinished_batch_stops_it_instead_of_deadlocking(smollm2) -> None:
+    """Issue #24: next(it) on a batched extract_iter, then extract() on the same thread, blocked forever
+    (the suspended iterator held the model). The call now runs; the iterator gives the items that
+    had finished and then says why it stopped."""
+    it = smollm2.extract_iter(iter(TEXTS), SCHEMA, batch_size=4)
+    first = next(it)
+    assert smollm2.extract(TEXTS[0], SCHEMA).data["name"] == "Alice"
+    assert _batch_threads() == []
+    rest, err = _drain(it)
+    assert isinstance(err, edgeslm.InvalidRequestError) and "another call" in str(err) and err.hint
+    seen = [first[0]] + [i for i, _ in rest]
+    assert len(set(seen)) == len(seen) < len(TEXTS)  # no duplicates; not silently "complete"
+    assert all(isinstance(r, edgeslm.Extraction) and r.data["name"] in TEXTS[i] for i, r in [first, *rest])
+    assert smollm2.extract_many(TEXTS[:2], SCHEMA, batch_size=2)[1].data["name"] == "Bob"  # model usable
+
+
+@requires_smollm2
+@pytest.mark.timeout(180)
+def test_close_stops_running_batches_from_any_thread_without_deadlock(smollm2_path) -> None:
+    """Issue #24: close() on the thread whose batch iterator is open deadlocked; close() from another
+    thread during extract_many waited for the whole batch (47-63 s). Both now stop the batch within
+    an engine round; the iterator's owner gets the finished items and then ModelClosedError."""
+    # 1. the same thread
+    m = edgeslm.load(str(smollm2_path), n_ctx=512)
+    it = m.extract_iter(iter(TEXTS * 4), SCHEMA, batch_size=4)
+    next(it)
+    t = time.monotonic()
+    m.close()
+    assert m.closed and _batch_threads() == []
+    same_thread_s = time.monotonic() - t
+    rest, err = _drain(it)
+    assert isinstance(err, edgeslm.ModelClosedError) and len(rest) < len(TEXTS) * 4 - 1
+
+    # 2. another thread, while the owner is suspended between two next() calls
+    m = edgeslm.load(str(smollm2_path), n_ctx=512)
+    it = m.extract_iter(iter(TEXTS * 4), SCHEMA, batch_size=4)
+    next(it)
+    closer = threading.Thread(target=m.close)
+    t = time.monotonic()
+    closer.start()
+    closer.join(30)
+    suspended_s = time.monotonic() - t
+    assert not closer.is_alive() and m.closed and _batch_threads() == []
+    rest, err = _drain(it)
+    assert isinstance(err, edgeslm.ModelClosedError)
+    assert all(isinstance(r, edgeslm.Extraction) for _, r in rest)
+
+    # 3. another thread, while extract_many runs
+    m = edgeslm.load(str(smollm2_path), n_ctx=512)
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["out"] = m.extract_many(TEXTS * 4, SCHEMA, batch_size=4)
+        except BaseException as exc:
+            box["err"] = exc
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    while len(_batch_threads()) < 5 and runner.is_alive():
+        time.sleep(0.05)
+    time.sleep(0.5)  # mid-batch
+    t = time.monotonic()
+    m.close()
+    running_s = time.monotonic() - t
+    runner.join(30)
+    assert not runner.is_alive() and isinstance(box.get("err"), edgeslm.ModelClosedError)
+    assert _batch_threads() == []
+    # An engine round of this model takes well under a second; the bound leaves room for a busy machine.
+    assert max(same_thread_s, suspended_s, running_s) < 5, (same_thread_s, suspended_s, running_s)
+    print(f"close() took {same_thread_s:.2f} / {suspended_s:.2f} / {running_s:.2f} s")
+
+
+@requires_smollm2
+def test_a_huge_batch_size_is_capped_and_refused_with_true_figures_before_the_engine_is_asked(
+        smollm2, monkeypatch) -> None:
+    """Issue #24: batch_size=10**9 over a generator quoted "2,896,166,912 tokens" (n_seq * n_ctx wrapped
+    around 32 bits in llama.cpp). The size is capped at llama.cpp's sequence limit, and a batch whose
+    KV caches cannot fit is refused with the real figures before a context is asked for."""
+    engine = smollm2._engine
+    asked: list[int] = []
+    monkeypatch.setattr(engine, "fork", lambda n, ctx: asked.append(n))
+    monkeypatch.setattr(batch, "_available", lambda e: 2**30)
+    with pytest.raises(edgeslm.InsufficientMemoryError) as err:
+        list(smollm2.extract_iter((t for t in TEXTS), SCHEMA, batch_size=10**9))
+    need = batch.planned_bytes(engine, batch.MAX_SEQUENCES, smollm2.n_ctx)
+    assert f"{batch.MAX_SEQUENCES} sequences of {smollm2.n_ctx:,} tokens" in str(err.value)
+    assert f"{need / 2**30:,.2f} GiB" in str(err.value) and "1.00 GiB" in str(err.value)
+    assert str(err.value).count("Hint:") == 1 and asked == []
+    assert smollm2.extract(TEXTS[0], SCHEMA).data["name"] == "Alice"  # not left held

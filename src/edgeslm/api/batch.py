@@ -78,6 +78,9 @@ MAX_AUTO_BATCH = 32
 MIN_DOUBLING_GAIN = 1.1
 #: Share of the available memory the KV caches of a batch may take when the size is automatic.
 KV_MEMORY_SHARE = 0.25
+#: The most sequences one batch holds (llama.cpp's limit on sequences per context); a larger
+#: ``batch_size`` decodes this many at once.
+MAX_SEQUENCES = 256
 #: Tokens one engine call of a batch takes at most (the compute buffer is sized for it).
 FORK_BATCH = 512
 #: A request of at least this many tokens looks for a prefix another sequence holds.
@@ -118,15 +121,19 @@ def auto_batch_size(engine: Backend, n_ctx: int, available_bytes: int | None = N
     if not _can_fork(engine):
         return 1
     if available_bytes is None:
-        from ..runtime import hardware
-
-        on_gpu = getattr(engine, "device", "cpu") == "gpu"
-        available_bytes = kv_memory(hardware.ram()[1], hardware.nvidia_gpus() if on_gpu else ())
+        available_bytes = _available(engine)
     per_seq = engine.kv_bytes_per_token() * n_ctx
     if per_seq <= 0:
         return min(4, MAX_AUTO_BATCH)
     room = available_bytes * KV_MEMORY_SHARE - planned_bytes(engine, 0, n_ctx)
     return max(1, min(MAX_AUTO_BATCH, int(room // per_seq)))
+
+
+def _available(engine: Backend) -> int:
+    from ..runtime import hardware
+
+    on_gpu = getattr(engine, "device", "cpu") == "gpu"
+    return kv_memory(hardware.ram()[1], hardware.nvidia_gpus() if on_gpu else ())
 
 
 def kv_memory(ram_available: int, gpus: Iterable[Any] = ()) -> int:
@@ -274,14 +281,27 @@ class _Batcher:
         self._thread = threading.Thread(target=self._serve, name="edgeslm-batch-engine", daemon=True)
         self._thread.start()
 
-    def close(self) -> None:
+    def cancel(self) -> None:
+        """End the batch: evaluations waiting, and every later call of a view, raise ``_Cancelled``."""
         with self.cv:
             self._closed = True
+            for seq in self.pending:
+                self.errors[seq] = _Cancelled()
+            self.pending.clear()
             self.cv.notify_all()
+
+    def close(self) -> None:
+        self.cancel()
         self._thread.join()
+
+    def live(self) -> None:
+        """Raise ``_Cancelled`` once the batch has ended (call with ``cv`` held)."""
+        if self._closed:
+            raise _Cancelled()
 
     def enter(self, seq: int) -> None:
         with self.cv:
+            self.live()
             self.active.add(seq)
 
     def leave(self, seq: int) -> None:
@@ -294,8 +314,7 @@ class _Batcher:
 
     def eval(self, seq: int, tokens: Sequence[int]) -> None:
         with self.cv:
-            if self._closed:
-                raise GenerationError("the batch has ended", hint="this is a bug in edgeslm; please report it")
+            self.live()
             self.pending[seq] = list(tokens)
             self.cv.notify_all()
             while seq in self.pending:
@@ -310,9 +329,8 @@ class _Batcher:
                 while not self._closed and not self._ready():
                     self.cv.wait()
                 if self._closed:
-                    for seq in list(self.pending):  # nobody should be waiting; do not leave them hanging
-                        self.errors[seq] = GenerationError("the batch has ended",
-                                                           hint="this is a bug in edgeslm; please report it")
+                    for seq in list(self.pending):  # do not leave anyone waiting
+                        self.errors[seq] = _Cancelled()
                     self.pending.clear()
                     self.cv.notify_all()
                     return
@@ -369,7 +387,9 @@ class _SeqView(Backend):
 
     @property
     def tokens(self) -> list[int]:
-        return self._e.seq_tokens(self.seq)
+        with self._b.cv:
+            self._b.live()
+            return self._e.seq_tokens(self.seq)
 
     @property
     def vocab_owner(self) -> Backend:
@@ -377,22 +397,27 @@ class _SeqView(Backend):
 
     def tokenize(self, text: str, *, special: bool) -> list[int]:
         with self._b.cv:
+            self._b.live()
             return self._e.tokenize(text, special=special)
 
     def token_bytes(self, token: int) -> bytes:
         with self._b.cv:
+            self._b.live()
             return self._e.token_bytes(token)
 
     def token_text(self, token: int) -> str:
         with self._b.cv:
+            self._b.live()
             return self._e.token_text(token)
 
     def is_eog(self, token: int) -> bool:
         with self._b.cv:
+            self._b.live()
             return self._e.is_eog(token)
 
     def control_tokens(self) -> list[int]:
         with self._b.cv:
+            self._b.live()
             return self._e.control_tokens()
 
     def eval(self, tokens: Sequence[int]) -> None:
@@ -402,10 +427,13 @@ class _SeqView(Backend):
         self._b.eval(self.seq, tokens)
 
     def logits(self) -> np.ndarray:
-        return self._e.logits_of(self.seq)
+        with self._b.cv:
+            self._b.live()
+            return self._e.logits_of(self.seq)
 
     def trim(self, n_keep: int) -> None:
         with self._b.cv:
+            self._b.live()
             self._e.seq_trim(self.seq, n_keep)
 
     def kv_bytes_per_token(self) -> int:
@@ -436,19 +464,36 @@ class _SeqGeneration(Generation):
 
 
 _DONE = object()
+_WAKE = object()
+
+
+class _Cancelled(BaseException):
+    """Raised in a worker whose batch was stopped: not a failure of its item (never yielded)."""
 
 
 def _open_fork(engine: Backend, n: int, n_ctx: int, auto: bool) -> tuple[Backend | None, int]:
     """A context of *n* sequences of *n_ctx* tokens and *n*; one the engine cannot allocate is
     asked again with half the sequences when the size was automatic (``None, 1`` once none of 2
-    or more fits), and is an :class:`InsufficientMemoryError` when the caller chose it."""
+    or more fits), and is an :class:`InsufficientMemoryError` when the caller chose it (refused
+    before the engine is asked when its KV caches cannot fit in the available memory). At most
+    :data:`MAX_SEQUENCES`."""
+    n = min(n, MAX_SEQUENCES)
+    if not auto and n > 1:
+        need, room = planned_bytes(engine, n, n_ctx), _available(engine)
+        if need > room:
+            raise InsufficientMemoryError(
+                f"a batch of {n:,} sequences of {n_ctx:,} tokens needs {need / 2**30:,.2f} GiB for its KV caches; "
+                f"{room / 2**30:,.2f} GiB of memory is available",
+                hint="pass a smaller batch_size= (or batch_size=None to have one chosen), or load the model with a "
+                "smaller n_ctx=",
+            )
     while n > 1:
         try:
             return engine.fork(n, n * n_ctx), n
         except BackendUnavailableError as exc:
             if not auto:
                 raise InsufficientMemoryError(
-                    f"a batch of {n} sequences of {n_ctx} tokens does not fit in memory: {exc}",
+                    f"a batch of {n:,} sequences of {n_ctx:,} tokens does not fit in memory: {exc.message}",
                     hint="pass a smaller batch_size= (or batch_size=None to have one chosen), or load the model "
                     "with a smaller n_ctx=",
                 ) from exc
@@ -458,76 +503,159 @@ def _open_fork(engine: Backend, n: int, n_ctx: int, auto: bool) -> tuple[Backend
 
 def _batched(model: Any, items: Iterable[Any], schema: Any, n: int,
              kwargs: dict[str, Any], *, auto: bool) -> Iterator[tuple[int, Result]]:
-    from ..decoding.constrain import constraints
-
-    main = model._gen
-    engine = main.acquire()  # the model is held for the whole batch
-    fork: Backend | None = None
-    batcher: _Batcher | None = None
-    stop = threading.Event()
-    threads: list[threading.Thread] = []
-    try:
-        cache = constraints(engine)  # built once here, not raced by the workers
-        _ = cache.tokenizer, cache.closing, cache.eog
-        fork, n = _open_fork(engine, n, model.n_ctx, auto)
-    except BaseException:
-        main.release()
-        raise
-    if fork is None:  # not even 2 sequences fit: one at a time
-        main.release()
+    run = _BatchRun(model, items, schema, kwargs)
+    if not run.start(n, auto):  # not even 2 sequences fit: one at a time
         yield from _one_by_one(model, items, schema, kwargs)
         return
     try:
-        batcher = _Batcher(fork)
-        source = iter(enumerate(items))
-        source_lock = threading.Lock()
-        out: queue.Queue[Any] = queue.Queue()
-
-        def work(seq: int) -> None:
-            view = _SeqView(batcher, seq, model.n_ctx)
-            worker = type(model)(view, name=model.name, template=model.template, info=model.info,
-                           tool_format=model.tool_format, escalation=model.escalation)
-            worker._gen = _SeqGeneration(view, model.name)
-            try:
-                while not stop.is_set():
-                    with source_lock:
-                        try:
-                            i, text = next(source)
-                        except StopIteration:
-                            return
-                        except BaseException as exc:  # the caller's iterable failed: end the batch with it
-                            out.put(exc)
-                            return
-                    try:
-                        out.put((i, _extract_one(worker, i, text, schema, kwargs)))
-                    except BaseException as exc:  # not an EdgeSLMError of this item: a bug, or closed
-                        out.put(exc)
-                        return
-            finally:
-                out.put(_DONE)
-
-        threads = [threading.Thread(target=work, args=(s,), name=f"edgeslm-batch-{s}", daemon=True)
-                   for s in range(n)]
-        for t in threads:
-            t.start()
-        running = len(threads)
-        while running:
-            got = out.get()
-            if got is _DONE:
-                running -= 1
-            elif isinstance(got, BaseException):
-                raise got
-            else:
-                yield got
+        yield from run
     finally:
-        stop.set()
-        for t in threads:
-            t.join()
-        if batcher is not None:
-            batcher.close()
-        if fork is not None:
-            fork.close()
-        main.release()
+        run.shutdown()
+
+
+class _BatchRun:
+    """One running batch: worker threads over the sequences of a forked context, results in a queue.
+
+    It holds the model from :meth:`start` to :meth:`shutdown`. :meth:`cancel` (``Model.close()``
+    from any thread, or another call on the model from the thread that started it) stops it within
+    an engine round, from whichever thread calls it: the workers' unfinished items are dropped, the
+    context freed, the model released; the iterator then returns the results already finished and
+    raises the cancel's error."""
+
+    def __init__(self, model: Any, items: Iterable[Any], schema: Any, kwargs: dict[str, Any]) -> None:
+        self.model, self.items, self.schema, self.kwargs = model, items, schema, kwargs
+        self.main = model._gen
+        self.out: queue.Queue[Any] = queue.Queue()
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.reading: list[bool] = []  # per worker: inside the caller's iterable (cannot be interrupted)
+        self.fork: Backend | None = None
+        self.batcher: _Batcher | None = None
+        self.running = 0
+        self.error: BaseException | None = None
+        self._state = threading.Lock()
+        self._ended = False
+
+    def start(self, n: int, auto: bool) -> bool:
+        """Take the model, open the context and start the workers; ``False`` (model released) when not
+        even 2 sequences fit."""
+        from ..decoding.constrain import constraints
+
+        engine = self.main.acquire()  # the model is held for the whole batch
+        try:
+            cache = constraints(engine)  # built once here, not raced by the workers
+            _ = cache.tokenizer, cache.closing, cache.eog
+            self.fork, n = _open_fork(engine, n, self.model.n_ctx, auto)
+        except BaseException:
+            self.main.release()
+            raise
+        if self.fork is None:
+            self.main.release()
+            return False
+        self.batcher = _Batcher(self.fork)
+        self.source = iter(enumerate(self.items))
+        self.source_lock = threading.Lock()
+        self.reading = [False] * n
+        self.threads = [threading.Thread(target=self._work, args=(s,), name=f"edgeslm-batch-{s}", daemon=True)
+                        for s in range(n)]
+        self.running = n
+        self.main.add_batch(self)
+        for t in self.threads:
+            t.start()
+        return True
+
+    def _work(self, seq: int) -> None:
+        model, batcher = self.model, self.batcher
+        assert batcher is not None
+        view = _SeqView(batcher, seq, model.n_ctx)
+        worker = type(model)(view, name=model.name, template=model.template, info=model.info,
+                             tool_format=model.tool_format, escalation=model.escalation)
+        worker._gen = _SeqGeneration(view, model.name)
+        try:
+            while not self.stop.is_set():
+                while not self.source_lock.acquire(timeout=0.05):
+                    if self.stop.is_set():
+                        return
+                try:
+                    if self.stop.is_set():
+                        return
+                    self.reading[seq] = True
+                    try:
+                        i, text = next(self.source)
+                    finally:
+                        self.reading[seq] = False
+                except StopIteration:
+                    return
+                except BaseException as exc:  # the caller's iterable failed: end the batch with it
+                    self.out.put(exc)
+                    return
+                finally:
+                    self.source_lock.release()
+                if self.stop.is_set():
+                    return
+                try:
+                    self.out.put((i, _extract_one(worker, i, text, self.schema, self.kwargs)))
+                except _Cancelled:
+                    return
+                except BaseException as exc:  # not an EdgeSLMError of this item: a bug, or closed
+                    self.out.put(exc)
+                    return
+        finally:
+            self.out.put(_DONE)
+
+    def __iter__(self) -> Iterator[tuple[int, Result]]:
+        return self
+
+    def __next__(self) -> tuple[int, Result]:
+        while True:
+            if self.error is not None:  # stopped: what finished before, then the error
+                try:
+                    got = self.out.get_nowait()
+                except queue.Empty:
+                    self.shutdown()
+                    raise self.error from None
+            elif self.running == 0:
+                self.shutdown()
+                raise StopIteration
+            else:
+                got = self.out.get()
+            if got is _DONE:
+                self.running -= 1
+            elif got is _WAKE:
+                continue
+            elif isinstance(got, BaseException):
+                if self.error is None:
+                    self.cancel(got)
+            else:
+                return got  # type: ignore[no-any-return]
+
+    def cancel(self, error: BaseException) -> None:
+        """Stop the batch (from any thread); the iterator's owner gets *error* after the results that
+        finished."""
+        with self._state:
+            if self.error is None:
+                self.error = error
+        self.shutdown()
+        self.out.put(_WAKE)
+
+    def shutdown(self) -> None:
+        """Stop the workers, free the context, release the model; idempotent, from any thread."""
+        with self._state:
+            if self._ended or self.batcher is None:
+                return
+            self._ended = True
+        batcher, fork = self.batcher, self.fork
+        self.stop.set()
+        batcher.cancel()  # evaluations waiting, and every later one, raise _Cancelled in their worker
+        for seq, t in enumerate(self.threads):
+            if t is not threading.current_thread() and not self.reading[seq]:
+                t.join()  # a worker inside the caller's iterable returns when it does, touching nothing
+        batcher.close()
+        with batcher.cv:  # the views check the batch under this lock before touching the context
+            if fork is not None:
+                fork.close()
+        self.main.remove_batch(self)
+        self.main.release()
 
 
 class _Progress:

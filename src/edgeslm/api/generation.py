@@ -25,7 +25,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol, TypeVar
 
-from .._errors import ContextLengthError, ModelClosedError
+from .._errors import ContextLengthError, InvalidRequestError, ModelClosedError
 from ..backends.base import Backend
 from ..decoding.loop import GenStats, generate_steps, stream_text
 from ..decoding.sampling import Sampler, SamplingParams, retry_params
@@ -119,6 +119,8 @@ class Generation:
         self._owner: int | None = None
         self._open_stream: weakref.ref[Any] | None = None
         self._controls: dict[int, bool] = {}  # token id -> whether it is a control token
+        self._batches: dict[Any, int] = {}  # running batches (extract_iter) -> the thread that started each
+        self._batches_lock = threading.Lock()
 
     # ------------------------------------------------------------------ the lock and the stream
     @property
@@ -126,11 +128,31 @@ class Generation:
         return self._engine is None
 
     def end_own_stream(self) -> None:
-        """Close an unfinished stream opened by this thread: waiting for its lock would deadlock."""
-        if self._owner == threading.get_ident() and self._open_stream is not None:
+        """Close an unfinished stream opened by this thread, and stop its unfinished batches: waiting
+        for the lock they hold would deadlock."""
+        me = threading.get_ident()
+        if self._owner == me and self._open_stream is not None:
             stale = self._open_stream()
             if stale is not None:
                 stale.close()
+        with self._batches_lock:
+            own = [b for b, owner in self._batches.items() if owner == me]
+        for b in own:
+            b.cancel(InvalidRequestError(
+                f"model {self.name!r}: this batch was stopped because its thread made another call on the model "
+                "while the batch iterator was unfinished (items finished before were returned)",
+                hint="finish or close the extract_iter() iterator before other calls on the same thread, or "
+                "consume it in a thread of its own"))
+
+    def add_batch(self, batch: Any) -> None:
+        """Register a running batch (it holds the lock): :meth:`close` and this thread's next call stop
+        it with ``batch.cancel(error)``."""
+        with self._batches_lock:
+            self._batches[batch] = threading.get_ident()
+
+    def remove_batch(self, batch: Any) -> None:
+        with self._batches_lock:
+            self._batches.pop(batch, None)
 
     #: The LoRA adapter this service decodes with (``None``: the base weights); see :meth:`view`.
     adapter: str | None = None
@@ -176,8 +198,17 @@ class Generation:
         return self if adapter is None else _AdapterGeneration(self, adapter)
 
     def close(self) -> None:
-        """Free the engine and what constrained decoding kept for it. Idempotent."""
-        self.end_own_stream()
+        """Free the engine and what constrained decoding kept for it, stopping running batches
+        first (they end within an engine round). Idempotent."""
+        if self._owner == threading.get_ident() and self._open_stream is not None:
+            stale = self._open_stream()
+            if stale is not None:
+                stale.close()
+        with self._batches_lock:
+            running = list(self._batches)
+        for b in running:
+            b.cancel(ModelClosedError(f"model {self.name!r} was closed while this batch ran (items finished "
+                                      "before were returned)", hint="load the model again with edgeslm.load()"))
         with self._lock:
             engine, self._engine = self._engine, None
             self._controls = {}
@@ -271,6 +302,12 @@ class _AdapterGeneration(Generation):
 
     def end_own_stream(self) -> None:
         self._main.end_own_stream()
+
+    def add_batch(self, batch: Any) -> None:
+        self._main.add_batch(batch)
+
+    def remove_batch(self, batch: Any) -> None:
+        self._main.remove_batch(batch)
 
     def close(self) -> None:
         self._main.close()
