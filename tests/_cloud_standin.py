@@ -3,7 +3,12 @@
 Binds 127.0.0.1 on a random port and answers ``POST /v1/chat/completions`` in the OpenAI shape.
 ``behaviour`` switches what it does: ``"answer"`` (reply from ``answer``), ``"slow"`` (wait
 ``delay`` seconds, then answer), ``"500"``, ``"invalid_json"`` (a body that is not JSON), and
-``"close"`` (drop the connection without a reply). Every request is recorded (path, headers, body).
+``"close"`` (drop the connection without a reply). Hostile ones: ``"drip"`` (headers, then one byte
+of a body that never ends every ``delay`` seconds), ``"status"`` (answer ``status`` with ``headers``
+and ``error_body``, after ``status_delay`` seconds: 429 + ``Retry-After``, 307 + ``Location``...),
+``"echo400"`` (a 400 whose message quotes the last user message, as validation errors do) and
+``"huge"`` (a valid completion whose content is ``huge_bytes`` long). Every request is recorded
+(path, headers, body); ``open_connections`` counts the connections a client holds open now.
 """
 
 from __future__ import annotations
@@ -38,6 +43,12 @@ class CloudStandin:
         self.behaviour = "answer"
         self.delay = 0.0
         self.requests: list[dict[str, Any]] = []
+        self.status = 500
+        self.headers: dict[str, str] = {}
+        self.error_body = b'{"error": {"message": "error"}}'
+        self.huge_bytes = 0
+        self.status_delay = 0.0
+        self.open_connections = 0
         self._lock = threading.Lock()
         self._stopped = False
         standin = self
@@ -47,6 +58,17 @@ class CloudStandin:
 
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
+
+            def handle(self) -> None:
+                with standin._lock:
+                    standin.open_connections += 1
+                try:
+                    super().handle()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                finally:
+                    with standin._lock:
+                        standin.open_connections -= 1
 
             def do_POST(self) -> None:
                 n = int(self.headers.get("Content-Length") or 0)
@@ -68,9 +90,29 @@ class CloudStandin:
                     return self._send(500, b'{"error": {"message": "internal error", "type": "server_error"}}')
                 if mode == "invalid_json":
                     return self._send(200, b"{this is not json")
+                if mode == "status":
+                    time.sleep(min(standin.status_delay, standin.MAX_DELAY))
+                    return self._send(standin.status, standin.error_body, standin.headers)
+                if mode == "echo400":
+                    last = ((body or {}).get("messages") or [{}])[-1].get("content")
+                    return self._send(400, json.dumps({"error": {"message": f"invalid input: {last!r}"}}).encode())
+                if mode == "drip":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", "100000000")
+                    self.end_headers()
+                    t = time.monotonic()
+                    while time.monotonic() - t < standin.MAX_DELAY * 3:
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                        time.sleep(standin.delay)
+                    self.close_connection = True
+                    return None
                 if mode == "slow":
                     time.sleep(min(standin.delay, standin.MAX_DELAY))
                 msg = standin.answer(body or {})
+                if mode == "huge":
+                    msg = {"content": json.dumps({"name": "x" * standin.huge_bytes, "email": "e"})}
                 message: dict[str, Any] = {"role": "assistant", "content": msg.get("content")}
                 finish = "stop"
                 if msg.get("tool_calls"):
@@ -91,9 +133,11 @@ class CloudStandin:
                 }
                 self._send(200, json.dumps(out).encode())
 
-            def _send(self, status: int, payload: bytes) -> None:
+            def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
                 try:
                     self.send_response(status)
+                    for k, v in (headers or {}).items():
+                        self.send_header(k, v)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()

@@ -137,7 +137,7 @@ def extraction_messages(
             out = out.model_dump(mode="json")
         if not isinstance(out, str):
             try:
-                out = json.dumps(out)
+                out = json.dumps(out, ensure_ascii=False)  # as written: what redact and the model see
             except (TypeError, ValueError, RecursionError) as exc:
                 raise InvalidRequestError(f"examples[{i}]: the output is not JSON data: {exc}",
                                           hint="give outputs as dicts, lists and plain values") from None

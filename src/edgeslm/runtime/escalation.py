@@ -13,12 +13,16 @@ worker thread and the caller stops waiting after ``timeout`` seconds; a refused 
 HTTP error, a timeout or an answer that fails the schema (or the tool schemas) all come back as
 an outcome with ``escalated=False`` and ``error`` saying what happened.
 
-Privacy: ``redact`` runs on every string of the request a target sees (message texts, tool-call
-arguments in the history, the local answer and its error) before it leaves. Schemas and tool
-definitions are sent as they are: they are the app's own code, and rewriting them would change
-what the answer must match. ``audit_log`` gets one JSON line per triggered request (content only
-with ``audit_content=True``, and then only the redacted request); ``record_to`` gets each request
-answered by the target as a chat fine-tuning example (``{"messages": [...]}``, redacted).
+Privacy: ``redact`` runs on every string of the request a target sees (message texts and names,
+tool-call arguments in the history as the JSON text that is sent, the local answer and its error)
+before it leaves, with JSON's escapes of non-ASCII characters (``Jos\\u00e9``) written out first,
+so a redactor matching the real text matches. Schemas and tool definitions are sent as they are:
+they are the app's own code, and rewriting them would change what the answer must match.
+``audit_log`` gets one JSON line per triggered request; without ``audit_content=True`` it holds no
+text of the request or the reply (its ``error`` says what happened: a kind, an HTTP status, never a
+server's message, which may echo user text); with it, the redacted request and the full error,
+redacted. ``record_to`` gets each request answered by the target as a chat fine-tuning example
+(``{"messages": [...]}``, redacted).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import datetime as _dt
 import json
 import math
 import os
+import re
 import threading
 import time
 from collections import Counter
@@ -48,6 +53,9 @@ __all__ = [
     "Trigger",
 ]
 
+#: The largest answer an :class:`Escalation` takes from its target by default (bytes of UTF-8).
+MAX_ANSWER_BYTES = 2**20
+
 Trigger = Literal["invalid", "low_confidence", "predicate"]
 Kind = Literal["extract", "chat", "tools"]
 
@@ -58,7 +66,8 @@ class EscalationRequest:
 
     ``local`` is the local answer in JSON form (the data, the text, or the tool calls as
     ``{"name", "arguments"}``), ``None`` when there was none; ``timeout`` is the seconds the
-    target has (targets should give up by then; the caller stops waiting anyway).
+    target has and ``deadline`` the ``time.monotonic()`` at which they end (targets should give up
+    by then; the caller stops waiting anyway).
     """
 
     kind: Kind
@@ -73,6 +82,7 @@ class EscalationRequest:
     confidence: float | None = None
     trigger: str | None = None
     timeout: float = 10.0
+    deadline: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (used by the audit log and to estimate the bytes a plain callable sends)."""
@@ -239,17 +249,60 @@ def _redact_value(v: Any, redact: Callable[[str], str]) -> Any:
     return v
 
 
+_UNICODE_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u([dD][89abAB][0-9a-fA-F]{2})\\u([dD][c-fC-F][0-9a-fA-F]{2})"
+                             r"|(?<!\\)((?:\\\\)*)\\u([0-9a-fA-F]{4})")
+
+
+def _unescape_unicode(text: str) -> str:
+    """*text* with the JSON escapes of non-ASCII characters (``\\u00e9``) written as the characters,
+    when *text* is JSON and means the same after: what a redactor matching the real text must see
+    (``json.dumps`` escapes them by default)."""
+    if "\\u" not in text:
+        return text
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(2):  # a surrogate pair
+            cp = 0x10000 + ((int(m.group(2), 16) - 0xD800) << 10) + (int(m.group(3), 16) - 0xDC00)
+            return m.group(1) + chr(cp)
+        cp = int(m.group(5), 16)
+        if cp < 0x80 or 0xD800 <= cp < 0xE000:  # ASCII (quotes, controls) and lone surrogates stay escaped
+            return m.group(0)
+        return m.group(4) + chr(cp)
+
+    try:
+        value = json.loads(text)
+        out = _UNICODE_ESCAPE.sub(sub, text)
+        return out if json.loads(out) == value else text
+    except (ValueError, RecursionError):
+        return text
+
+
+def _redact_text(text: str, redact: Callable[[str], str]) -> str:
+    """*redact* on a string as it leaves, escaped non-ASCII characters written out first."""
+    return _redact_value(_unescape_unicode(text), redact)
+
+
+#: Fields of a message that are not user text (sent as they are).
+_PLAIN_FIELDS = frozenset({"role", "tool_call_id", "type"})
+
+
 def _redact_message(m: Mapping[str, Any], redact: Callable[[str], str]) -> dict[str, Any]:
+    """A message with every string it carries redacted in the form it is sent (content, ``name``, any
+    other field but ``role`` and ``tool_call_id``; tool-call arguments as the JSON text that leaves)."""
     out = dict(m)
-    content = m.get("content")
-    if isinstance(content, str):
-        out["content"] = _redact_value(content, redact)
-    elif isinstance(content, list):  # content parts: redact text, keep the structure
-        out["content"] = [
-            dict(p, text=_redact_value(p["text"], redact)) if isinstance(p, Mapping) and isinstance(p.get("text"), str)
-            else p
-            for p in content
-        ]
+    for key, value in m.items():
+        if key in _PLAIN_FIELDS or key == "tool_calls":
+            continue
+        if isinstance(value, str):
+            out[key] = _redact_text(value, redact)
+        elif key == "content" and isinstance(value, list):  # content parts: redact text, keep the structure
+            out[key] = [
+                dict(p, text=_redact_text(p["text"], redact)) if isinstance(p, Mapping)
+                and isinstance(p.get("text"), str) else _redact_value(p, redact)
+                for p in value
+            ]
+        else:
+            out[key] = _redact_value(value, redact)
     if m.get("tool_calls"):
         calls = []
         for c in m["tool_calls"]:
@@ -257,13 +310,8 @@ def _redact_message(m: Mapping[str, Any], redact: Callable[[str], str]) -> dict[
             fn = c.get("function")
             if isinstance(fn, dict) and "arguments" in fn:
                 args = fn["arguments"]
-                if isinstance(args, str):
-                    try:
-                        fn["arguments"] = json.dumps(_redact_value(json.loads(args), redact))
-                    except ValueError:
-                        fn["arguments"] = _redact_value(args, redact)
-                else:
-                    fn["arguments"] = _redact_value(args, redact)
+                text = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+                fn["arguments"] = _redact_text(text, redact)
             calls.append(c)
         out["tool_calls"] = calls
     return out
@@ -277,7 +325,7 @@ def redact_request(req: EscalationRequest, redact: Callable[[str], str] | None) 
         return out
     out.messages = [_redact_message(m, redact) for m in req.messages]
     out.local = _redact_value(req.local, redact)
-    out.local_error = _redact_value(req.local_error, redact) if req.local_error is not None else None
+    out.local_error = _redact_text(req.local_error, redact) if req.local_error is not None else None
     return out
 
 
@@ -383,10 +431,16 @@ def _classify(exc: BaseException) -> tuple[str, str]:
     return "target", f"the target failed ({name}): {exc}"[:500]
 
 
-def _call_with_deadline(fn: Callable[[EscalationRequest], Any], req: EscalationRequest, timeout: float) -> Any:
-    """Run ``fn(req)`` in a daemon thread; raise :class:`TimeoutError` after *timeout* seconds.
+#: Seconds the caller still gives the target's thread after the deadline to end (a target that keeps
+#: its deadline, as :class:`~edgeslm.OpenAICompatible` does, ends at it).
+END_GRACE_S = 0.25
 
-    A target that ignores its timeout keeps its thread, but nobody waits for it.
+
+def _call_with_deadline(fn: Callable[[EscalationRequest], Any], req: EscalationRequest, timeout: float) -> Any:
+    """Run ``fn(req)`` in a daemon thread; raise :class:`TimeoutError` after *timeout* seconds
+    (at ``req.deadline`` when set).
+
+    A target that ignores its deadline keeps its thread, but nobody waits for it.
     """
     box: dict[str, Any] = {}
     done = threading.Event()
@@ -399,8 +453,11 @@ def _call_with_deadline(fn: Callable[[EscalationRequest], Any], req: EscalationR
         finally:
             done.set()
 
-    threading.Thread(target=work, name="edgeslm-escalation", daemon=True).start()
-    if not done.wait(timeout):
+    worker = threading.Thread(target=work, name="edgeslm-escalation", daemon=True)
+    worker.start()
+    deadline = req.deadline if req.deadline is not None else time.monotonic() + timeout
+    if not done.wait(max(0.0, deadline - time.monotonic())):
+        worker.join(END_GRACE_S)  # a target that keeps the deadline is ending now: do not leave it running
         raise TimeoutError(f"no answer within {timeout:g} s")
     if "error" in box:
         raise box["error"]
@@ -429,7 +486,10 @@ class Escalation:
     :class:`edgeslm.OpenAICompatible`. ``min_confidence``: a number in [0, 1], or a
     :class:`CalibrationReport` (or the path of a saved one). ``budget``: the most hand-offs as a
     share of calls seen by this object, a hard cap (``ceil(budget * calls)``) on top of any
-    threshold. ``timeout``: seconds the caller waits at most for the target.
+    threshold. ``timeout``: seconds the caller waits at most for the target. ``max_answer_bytes``:
+    the largest answer taken from the target (its text and tool calls, UTF-8; default 1 MiB, where a
+    local answer is bounded by ``max_tokens``): a larger one is not used, and ``escalation_error``
+    says so.
     """
 
     def __init__(
@@ -445,6 +505,7 @@ class Escalation:
         timeout: float = 10.0,
         *,
         audit_content: bool = False,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
         if not callable(target):
             raise InvalidRequestError(
@@ -485,6 +546,10 @@ class Escalation:
             raise InvalidRequestError(f"timeout must be a positive number of seconds, not {timeout!r}",
                                       hint="e.g. timeout=10.0")
         self.timeout = float(timeout)
+        if isinstance(max_answer_bytes, bool) or not isinstance(max_answer_bytes, int) or max_answer_bytes < 1:
+            raise InvalidRequestError(f"max_answer_bytes must be an int >= 1, not {max_answer_bytes!r}",
+                                      hint=f"the default is {MAX_ANSWER_BYTES:,}")
+        self.max_answer_bytes = max_answer_bytes
         self.audit_log = _check_path(audit_log, "audit_log")
         self.record_to = _check_path(record_to, "record_to")
         self.audit_content = bool(audit_content)
@@ -573,22 +638,31 @@ class Escalation:
         except Exception as exc:  # nothing leaves when redaction fails
             out = EscalationOutcome(trigger, error=f"redact failed, nothing was sent: {type(exc).__name__}: {exc}",
                                     error_kind="redact", target=name)
-            self._audit(request, out, None)
+            self._audit(request, out, None, f"redact failed ({type(exc).__name__}), nothing was sent")
             return out
         sent.timeout = self.timeout
+        sent.deadline = t0 + self.timeout
         answer: CloudAnswer | None = None
         sent_bytes: int | None = None
+        summary: str | None = None
         try:
             answer = _as_answer(_call_with_deadline(self.target, sent, self.timeout))
+            size = _answer_size(answer)
+            if size > self.max_answer_bytes:
+                raise EscalationError(f"the target's answer is {size:,} bytes, over max_answer_bytes="
+                                      f"{self.max_answer_bytes:,}; it was not used")
             out = self._accept(sent, answer, model_class, trigger, name)
         except TimeoutError as exc:
             out = EscalationOutcome(trigger, error=f"the target did not answer within {self.timeout:g} s ({exc})",
                                     error_kind="timeout", target=name)
+            summary = f"the target did not answer within {self.timeout:g} s"
         except Exception as exc:
             sent_bytes = getattr(exc, "bytes_sent", None)
             kind, msg = _classify(exc)
+            summary = _summary(kind, exc, msg)
             if isinstance(exc, EdgeSLMError) and not isinstance(exc, EscalationError):
                 kind, msg = "target", str(exc)
+                summary = f"the target failed ({type(exc).__name__})"
             out = EscalationOutcome(trigger, error=msg, error_kind=kind, target=name)
         out.latency_s = time.monotonic() - t0
         if answer is not None and answer.bytes_sent is not None:
@@ -597,7 +671,7 @@ class Escalation:
         if answer is not None:
             out.usage = answer.usage
             out.bytes_received = answer.bytes_received if answer.bytes_received is not None else _answer_size(answer)
-        self._audit(sent, out, answer)
+        self._audit(sent, out, answer, summary)
         if out.escalated and self.record_to is not None:
             try:
                 _append_line(self.record_to, _dataset_line(sent, out))
@@ -633,9 +707,19 @@ class Escalation:
         return EscalationOutcome(trigger, True, text=answer.content, model=model, target=name)
 
     # -------------------------------------------------------------- records
-    def _audit(self, sent: EscalationRequest, out: EscalationOutcome, answer: CloudAnswer | None) -> None:
+    def _audit(self, sent: EscalationRequest, out: EscalationOutcome, answer: CloudAnswer | None,
+               summary: str | None = None) -> None:
+        """One audit line. Its ``error`` is *summary* (what happened, without any text of the request
+        or the reply: servers echo user text in their errors) unless ``audit_content``, and then the
+        full error, redacted."""
         if self.audit_log is None:
             return
+        error = out.error if out.error is None or out.error_kind == "budget" else summary or out.error_kind
+        if self.audit_content and out.error is not None:
+            try:
+                error = _redact_value(out.error, self.redact) if self.redact is not None else out.error
+            except Exception:
+                pass  # keep the summary
         rec: dict[str, Any] = {
             "time": _utcnow(),
             "kind": sent.kind,
@@ -648,7 +732,7 @@ class Escalation:
             "bytes_received": answer.bytes_received if answer else None,
             "latency_s": round(out.latency_s, 6),
             "error_kind": out.error_kind,
-            "error": out.error,
+            "error": error,
         }
         if self.audit_content and out.error_kind not in ("budget", "redact"):
             rec["request"] = sent.to_dict()  # already redacted: what left the device
@@ -658,6 +742,20 @@ class Escalation:
             _append_line(self.audit_log, rec)
         except OSError as exc:  # an unwritable log must not cost the answer; say so on the outcome
             out.error = (out.error + "; " if out.error else "") + f"audit log not written: {exc}"
+
+
+def _summary(kind: str, exc: BaseException, msg: str) -> str:
+    """What the audit log says of a failure without ``audit_content``: its kind, an HTTP status, the
+    exception's type, the reason before any detail; never text from the request or the reply."""
+    if kind == "http":
+        return f"HTTP {getattr(exc, 'status_code', '?')} from the target"
+    if kind == "timeout":
+        return "the target timed out"
+    if kind == "connection":
+        return f"could not reach the target ({type(exc).__name__})"
+    if kind == "invalid_answer":
+        return msg.split(":", 1)[0][:200]  # "the target's answer does not match the schema", "...is not JSON"
+    return f"the target failed ({type(exc).__name__})"
 
 
 def _size(req: EscalationRequest) -> int:
