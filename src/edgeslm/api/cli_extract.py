@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator
 from typing import Any
 
-from .._errors import InvalidRequestError, SchemaError
+from .._errors import EdgeSLMError, InvalidRequestError, SchemaError
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -16,7 +17,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     Several input files, or ``--jsonl`` (one document per line of standard input or of each file:
     a JSON string or ``{"text": ...}``), write JSON Lines: ``{"index", "input", "data"}`` per
-    document, or ``{"index", "input", "error"}`` for one that failed (the others still run)."""
+    document, or ``{"index", "input", "error"}`` for one that failed: an input file that cannot be
+    read, a line that is not a document, an extraction that failed (the others still run).
+    Exit status: 0 when every document was extracted, 1 when any failed; 2 (an error on stderr)
+    when nothing could run, e.g. the schema or the model, or the only input, cannot be read."""
     import edgeslm
 
     try:
@@ -26,17 +30,22 @@ def cmd_extract(args: argparse.Namespace) -> int:
         raise SchemaError(f"cannot read the schema {args.schema}: {exc}", hint="pass a JSON Schema file") from exc
     inputs = args.input or ["-"]
     many = args.jsonl or len(inputs) > 1
+    one = None if many else _read(inputs[0])  # before the model loads: an unreadable input fails at once
     with edgeslm.load(args.model, backend=args.backend, device=args.device, n_ctx=args.n_ctx,
                       batch_invariant=args.batch_invariant) as model:
-        if not many:
-            x = model.extract(_read(inputs[0]), schema, instructions=args.instructions, max_tokens=args.max_tokens)
+        if one is not None:
+            x = model.extract(one, schema, instructions=args.instructions, max_tokens=args.max_tokens)
             out: Any = x.to_dict() if args.full else x.data
             print(json.dumps(out, indent=None if args.compact else 2, ensure_ascii=False))
             return 0
         where: list[str] = []  # each document's place, kept; the texts are read as the batch needs them
+        broken: dict[int, EdgeSLMError] = {}  # documents that could not be read: their own error is reported
 
         def texts() -> Iterator[Any]:
             for place, text in _documents(inputs, args.jsonl):
+                if isinstance(text, EdgeSLMError):
+                    broken[len(where)] = text
+                    text = None  # not a text: extract_iter answers it with an error, replaced by this one
                 where.append(place)
                 yield text
 
@@ -45,6 +54,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
                                      progress=args.progress, total=None if args.jsonl else len(inputs),
                                      batch_size=args.batch_size)
         for i, r in results:
+            r = broken.pop(i, r)
             line: dict[str, Any] = {"index": i, "input": where[i]}
             if isinstance(r, edgeslm.EdgeSLMError):
                 failed += 1
@@ -56,46 +66,116 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+_READ_HINT = "pass a UTF-8 text file, or - to read standard input"
+_LINE_HINT = 'each line of a --jsonl input is one document: a JSON string, or an object {"text": "..."}'
+
+
+def _unreadable(name: str, exc: BaseException) -> InvalidRequestError:
+    if isinstance(exc, UnicodeDecodeError):
+        why = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+    elif isinstance(exc, IsADirectoryError) or (name != "-" and os.path.isdir(name)):
+        why = "it is a folder, not a file"
+    else:
+        why = getattr(exc, "strerror", None) or str(exc)
+    return InvalidRequestError(f"cannot read the input {name}: {why}", hint=_READ_HINT)
+
+
 def _read(name: str) -> str:
-    return "".join(_lines(name))
-
-
-def _lines(name: str) -> Iterator[str]:
-    """The lines of a UTF-8 file (``-``: standard input), read as they are needed."""
+    """The whole text of a UTF-8 file (``-``: standard input)."""
     try:
         if name == "-":
-            yield from sys.stdin
-            return
+            return sys.stdin.read()
         with open(name, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _unreadable(name, exc) from exc
+
+
+def _lines(name: str) -> Iterator[bytes | str]:
+    """The lines of a file (``-``: standard input), read as they are needed; undecoded where the
+    stream gives bytes, so that a line that is not UTF-8 is only that line's error."""
+    try:
+        if name == "-":
+            yield from getattr(sys.stdin, "buffer", sys.stdin)
+            return
+        with open(name, "rb") as f:
             yield from f
     except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidRequestError(f"cannot read the input {name}: {exc}",
-                                  hint="pass a UTF-8 text file, or - to read standard input") from exc
+        raise _unreadable(name, exc) from exc
 
 
-def _documents(inputs: list[str], jsonl: bool) -> Iterator[tuple[str, Any]]:
-    """``(where, text)`` of every document: a whole file each, or each line with ``--jsonl``."""
+def _kind(value: Any) -> str:
+    """A JSON value as a message names it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value!r:.30})"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def _document(line: bytes | str, place: str, n: int) -> str | InvalidRequestError:
+    """The text of one ``--jsonl`` line, or the error saying what the line is instead."""
+    at = f"line {n} of {place}"
+    try:
+        text = line.decode("utf-8-sig") if isinstance(line, bytes) else line
+        value = json.loads(text)
+    except UnicodeDecodeError as exc:
+        return InvalidRequestError(f"{at} is not UTF-8 text ({exc.reason} at byte {exc.start})", hint=_LINE_HINT)
+    except ValueError as exc:
+        why = f"{exc.msg} at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+        return InvalidRequestError(f"{at} is not JSON ({why}); a JSON string or an object with a \"text\" "
+                                   "string was expected", hint=_LINE_HINT)
+    except RecursionError:
+        return InvalidRequestError(f"{at} is JSON nested too deeply to read", hint=_LINE_HINT)
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, dict):
+        return InvalidRequestError(f"{at} is {_kind(value)}, not a document: a JSON string or an object with a "
+                                   "\"text\" string was expected", hint=_LINE_HINT)
+    if "text" not in value:
+        keys = ", ".join(f'"{k}"' for k in list(value)[:5]) or "no keys"
+        return InvalidRequestError(f'{at} is an object without a "text" field ({keys})', hint=_LINE_HINT)
+    if not isinstance(value["text"], str):
+        return InvalidRequestError(f'the "text" of {at} is {_kind(value["text"])}, not a string', hint=_LINE_HINT)
+    return value["text"]
+
+
+def _documents(inputs: list[str], jsonl: bool) -> Iterator[tuple[str, str | InvalidRequestError]]:
+    """``(where, text)`` of every document: a whole file each, or each line with ``--jsonl``. An
+    input that cannot be read, or a line that is not a document, gives its error instead of a
+    text, and the others still come."""
     for name in inputs:
         if not jsonl:
-            yield name, _read(name)
-            continue
-        for n, line in enumerate(_lines(name), 1):
-            if not line.strip():
-                continue
-            where = f"{'stdin' if name == '-' else name}:{n}"
             try:
-                value = json.loads(line)
-            except ValueError:
-                yield where, None  # reported as that item's error
-                continue
-            yield where, value.get("text") if isinstance(value, dict) else value
+                doc: str | InvalidRequestError = _read(name)
+            except InvalidRequestError as exc:
+                doc = exc
+            yield name, doc
+            continue
+        place = "stdin" if name == "-" else name
+        n = 0
+        try:
+            for n, line in enumerate(_lines(name), 1):  # n: where reading stopped, for an error
+                if line.strip():
+                    yield f"{place}:{n}", _document(line, place, n)
+        except InvalidRequestError as exc:  # the input could not be opened, or stopped being readable
+            yield (f"{place}:{n + 1}" if n else place), exc
 
 
 def register(sub: Any) -> None:
     """Add the ``extract`` verb to the ``edgeslm`` parser."""
     from ..cli import _common
 
-    p = sub.add_parser("extract", help="extract JSON matching a schema from a text")
+    p = sub.add_parser(
+        "extract", help="extract JSON matching a schema from a text",
+        epilog="With several inputs or --jsonl each document that fails (an input that cannot be read, a line "
+        "that is not a document, an extraction that failed) is a JSON line with an \"error\" and the others "
+        "still run. Exit status: 0 when every document was extracted, 1 when any failed, 2 when nothing could "
+        "run (the schema or the model cannot be used, or the only input cannot be read).")
     _common(p)
     p.add_argument("--schema", "-s", required=True, help="JSON Schema file")
     p.add_argument("input", nargs="*", help="text files, or - for stdin (default); several write JSON Lines")

@@ -5,6 +5,7 @@ scored for validity, exact-object accuracy and per-field accuracy, with latency 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -20,32 +21,79 @@ class TaskExample(dict):  # type: ignore[type-arg]
     """One line of a task file: ``text``, ``schema``, ``expected`` and ``id``."""
 
 
+_WHAT = ('a task file is JSON Lines (UTF-8): one object per line, {"text": "...", "schema": {a JSON Schema}, '
+         '"expected": {the right answer}} with an optional "id"')
+
+
+def _kind(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return "a number"
+    return "a string" if isinstance(v, str) else "a list"
+
+
 def load_task(path: str | Path) -> tuple[list[TaskExample], list[str]]:
-    """The examples of a task file, and one error per malformed line (``"line 7: ..."``); the
-    well-formed lines are kept, so one bad line does not stop the run."""
+    """The examples of a task file, and one error per broken line (``"line 7: ..."``): not JSON, a
+    field missing or of the wrong type, or a schema edgeslm cannot serve. The other lines are kept,
+    so one bad line does not stop the run. :class:`~edgeslm.DatasetError` (naming the file) when the
+    file cannot be read, is not UTF-8, or has no usable line."""
+    from .._errors import DatasetError, EdgeSLMError
+    from ..api.extract import prepare_schema
+
+    name = os.fspath(path)
+    if os.path.isdir(name):
+        raise DatasetError(f"the task file {name} is a folder, not a file", hint=_WHAT)
+    try:
+        with open(name, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise DatasetError(f"no task file at {name}", hint=_WHAT) from None
+    except OSError as e:
+        raise DatasetError(f"cannot read the task file {name}: {e.strerror or e}", hint=_WHAT) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DatasetError(f"the task file {name} is not UTF-8 text (line {line}: {e.reason})", hint=_WHAT) from None
+    if not text.strip():
+        raise DatasetError(f"the task file {name} is empty", hint=_WHAT)
     examples: list[TaskExample] = []
     errors: list[str] = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                errors.append(f"line {n}: not JSON ({e.msg} at column {e.colno})")
-                continue
-            if not isinstance(row, dict):
-                errors.append(f"line {n}: expected an object with text, schema, expected")
-                continue
-            missing = [k for k in ("text", "schema", "expected") if k not in row]
-            if missing:
-                errors.append(f"line {n}: missing {', '.join(missing)}")
-                continue
-            if not isinstance(row["text"], str) or not isinstance(row["schema"], dict):
-                errors.append(f"line {n}: text must be a string and schema an object")
-                continue
-            examples.append(TaskExample(id=str(row.get("id", n)), text=row["text"], schema=row["schema"],
-                                        expected=row["expected"]))
+    for n, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 may sit inside a JSON string
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            why = f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
+            errors.append(f"line {n}: not JSON ({why})")
+            continue
+        except RecursionError:
+            errors.append(f"line {n}: not JSON (nested too deeply)")
+            continue
+        if not isinstance(row, dict):
+            errors.append(f"line {n}: expected an object with text, schema, expected, not {_kind(row)}")
+            continue
+        missing = [k for k in ("text", "schema", "expected") if k not in row]
+        if missing:
+            errors.append(f"line {n}: missing {', '.join(missing)}")
+            continue
+        if not isinstance(row["text"], str) or not isinstance(row["schema"], dict):
+            errors.append(f"line {n}: text must be a string and schema an object")
+            continue
+        try:
+            prepare_schema(row["schema"])  # refused here, not counted as the model's invalid answer
+        except EdgeSLMError as e:
+            errors.append(f"line {n}: {e.message}")
+            continue
+        examples.append(TaskExample(id=str(row.get("id", n)), text=row["text"], schema=row["schema"],
+                                    expected=row["expected"]))
+    if not examples:
+        shown = "; ".join(errors[:3]) + (f"; and {len(errors) - 3} more" if len(errors) > 3 else "")
+        raise DatasetError(f"the task file {name} has no usable line ({shown})", hint=_WHAT)
     return examples, errors
 
 

@@ -236,9 +236,10 @@ class Calibrator:
         """Calibrated probabilities for an array of scores."""
         s = np.asarray(scores, dtype=float)
         if self.method == "isotonic":
-            return np.interp(s, self.xs, self.ys)
+            return np.clip(np.interp(s, self.xs, self.ys), 0.0, 1.0)
         if self.method == "platt":
-            return 1.0 / (1.0 + np.exp(-(self.a * s + self.b)))
+            with np.errstate(over="ignore"):  # a huge slope saturates at 0 or 1
+                return 1.0 / (1.0 + np.exp(-(self.a * s + self.b)))
         return np.clip(s, 0.0, 1.0)
 
     def __call__(self, score: float) -> float:
@@ -252,18 +253,112 @@ class Calibrator:
         return {"method": "identity"}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Calibrator:
+    def from_dict(cls, d: Any, *, source: str = "calibrator", prefix: str = "") -> Calibrator:
+        """The calibrator :meth:`to_dict` wrote; :class:`InvalidRequestError` naming the field when
+        *d* is not one (*source* and *prefix* say where it was read, for the message)."""
+        if not isinstance(d, dict):
+            raise _bad(source, prefix.rstrip(".") or "calibrator", f"must be an object, not {_kind(d)}")
         method = d.get("method")
         if method == "isotonic":
-            xs, ys = [float(v) for v in d["xs"]], [float(v) for v in d["ys"]]
-            if not xs or len(xs) != len(ys) or any(b < a for a, b in itertools.pairwise(xs)):
-                raise InvalidRequestError("isotonic calibrator knots are malformed", hint="re-run edgeslm.calibrate")
+            xs, ys = _numbers(d, "xs", source, prefix), _numbers(d, "ys", source, prefix)
+            if not xs or len(xs) != len(ys):
+                raise _bad(source, f"{prefix}xs", f"and {prefix}ys must be lists of the same length (at least "
+                           f"one knot), not of {len(xs)} and {len(ys)}")
+            if any(b < a for a, b in itertools.pairwise(xs)):
+                raise _bad(source, f"{prefix}xs", "must be in increasing order")
+            if any(not 0.0 <= v <= 1.0 for v in ys) or any(b < a for a, b in itertools.pairwise(ys)):
+                raise _bad(source, f"{prefix}ys", "must be non-decreasing probabilities within [0, 1]")
             return cls("isotonic", xs, ys)
         if method == "platt":
-            return cls("platt", a=float(d["a"]), b=float(d["b"]))
+            return cls("platt", a=_number(d, "a", source, prefix), b=_number(d, "b", source, prefix))
         if method == "identity":
             return cls("identity")
-        raise InvalidRequestError(f"unknown calibrator method {method!r}", hint="re-run edgeslm.calibrate")
+        raise _bad(source, f"{prefix}method", f'must be "isotonic", "platt" or "identity", not {_kind(method)}')
+
+
+_REDO = "re-run `edgeslm calibrate ... --out FILE` (or edgeslm.calibrate(...).save(FILE)) to write a fresh report"
+_REQUIRED: Any = object()
+
+
+def _kind(v: Any) -> str:
+    """A JSON value as a message names it: its type, and the value when short."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return f"the boolean {str(v).lower()}"
+    if isinstance(v, (int, float)):
+        return f"the number {v!r:.40}"
+    if isinstance(v, str):
+        return f"the string {v!r:.40}"
+    if isinstance(v, list):
+        return f"a list of {len(v)}"
+    if isinstance(v, dict):
+        return "an object"
+    return type(v).__name__
+
+
+def _bad(source: str, key: str, problem: str) -> InvalidRequestError:
+    return InvalidRequestError(f"{source}: {key!r} {problem}", hint=_REDO)
+
+
+def _number(d: dict[str, Any], key: str, source: str, prefix: str = "", *, lo: float = -math.inf,
+            hi: float = math.inf, default: Any = _REQUIRED, undefined: bool = False) -> float:
+    """``d[key]`` as a finite float within [lo, hi]; with *undefined*, ``null`` / NaN are NaN."""
+    if key not in d:
+        if default is _REQUIRED:
+            raise _bad(source, prefix + key, "is missing")
+        return float(default)
+    return _check_number(d[key], prefix + key, source, lo=lo, hi=hi, undefined=undefined)
+
+
+def _check_number(v: Any, key: str, source: str, *, lo: float = -math.inf, hi: float = math.inf,
+                  undefined: bool = False) -> float:
+    if undefined and (v is None or (isinstance(v, float) and math.isnan(v))):
+        return float("nan")
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _bad(source, key, f"must be a number, not {_kind(v)}")
+    try:
+        f = float(v)
+    except OverflowError:
+        raise _bad(source, key, "is too large a number") from None
+    if not math.isfinite(f):
+        raise _bad(source, key, f"must be a finite number, not {f}")
+    if not lo <= f <= hi:
+        raise _bad(source, key, f"must be within [{lo:g}, {hi:g}], not {f:g}")
+    return f
+
+
+def _numbers(d: dict[str, Any], key: str, source: str, prefix: str = "") -> list[float]:
+    v = d.get(key, _REQUIRED)
+    if v is _REQUIRED:
+        raise _bad(source, prefix + key, "is missing")
+    if not isinstance(v, list):
+        raise _bad(source, prefix + key, f"must be a list of numbers, not {_kind(v)}")
+    return [_check_number(x, f"{prefix}{key}[{i}]", source) for i, x in enumerate(v)]
+
+
+def _integer(d: dict[str, Any], key: str, source: str, *, lo: int = 0) -> int:
+    v = d.get(key, _REQUIRED)
+    if v is _REQUIRED:
+        raise _bad(source, key, "is missing")
+    if isinstance(v, float) and math.isfinite(v) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _bad(source, key, f"must be a whole number, not {_kind(v)}")
+    if v < lo:
+        raise _bad(source, key, f"must be {lo} or more, not {v}")
+    return v
+
+
+def _text(d: dict[str, Any], key: str, source: str, *, default: Any = _REQUIRED) -> str:
+    v = d.get(key, _REQUIRED)
+    if v is _REQUIRED:
+        if default is _REQUIRED:
+            raise _bad(source, key, "is missing")
+        return str(default)
+    if not isinstance(v, str) or (default is _REQUIRED and not v):
+        raise _bad(source, key, f"must be a {'non-empty ' if default is _REQUIRED else ''}string, not {_kind(v)}")
+    return v
 
 
 def _jsonable(v: Any) -> Any:
@@ -277,6 +372,7 @@ def _jsonable(v: Any) -> Any:
 
 
 REPORT_VERSION = 1
+_RATES = ("auroc", "ece", "ece_raw", "local_accuracy", "share_escalated", "errors_caught", "accuracy_if_cloud_right")
 
 
 @dataclass
@@ -327,22 +423,53 @@ class CalibrationReport:
         return _jsonable(d)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CalibrationReport:
-        if not isinstance(d, dict) or d.get("version") != REPORT_VERSION:
-            raise InvalidRequestError(
-                "not a calibration report of this edgeslm version", hint="re-run edgeslm.calibrate to produce one"
-            )
-        kw = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        for k in ("auroc", "ece", "ece_raw", "local_accuracy", "share_escalated", "errors_caught",
-                  "accuracy_if_cloud_right"):
-            if kw.get(k) is None:
-                kw[k] = float("nan")
-        kw["calibrator"] = Calibrator.from_dict(d["calibrator"])
-        try:
-            return cls(**kw)
-        except TypeError as exc:
-            raise InvalidRequestError(f"calibration report is incomplete: {exc}",
-                                      hint="re-run edgeslm.calibrate") from None
+    def from_dict(cls, d: Any, *, source: str | None = None) -> CalibrationReport:
+        """The report :meth:`to_dict` wrote. Every field is checked (type, finite, range);
+        :class:`InvalidRequestError` names the first wrong one (*source*: the file it was read from)."""
+        it = f"{source} is" if source else "this is"
+        if not isinstance(d, dict):
+            raise InvalidRequestError(f"{it} not a calibration report: it holds {_kind(d)}, not a JSON object",
+                                      hint=_REDO)
+        if d.get("version") != REPORT_VERSION:
+            raise InvalidRequestError(f"{it} not a calibration report of this edgeslm version (its version: "
+                                      f"{_kind(d['version']) if 'version' in d else 'none'}; this edgeslm reads "
+                                      f"{REPORT_VERSION})", hint=_REDO)
+        where = f"calibration report {source}" if source else "calibration report"
+        n = _integer(d, "n", where, lo=1)
+        n_invalid = _integer(d, "n_invalid", where)
+        if n_invalid > n:
+            raise _bad(where, "n_invalid", f"must be at most n ({n}), not {n_invalid}")
+        candidates = d.get("candidates", {})
+        if not isinstance(candidates, dict):
+            raise _bad(where, "candidates", f"must be an object of score names to AUROCs, not {_kind(candidates)}")
+        warnings = d.get("warnings", [])
+        if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
+            raise _bad(where, "warnings", f"must be a list of strings, not {_kind(warnings)}")
+        method = _text(d, "method", where)
+        if method not in ("isotonic", "platt", "identity"):
+            raise _bad(where, "method", f'must be "isotonic", "platt" or "identity", not {_kind(method)}')
+        if "calibrator" not in d:
+            raise _bad(where, "calibrator", "is missing")
+        calibrator = Calibrator.from_dict(d["calibrator"], source=where, prefix="calibrator.")
+        rates = {k: _number(d, k, where, lo=0.0, hi=1.0, default=math.nan, undefined=True) for k in _RATES}
+        return cls(
+            score=_text(d, "score", where),
+            method=method,
+            budget=_number(d, "budget", where, lo=0.0, hi=1.0),
+            threshold=_number(d, "threshold", where),
+            threshold_confidence=_number(d, "threshold_confidence", where, lo=0.0, hi=1.0),
+            calibrator=calibrator,
+            n=n,
+            n_invalid=n_invalid,
+            ece_bins=_integer(d, "ece_bins", where, lo=1),
+            candidates={str(k): _check_number(v, f"candidates.{k}", where, lo=0.0, hi=1.0, undefined=True)
+                        for k, v in candidates.items()},
+            model=_text(d, "model", where, default=""),
+            schema_sha256=_text(d, "schema_sha256", where, default=""),
+            created=_text(d, "created", where, default=""),
+            warnings=list(warnings),
+            **rates,
+        )
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the report as JSON (NaN written as ``null``)."""
@@ -352,17 +479,40 @@ class CalibrationReport:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CalibrationReport:
-        """Read a report written by :meth:`save`."""
+        """Read a report written by :meth:`save`; :class:`InvalidRequestError` naming the file (and the
+        field) when it cannot be read or is not a valid report."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidRequestError(f"a calibration report path must be a str or a path, not {type(path).__name__}",
+                                      hint="pass the file that edgeslm.calibrate(...).save(path) wrote")
+        name = os.fspath(path)
+        if os.path.isdir(name):
+            raise InvalidRequestError(f"{name} is a folder, not a calibration report",
+                                      hint="pass the JSON file that edgeslm.calibrate(...).save(path) wrote")
         try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
+            with open(name, "rb") as f:
+                raw = f.read()
         except FileNotFoundError:
-            raise InvalidRequestError(f"no calibration report at {os.fspath(path)}",
-                                      hint="run edgeslm.calibrate(...).save(path) first") from None
+            raise InvalidRequestError(f"no calibration report at {name}",
+                                      hint="run edgeslm.calibrate(...).save(path) (or `edgeslm calibrate --out "
+                                      "FILE`) first") from None
+        except OSError as exc:
+            raise InvalidRequestError(f"cannot read the calibration report {name}: {exc.strerror or exc}",
+                                      hint="pass the JSON file that edgeslm.calibrate(...).save(path) wrote") from None
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise InvalidRequestError(f"{name} is not a calibration report: not UTF-8 text (byte {exc.start})",
+                                      hint=_REDO) from None
+        if not text.strip():
+            raise InvalidRequestError(f"{name} is not a calibration report: the file is empty", hint=_REDO)
+        try:
+            d = json.loads(text)
         except ValueError as exc:
-            raise InvalidRequestError(f"{os.fspath(path)} is not JSON: {exc}",
-                                      hint="re-run edgeslm.calibrate") from None
-        return cls.from_dict(d)
+            raise InvalidRequestError(f"{name} is not JSON: {exc}", hint=_REDO) from None
+        except RecursionError:
+            raise InvalidRequestError(f"{name} is not a calibration report: its JSON is nested too deeply",
+                                      hint=_REDO) from None
+        return cls.from_dict(d, source=name)
 
     def rows(self) -> list[tuple[str, str]]:
         """``(name, value)`` pairs for a table."""
