@@ -22,6 +22,7 @@ Formats (``tool_format``): ``generic`` (``{"tool_calls": [...]}``), ``hermes`` (
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import secrets
@@ -31,6 +32,11 @@ from typing import Any
 
 from .._errors import ToolCallError
 from .calls import MAX_PARALLEL, CallDetector, read_calls
+
+
+@functools.lru_cache(maxsize=128)
+def _detector(name_keys: tuple[str, ...], py_names: tuple[str, ...]) -> CallDetector:
+    return CallDetector(name_keys, py_names)
 
 __all__ = ["FORMATS", "Markup", "ToolFormat", "detect_tool_format", "get_format"]
 
@@ -218,8 +224,9 @@ class ToolFormat:
     # ------------------------------------------------------------------ finding and reading calls
     def detector(self, py_names: Sequence[str] = ()) -> CallDetector:
         """What commits an ``auto`` reply to a call; *py_names*: the tools (they may be called
-        Python-style, ``[name(arg=value)]``)."""
-        return CallDetector(self.name_keys, py_names)
+        Python-style, ``[name(arg=value)]``). Kept per name keys and tool names: building one
+        compiles its patterns (33 ms a question in the BFCL bench)."""
+        return _detector(tuple(self.name_keys), tuple(sorted(set(py_names))))
 
     def find_call(self, text: str, names: Sequence[str] = ()) -> int:
         """Where the first call begins in *text* (the tools *names* may be called Python-style), or -1."""
