@@ -92,3 +92,21 @@ def test_ast_checker() -> None:
     assert not ast_match("parallel_multiple", both[:1], QUESTION)
     assert ast_match("irrelevance", [], {"function": []})
     assert not ast_match("irrelevance", both, {"function": []})
+
+
+@requires_bfcl
+@pytest.mark.timeout(600)
+def test_bench_compares_auto_with_the_peer_on_the_same_work(smollm2_path: Path) -> None:
+    """The BFCL section times edgeslm and llama-cpp-python's chatml-function-calling twice: as asked
+    (the peer shows the tools only in a system message, so without one it answers from the question
+    alone), and with a system message first, where both see the tools; the table names both ratios."""
+    from edgeslm.bench.bfcl import bfcl_bench, table
+
+    r = bfcl_bench(str(smollm2_path), per_category=1, passes=("auto",), quick=True, max_tokens=32,
+                   peer_timeout_s=60.0)
+    for key in ("edgeslm", "peer", "edgeslm_system", "peer_system"):
+        assert r[key]["questions"] == 3 and r[key]["s_per_question"] > 0, key
+        assert r[key]["completion_tokens"] is not None, key
+    assert r["prompt_tokens"]["peer_with_system"] > r["prompt_tokens"]["peer"]  # the tools appear only then
+    assert r["time_ratio_auto"] > 0 and r["time_ratio_auto_system"] > 0
+    assert "(auto_system)" in table(r) and "generated tokens" in table(r)

@@ -42,7 +42,7 @@ from .models import load_ref
 
 CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance")
 PARALLEL = frozenset({"parallel", "parallel_multiple"})
-SYSTEMS = ("edgeslm", "peer", "edgeslm_named", "peer_named", "edgeslm_required")
+SYSTEMS = ("edgeslm", "peer", "edgeslm_system", "peer_system", "edgeslm_named", "peer_named", "edgeslm_required")
 _TYPE_MAP = {"dict": "object", "float": "number", "tuple": "array"}
 
 
@@ -227,8 +227,9 @@ def named_choice(question: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def run_edgeslm(model: Any, questions: list[tuple[str, dict[str, Any]]], max_tokens: int = 256,
-                tool_choice: str = "auto") -> list[dict]:
-    """Ask each question (greedy decoding); parallel calls allowed in the parallel categories."""
+                tool_choice: str = "auto", system: bool = False) -> list[dict]:
+    """Ask each question (greedy decoding); parallel calls allowed in the parallel categories;
+    *system* puts :data:`SYSTEM` first."""
     import edgeslm
 
     out = []
@@ -239,7 +240,8 @@ def run_edgeslm(model: Any, questions: list[tuple[str, dict[str, Any]]], max_tok
         n_prompt = n_out = None
         try:
             choice: Any = named_choice(q) if tool_choice == "named" else tool_choice
-            r = model.chat(messages_of(q), tools=tools_of(q), tool_choice=choice,
+            msgs = [SYSTEM, *messages_of(q)] if system else messages_of(q)
+            r = model.chat(msgs, tools=tools_of(q), tool_choice=choice,
                            parallel_tool_calls=cat in PARALLEL, temperature=0, max_tokens=max_tokens)
             calls = [(c.name, c.arguments) for c in r.tool_calls]
             n_prompt, n_out = r.usage.prompt_tokens, r.usage.completion_tokens
@@ -388,6 +390,7 @@ def _summary(rows: list[dict], questions: dict[str, dict]) -> dict[str, Any]:
             "with_calls": sum(v["with_calls"] for v in by_cat.values()),
             "ast_matches": sum(v["ast_matches"] for v in by_cat.values()),
             "prompt_tokens": _mean([r.get("prompt_tokens") for r in rows]),
+            "completion_tokens": _mean([r.get("completion_tokens") for r in rows]),
             "s_per_question": sum(all_times) / len(all_times) if all_times else None,
             "median_s": statistics.median(all_times) if all_times else None,
             "errors": [{"id": r["id"], "error": r["error"]} for r in rows if r["error"]][:20]}
@@ -445,12 +448,18 @@ def bfcl_bench(model_ref: str = "smollm2-135m", *, per_category: int = 10, n_thr
             if peer:
                 result["peer"] = {"name": "llama-cpp-python chatml-function-calling", **_summary(theirs, by_id)}
                 sizes["peer"] = result["peer"]["prompt_tokens"]
-                if not quick:  # another pass of the peer, for its prompt size with a system message
-                    with_sys = run_peer(path, questions, n_threads, timeout_s=peer_timeout_s, system=True,
-                                        measure=True)
-                    sizes["peer_with_system"] = _mean([r["prompt_tokens"] for r in with_sys])
                 a, b = result["edgeslm"]["s_per_question"], result["peer"]["s_per_question"]
                 result["time_ratio_auto"] = a / b if a and b else None
+                # The same work: chatml-function-calling shows the tools only in a system message (without
+                # one its prompt holds the question alone) and answers "message:" with no text at all,
+                # so both are asked again with a system message first.
+                result["edgeslm_system"] = _summary(run_edgeslm(model, questions, max_tokens, system=True), by_id)
+                with_sys = run_peer(path, questions, n_threads, max_tokens, timeout_s=peer_timeout_s, system=True)
+                result["peer_system"] = {"name": "llama-cpp-python chatml-function-calling, system message",
+                                         **_summary(with_sys, by_id)}
+                sizes["peer_with_system"] = _mean([r["prompt_tokens"] for r in with_sys])
+                a, b = result["edgeslm_system"]["s_per_question"], result["peer_system"]["s_per_question"]
+                result["time_ratio_auto_system"] = a / b if a and b else None
             result["prompt_tokens"] = sizes
             report(result)
         if "named" in passes:
@@ -489,13 +498,14 @@ def table(result: dict[str, Any]) -> str:
         if s:
             v = "-" if s["validity"] is None else f"{100 * s['validity']:.1f}%"
             p = "-" if s.get("prompt_tokens") is None else f"{s['prompt_tokens']:.0f}"
+            c = "-" if s.get("completion_tokens") is None else f"{s['completion_tokens']:.0f}"
             lines.append(f"{sysname}: {s['valid_calls']}/{s['calls']} valid calls ({v}) in {s['with_calls']} of "
                          f"{s['questions']} questions, {s['ast_matches']} AST matches, "
-                         f"{s['s_per_question']:.2f} s/question, {p} prompt tokens")
+                         f"{s['s_per_question']:.2f} s/question, {p} prompt + {c} generated tokens")
     if result.get("prompt_tokens"):
         lines.append("mean prompt tokens: " + ", ".join(
             f"{k} {v:.0f}" for k, v in result["prompt_tokens"].items() if v is not None))
-    for key in ("time_ratio_auto", "time_ratio_named"):
+    for key in ("time_ratio_auto", "time_ratio_auto_system", "time_ratio_named"):
         if result.get(key) is not None:
             lines.append(f"time per question, edgeslm / peer ({key[11:]}): {result[key]:.3f}")
     return "\n".join(lines)
