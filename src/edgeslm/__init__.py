@@ -39,6 +39,7 @@ from ._errors import (
 from ._version import __version__
 
 if TYPE_CHECKING:
+    from .api.aio import AsyncModel
     from .api.calibrate import calibrate
     from .api.load import load
     from .api.model import ChatStream, Model
@@ -53,11 +54,13 @@ if TYPE_CHECKING:
     from .runtime.escalation import CloudAnswer, Escalation, EscalationRequest
     from .runtime.hardware import Hardware, detect
     from .runtime.planner import Plan
+    from .server import serve
     from .store import pull
     from .tools.spec import Tool, tool
 
 __all__ = [
     "AdapterError",
+    "AsyncModel",
     "BackendUnavailableError",
     "CalibrationReport",
     "ChatChunk",
@@ -107,6 +110,7 @@ __all__ = [
     "load",
     "plan",
     "pull",
+    "serve",
     "teach",
     "tool",
 ]
@@ -117,6 +121,8 @@ _LAZY = {
     "plan": ".api.plan",
     "pull": ".store",
     "Model": ".api.model",
+    "AsyncModel": ".api.aio",
+    "serve": ".server",
     "ChatStream": ".api.model",
     "ChatChunk": ".api.results",
     "ChatResult": ".api.results",

@@ -158,6 +158,7 @@ _VERB_MODULES: dict[str, tuple[str, ...]] = {
     "edgeslm.distill.cli_teach": ("teach",),
     "edgeslm.distill.cli_finetune": ("finetune",),
     "edgeslm.store.cli": ("pull", "list", "rm", "verify"),
+    "edgeslm.server.cli": ("serve",),
 }
 
 #: pip's name for the dependencies whose import name differs.

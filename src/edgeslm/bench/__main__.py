@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-SECTIONS = ("speed", "extract", "bfcl", "task", "batch", "onnx", "startup", "contention")
+SECTIONS = ("speed", "extract", "bfcl", "task", "batch", "onnx", "startup", "contention", "serve")
 
 
 def _console(stderr: bool = False) -> Any:
@@ -64,7 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="every section on small samples (about 2 minutes on 2 cores)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", nargs="*", default=None, choices=SECTIONS, help="sections to run (default: all)")
-    p.add_argument("--task", default=None, help="your task: JSON Lines of {text, schema, expected[, id]}")
+    p.add_argument("--task", default=None,
+                   help="your task: JSON Lines of {text, schema, expected[, id]}; a line that is not such an object, "
+                        "or whose schema edgeslm cannot serve, is skipped with a note naming it (on stderr and in the "
+                        "report); a file that cannot be read or has no usable line stops before any model loads "
+                        "(exit status 2)")
     p.add_argument("--limit", type=int, default=None, help="at most this many items per section")
     p.add_argument("--no-peer", action="store_true", help="skip the llama-cpp-python baseline")
     p.add_argument("--bfcl-passes", nargs="+", default=None, choices=["auto", "named", "required"],
@@ -72,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive, default=None,
                    help="batch: sequences decoded together (default: the fastest size that fits in memory)")
     p.add_argument("--batch-task", default="contacts", help="batch: the labeled task whose documents are used")
+    p.add_argument("--serve-clients", type=_positive, default=8,
+                   help="serve: concurrent clients against `edgeslm serve` (the issue's load test: 32)")
+    p.add_argument("--serve-seconds", type=_positive, default=None,
+                   help="serve: seconds of load per server (default 20, 5 with --quick; the issue's: 60)")
     p.add_argument("--requests-per-day", type=int, default=None, help="cost view: daily volume")
     p.add_argument("--device-cost", type=float, default=None, help="cost view: price of this device, USD")
     p.add_argument("--gpu-server-hourly", type=float, default=None, help="cost view: rented GPU server, USD/h")
@@ -143,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(_parser().parse_args(argv))
     except EdgeSLMError as exc:
-        _console(stderr=True).print(f"error: {exc}", markup=False, highlight=False)
+        _console(stderr=True).print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 2
 
 
@@ -186,9 +194,10 @@ def _run(args: argparse.Namespace) -> int:
 
             task_examples, errors = load_task(args.task)
             task_source = f"--task {args.task}"
-            for e in errors:
+            err = _console(stderr=True)
+            for e in errors:  # text from the file: printed as it is, never read as markup
                 report.notes.append(f"{args.task}: {e} (skipped)")
-                _console(stderr=True).print(f"[yellow]{args.task}: {e} (skipped)[/yellow]")
+                err.print(f"{args.task}: {e} (skipped)", style="yellow", markup=False, soft_wrap=True)
         else:
             task_examples, where = _default_task(args.quick)
             if where:
@@ -252,7 +261,9 @@ def _run(args: argparse.Namespace) -> int:
                                                  passes=passes, peer_timeout_s=10.0 if args.quick else 120.0,
                                                  quick=args.quick, max_tokens=128 if args.quick else 256,
                                                  progress=lambda _r, j=job: bar.advance(j))
-                    for key, system in (("edgeslm", EDGESLM), ("peer", "llama-cpp-python chatml-function-calling")):
+                    for key, system in (("edgeslm", EDGESLM), ("peer", "llama-cpp-python chatml-function-calling"),
+                                        ("edgeslm_system", f"{EDGESLM}, system message"),
+                                        ("peer_system", "llama-cpp-python chatml-function-calling, system message")):
                         s = r.get(key)
                         if s:
                             report.add(model, "bfcl", system, items=s["questions"], valid_rate=s["validity"],
@@ -370,6 +381,21 @@ def _run(args: argparse.Namespace) -> int:
                                    idle_tok_s=s["idle_tok_s"], busy_tok_s=s["busy_tok_s"],
                                    busy_over_idle=s["busy_over_idle"])
                 timed("contention", model, t0)
+            if "serve" in sections:
+                from .serve import serve_bench, summary
+
+                t0 = time.perf_counter()
+                job = bar.add_task(f"serve · {model}", total=3 if peer else 2)
+                r = res["serve"] = serve_bench(model, clients=args.serve_clients, n_threads=args.threads, peer=peer,
+                                               seconds=args.serve_seconds or (5 if args.quick else 20),
+                                               tick=lambda j=job: bar.advance(j))
+                for system, figures in summary(r):
+                    report.add(model, "serve", system, **figures)
+                    report.notes.append(f"serve · {model} · {system}: " + ", ".join(
+                        f"{k} {v}" for k, v in figures.items() if v is not None))
+                if r.get("peer_skipped"):
+                    report.notes.append(f"serve · {model}: llama_cpp.server skipped: {r['peer_skipped']}")
+                timed("serve", model, t0)
     report.notes.append(f"wall time {time.perf_counter() - t_start:.0f} s")
     out = _console()
     report.render(out)

@@ -1,0 +1,254 @@
+"""``AsyncModel``: a :class:`~edgeslm.Model` for asyncio apps (and for ``edgeslm serve``).
+
+Every call runs in a worker thread, so the event loop never waits for the engine. Calls take
+turns in the order they were made (first come, first served): only the call whose turn it is
+holds a thread, the others wait on the event loop. A stream runs in a thread of its own (the
+model's lock belongs to the thread that opened the stream) and hands its chunks to the loop;
+closing it (``await stream.aclose()``, leaving ``async with``, or dropping it) stops generation
+after the token being computed, and the next call's turn starts as soon as the engine is free,
+even if the stream's consumer has not read what was already made.
+
+    am = edgeslm.AsyncModel(edgeslm.load("smollm2-135m"))
+    r = await am.chat([{"role": "user", "content": "hi"}], max_tokens=32)
+    stream = await am.chat([{"role": "user", "content": "hi"}], stream=True)
+    async for chunk in stream:
+        print(chunk.delta, end="")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from .model import Message, Model
+from .results import ChatChunk, ChatResult, Extraction
+
+__all__ = ["AsyncChatStream", "AsyncModel"]
+
+
+class AsyncModel:
+    """Awaitable calls on one :class:`~edgeslm.Model` (see the module docstring). The wrapped model
+    stays usable from threads; its lock still makes calls one at a time."""
+
+    def __init__(self, model: Model) -> None:
+        if not isinstance(model, Model):
+            raise TypeError(f"AsyncModel wraps an edgeslm.Model, not {type(model).__name__}; "
+                            "use `await AsyncModel.load(...)` to load one")
+        self.model = model
+        self._turn = asyncio.Lock()  # FIFO: asyncio wakes its waiters in the order they came
+        self._waiting = 0
+        self._refusal: Exception | None = None
+
+    @classmethod
+    async def load(cls, model: Any, **load_kwargs: Any) -> AsyncModel:
+        """``edgeslm.load(model, **load_kwargs)`` in a worker thread."""
+        from .load import load
+
+        return cls(await asyncio.to_thread(load, model, **load_kwargs))
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def waiting(self) -> int:
+        """Calls waiting for their turn (not counting the one running)."""
+        return self._waiting
+
+    def refuse_new(self, error: Exception) -> None:
+        """From now on, calls that have not started yet (waiting included) raise *error* instead
+        (a server draining before it stops)."""
+        self._refusal = error
+
+    async def _acquire(self) -> None:
+        if self._refusal is not None:
+            raise self._refusal
+        self._waiting += 1
+        try:
+            await self._turn.acquire()
+        finally:
+            self._waiting -= 1
+        if self._refusal is not None:
+            self._turn.release()
+            raise self._refusal
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        await self._acquire()
+        try:
+            fut = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+        except BaseException:
+            self._turn.release()
+            raise
+        fut.add_done_callback(self._end_turn)  # the turn ends when the thread's work does
+        # a cancelled caller stops waiting, but the engine call runs to its end (threads cannot be
+        # interrupted); the next turn starts only then
+        return await asyncio.shield(fut)
+
+    def _end_turn(self, fut: asyncio.Future[Any]) -> None:
+        self._turn.release()
+        if not fut.cancelled():
+            fut.exception()  # retrieved: a caller that stopped waiting leaves no "never retrieved" warning
+
+    async def _stream(self, start: Callable[[], Iterator[ChatChunk]]) -> AsyncChatStream:
+        await self._acquire()
+        s = AsyncChatStream(start, self._turn.release)
+        await s._started()
+        return s
+
+    # ------------------------------------------------------------------ calls
+    async def chat(self, messages: Sequence[Message], *, stream: bool = False, **kwargs: Any) -> Any:
+        """:meth:`Model.chat`: a :class:`ChatResult`, or with ``stream=True`` an
+        :class:`AsyncChatStream` (errors in the request are raised here, before the first chunk)."""
+        if stream:
+            return await self._stream(lambda: self.model.chat(messages, stream=True, **kwargs))
+        result: ChatResult = await self._call(self.model.chat, messages, **kwargs)
+        return result
+
+    async def generate(self, prompt: str, *, stream: bool = False, **kwargs: Any) -> Any:
+        """:meth:`Model.generate`, awaitable (``stream=True``: an :class:`AsyncChatStream`)."""
+        if stream:
+            return await self._stream(lambda: self.model.generate(prompt, stream=True, **kwargs))
+        return await self._call(self.model.generate, prompt, **kwargs)
+
+    async def extract(self, text: str, schema: Any, **kwargs: Any) -> Extraction:
+        """:meth:`Model.extract`, awaitable."""
+        result: Extraction = await self._call(self.model.extract, text, schema, **kwargs)
+        return result
+
+    async def extract_many(self, texts: Iterable[str], schema: Any, **kwargs: Any) -> list[Any]:
+        """:meth:`Model.extract_many`, awaitable (one turn for the whole batch)."""
+        texts = list(texts)
+        return await self._call(self.model.extract_many, texts, schema, **kwargs)
+
+    async def run_tools(self, messages: Sequence[Message], tools: Sequence[Any], **kwargs: Any) -> Any:
+        """:meth:`Model.run_tools`, awaitable (the tools run in the worker thread)."""
+        return await self._call(self.model.run_tools, messages, tools, **kwargs)
+
+    async def call(self, fn: Callable[[Model], Any]) -> Any:
+        """Run ``fn(model)`` in a worker thread in its turn (for calls not wrapped here)."""
+        return await self._call(fn, self.model)
+
+    async def aclose(self) -> None:
+        """Close the model once the calls before this one are done."""
+        await self._call(self.model.close)
+
+    async def __aenter__(self) -> AsyncModel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<edgeslm.AsyncModel {self.model!r}>"
+
+
+_END = object()
+
+
+class AsyncChatStream(AsyncIterator[ChatChunk]):
+    """Async iterator of :class:`ChatChunk` from ``await AsyncModel.chat(..., stream=True)``.
+
+    The chunks are made in a thread of its own; ``aclose()`` (or ``async with``, or dropping the
+    stream) stops generation after the current token and releases the model."""
+
+    def __init__(self, start: Callable[[], Iterator[ChatChunk]], on_done: Callable[[], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._stop = threading.Event()
+        self._done = asyncio.Event()
+        self._on_done = on_done
+        self._first: tuple[str, Any] | None = None
+        self._cancel_error: BaseException | None = None
+        self._thread = threading.Thread(target=self._produce, args=(start,), name="edgeslm-stream", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ the producing thread
+    def _put(self, item: tuple[str, Any]) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody is reading any more
+            self._stop.set()
+
+    def _produce(self, start: Callable[[], Iterator[ChatChunk]]) -> None:
+        stream: Any = None
+        try:
+            stream = start()
+            while not self._stop.is_set():
+                try:
+                    chunk = next(stream)
+                except StopIteration:
+                    break
+                self._put(("chunk", chunk))
+            err = self._cancel_error
+            self._put(("error", err) if err is not None else ("end", None))
+        except BaseException as exc:
+            self._put(("error", exc))
+        finally:
+            if stream is not None:
+                try:
+                    stream.close()  # releases the model's lock (a no-op when it ended by itself)
+                except Exception:
+                    pass
+            try:
+                self._loop.call_soon_threadsafe(self._finished)
+            except RuntimeError:  # the loop is gone (interpreter shutdown)
+                pass
+
+    def _finished(self) -> None:
+        self._done.set()
+        on_done, self._on_done = self._on_done, None
+        if on_done is not None:
+            on_done()
+
+    # ------------------------------------------------------------------ the consumer (event loop)
+    async def _started(self) -> None:
+        """Wait for the first chunk; raise the stream's error if it fails before one."""
+        item = await self._queue.get()
+        if item[0] == "error":
+            await self._done.wait()
+            raise item[1]
+        self._first = item
+
+    @property
+    def done(self) -> bool:
+        """Whether the producing thread has finished (the model is free)."""
+        return self._done.is_set()
+
+    async def __anext__(self) -> ChatChunk:
+        if self._first is not None:
+            item, self._first = self._first, None
+        else:
+            item = await self._queue.get()
+        kind, value = item
+        if kind == "chunk":
+            return value  # type: ignore[no-any-return]
+        self._queue.put_nowait(item)  # the end stays the end for later calls
+        if kind == "error":
+            raise value
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Stop generating and wait until the model is released."""
+        self._stop.set()
+        await self._done.wait()
+
+    def cancel(self, error: BaseException) -> None:
+        """Stop generating; the consumer gets *error* after the chunks already made (a server
+        ending its streams with a clean error when it stops)."""
+        self._cancel_error = error
+        self._stop.set()
+
+    def close_soon(self) -> None:
+        """Ask the thread to stop (without waiting): usable from sync code and finalizers."""
+        self._stop.set()
+
+    async def __aenter__(self) -> AsyncChatStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        self._stop.set()
