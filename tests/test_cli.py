@@ -90,3 +90,41 @@ def test_cli_verb_table_matches_what_each_module_registers() -> None:
         sub = argparse.ArgumentParser().add_subparsers()
         importlib.import_module(module).register(sub)
         assert tuple(sub.choices) == verbs, module
+
+
+@requires_smollm2
+@pytest.mark.timeout(300)
+def test_cli_extract_names_unsure_fields_and_can_fail_on_them(tmp_path) -> None:
+    """Issue #25: the README's own example printed "age": 22 for "aged 31" with /age at 0.20 and said
+    nothing. Fields below --flag-below are named on stderr; --confidence puts the scores in the output;
+    --min-confidence makes the exit status 3 when one is below it."""
+    import json
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    schema = str(repo / "examples/data/person.schema.json")
+    text = str(repo / "examples/data/person.txt")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "edgeslm", "extract", "--model", "smollm2-135m", "--schema",
+                               schema, *args], capture_output=True, text=True, timeout=240)
+
+    out = run(text, "--confidence", "--compact", "--flag-below", "1")
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert set(got) == {"data", "confidence", "field_confidence"} and 0 <= got["confidence"] <= 1
+    unsure = {f for f, c in got["field_confidence"].items() if c < 1}
+    named = {line.split(": ")[2].split(" has confidence")[0] for line in out.stderr.splitlines()
+             if "has confidence" in line}
+    assert unsure and named == unsure  # every field below the bar, and only those
+    lowest = min(got["field_confidence"].values())
+    assert run(text, "--min-confidence", f"{lowest + 1e-6:.7f}").returncode == 3
+    out = run(text, "--min-confidence", "0", "--flag-below", "0")
+    assert out.returncode == 0 and "has confidence" not in out.stderr and json.loads(out.stdout) == got["data"]
+    # JSON Lines: scores per document, the unsure fields named with the document's index
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(json.dumps(Path(text).read_text()) + "\n" + json.dumps({"text": "Bo Chen, 40, Oslo."}) + "\n")
+    out = run("--jsonl", str(docs), "--confidence", "--flag-below", "1", "--min-confidence", "1")
+    lines = [json.loads(s) for s in out.stdout.splitlines()]
+    assert out.returncode == 3 and all("field_confidence" in line for line in lines)
+    assert "[0] " in out.stderr and "[1] " in out.stderr

@@ -19,8 +19,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
     a JSON string or ``{"text": ...}``), write JSON Lines: ``{"index", "input", "data"}`` per
     document, or ``{"index", "input", "error"}`` for one that failed: an input file that cannot be
     read, a line that is not a document, an extraction that failed (the others still run).
+    Fields the model was unsure of (``field_confidence`` below ``--flag-below``, default 0.5) are
+    named on stderr; ``--confidence`` adds the scores to the output.
     Exit status: 0 when every document was extracted, 1 when any failed; 2 (an error on stderr)
-    when nothing could run, e.g. the schema or the model, or the only input, cannot be read."""
+    when nothing could run, e.g. the schema or the model, or the only input, cannot be read; 3 when
+    every document was extracted but a field is below ``--min-confidence``."""
     import edgeslm
 
     try:
@@ -35,9 +38,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
                       batch_invariant=args.batch_invariant) as model:
         if one is not None:
             x = model.extract(one, schema, instructions=args.instructions, max_tokens=args.max_tokens)
-            out: Any = x.to_dict() if args.full else x.data
+            out: Any = x.to_dict() if args.full else _plain(x.data)
+            if args.confidence and not args.full:
+                out = {"data": out, "confidence": x.confidence, "field_confidence": x.field_confidence}
             print(json.dumps(out, indent=None if args.compact else 2, ensure_ascii=False))
-            return 0
+            return 3 if _flag(x, inputs[0], args) else 0
         where: list[str] = []  # each document's place, kept; the texts are read as the batch needs them
         broken: dict[int, EdgeSLMError] = {}  # documents that could not be read: their own error is reported
 
@@ -49,7 +54,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
                 where.append(place)
                 yield text
 
-        failed = 0
+        failed = unsure = 0
         results = model.extract_iter(texts(), schema, instructions=args.instructions, max_tokens=args.max_tokens,
                                      progress=args.progress, total=None if args.jsonl else len(inputs),
                                      batch_size=args.batch_size)
@@ -60,10 +65,26 @@ def cmd_extract(args: argparse.Namespace) -> int:
                 failed += 1
                 line["error"] = {"type": type(r).__name__, "message": r.message, "hint": r.hint}
             else:
-                line["data"] = r.to_dict() if args.full else (
-                    r.data.model_dump(mode="json") if hasattr(r.data, "model_dump") else r.data)
+                line["data"] = r.to_dict() if args.full else _plain(r.data)
+                if args.confidence and not args.full:
+                    line["confidence"], line["field_confidence"] = r.confidence, r.field_confidence
+                unsure += _flag(r, f"[{i}] {where[i]}", args)
             print(json.dumps(line, ensure_ascii=False), flush=True)
-    return 1 if failed else 0
+    return 1 if failed else 3 if unsure else 0
+
+
+def _plain(data: Any) -> Any:
+    return data.model_dump(mode="json") if hasattr(data, "model_dump") else data
+
+
+def _flag(x: Any, where: str, args: argparse.Namespace) -> bool:
+    """Name on stderr the fields of *x* the model was unsure of; whether one is below ``--min-confidence``."""
+    bar = args.flag_below if args.min_confidence is None else max(args.flag_below, args.min_confidence)
+    low = sorted((c, f) for f, c in (x.field_confidence or {}).items() if c < bar)
+    for c, f in low:
+        print(f"edgeslm extract: {where}: {f or '/'} has confidence {c:.2f} (below {bar:g}): check it",
+              file=sys.stderr)
+    return args.min_confidence is not None and any(c < args.min_confidence for c, _ in low)
 
 
 _READ_HINT = "pass a UTF-8 text file, or - to read standard input"
@@ -166,6 +187,16 @@ def _documents(inputs: list[str], jsonl: bool) -> Iterator[tuple[str, str | Inva
             yield (f"{place}:{n + 1}" if n else place), exc
 
 
+def _share(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not within [0, 1]")
+    return v
+
+
 def register(sub: Any) -> None:
     """Add the ``extract`` verb to the ``edgeslm`` parser."""
     from ..cli import _common
@@ -175,7 +206,8 @@ def register(sub: Any) -> None:
         epilog="With several inputs or --jsonl each document that fails (an input that cannot be read, a line "
         "that is not a document, an extraction that failed) is a JSON line with an \"error\" and the others "
         "still run. Exit status: 0 when every document was extracted, 1 when any failed, 2 when nothing could "
-        "run (the schema or the model cannot be used, or the only input cannot be read).")
+        "run (the schema or the model cannot be used, or the only input cannot be read), 3 when every document "
+        "was extracted but a field's confidence is below --min-confidence.")
     _common(p)
     p.add_argument("--schema", "-s", required=True, help="JSON Schema file")
     p.add_argument("input", nargs="*", help="text files, or - for stdin (default); several write JSON Lines")
@@ -190,5 +222,11 @@ def register(sub: Any) -> None:
     p.add_argument("--instructions", default=None)
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--full", action="store_true", help="print confidence, attempts and usage too")
+    p.add_argument("--confidence", action="store_true",
+                   help="add confidence and field_confidence to the output (per document with many inputs)")
+    p.add_argument("--flag-below", type=_share, default=0.5, metavar="P",
+                   help="name on stderr each field whose confidence is below P (default 0.5; 0: none)")
+    p.add_argument("--min-confidence", type=_share, default=None, metavar="P",
+                   help="exit with status 3 when a field's confidence is below P (the data is still printed)")
     p.add_argument("--compact", action="store_true", help="one line of JSON")
     p.set_defaults(func=cmd_extract)
