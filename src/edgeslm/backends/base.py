@@ -78,6 +78,10 @@ class Backend(ABC):
     def is_eog(self, token: int) -> bool:
         """Whether *token* ends generation (EOS, EOT, ...)."""
 
+    def eog_tokens(self) -> list[int]:
+        """Every end-of-generation token id of the vocabulary (engines may find them faster)."""
+        return [t for t in range(self.n_vocab) if self.is_eog(t)]
+
     def token_text(self, token: int) -> str:
         """The text of a token (a control token's own name, e.g. ``<|im_end|>``)."""
         return self.token_bytes(token).decode("utf-8", "replace")

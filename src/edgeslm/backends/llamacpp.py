@@ -381,6 +381,12 @@ class LlamaCppBackend(Backend):
             r = self._eog_cache[token] = bool(self._lib.llama_vocab_is_eog(self._vocab, token))
         return r
 
+    def eog_tokens(self) -> list[int]:
+        raw = getattr(getattr(self._lib, "llama_cpp", None), "_lib", None)
+        is_eog = raw.llama_vocab_is_eog if raw is not None else self._lib.llama_vocab_is_eog
+        vocab = self._vocab
+        return [t for t in range(self._lib.llama_vocab_n_tokens(vocab)) if is_eog(vocab, t)]
+
     def token_text(self, token: int) -> str:
         """The token's text with control tokens rendered (for display and templates)."""
         buf = ctypes.create_string_buffer(256)
@@ -592,14 +598,50 @@ class LlamaCppBackend(Backend):
 
     def constraint_tokenizer(self) -> Any:
         """llguidance's tokenizer read straight from llama.cpp's vocabulary. It points into the
-        vocabulary: drop it before :meth:`close` (the decoding layer does, see ``Model.close``)."""
-        import warnings
+        vocabulary: drop it before :meth:`close` (the decoding layer does, see ``Model.close``).
 
-        import llguidance.llamacpp
+        The pieces are read here with llama.cpp's C functions called directly (what
+        ``llguidance.llamacpp.lltokenizer_from_vocab`` does through per-token Python wrappers, one of
+        them deprecated and warning on every call): Gemma-3's 262k tokens took 1.4 s of Python there."""
+        import llguidance
 
-        with warnings.catch_warnings():  # it calls a deprecated per-token accessor 50k+ times
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return llguidance.llamacpp.lltokenizer_from_vocab(self._vocab)
+        raw = getattr(getattr(self._lib, "llama_cpp", None), "_lib", None)  # llama_cpp's ctypes library
+        if raw is None or not hasattr(llguidance.LLTokenizer, "from_llamacpp"):
+            import warnings
+
+            import llguidance.llamacpp
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return llguidance.llamacpp.lltokenizer_from_vocab(self._vocab)
+        return llguidance.LLTokenizer.from_llamacpp(
+            tokens=self.vocab_pieces(raw), vocab_ptr=self._vocab,
+            tokenize_fptr=ctypes.cast(raw.llama_tokenize, ctypes.c_void_p).value,
+            eos_token=self._lib.llama_vocab_eos(self._vocab), slices=None)
+
+    def vocab_pieces(self, raw: Any = None) -> list[bytes]:
+        """Every token's bytes, control tokens rendered and marked with a leading ``0xff`` (as are
+        user-defined tokens written ``<...>``), the form llguidance reads a vocabulary in."""
+        raw = raw or self._lib.llama_cpp._lib
+        to_piece, get_attr, vocab = raw.llama_token_to_piece, raw.llama_vocab_get_attr, self._vocab
+        control, user = self._lib.LLAMA_TOKEN_ATTR_CONTROL, self._lib.LLAMA_TOKEN_ATTR_USER_DEFINED
+        size = 256
+        buf = ctypes.create_string_buffer(size)
+        out: list[bytes] = []
+        for t in range(self._lib.llama_vocab_n_tokens(vocab)):
+            n = to_piece(vocab, t, buf, size, 0, True)
+            if n < 0:
+                size = max(-n, 2 * size)
+                buf = ctypes.create_string_buffer(size)
+                n = to_piece(vocab, t, buf, size, 0, True)
+                if n < 0:
+                    raise GenerationError(f"llama.cpp could not render token {t}", hint="the vocabulary may be corrupt")
+            piece = ctypes.string_at(buf, n)
+            attr = get_attr(vocab, t)
+            if attr & control or (attr & user and piece[:1] == b"<" and piece[-1:] == b">"):
+                piece = b"\xff" + piece
+            out.append(piece)
+        return out
 
     def close(self) -> None:
         lib = getattr(self, "_lib", None)

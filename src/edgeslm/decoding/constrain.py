@@ -42,7 +42,8 @@ class ConstraintCache:
 
     max_matchers = 256
 
-    def __init__(self, build_tokenizer: Any, *, token_bytes: Any = None, n_vocab: int = 0, is_eog: Any = None) -> None:
+    def __init__(self, build_tokenizer: Any, *, token_bytes: Any = None, n_vocab: int = 0, is_eog: Any = None,
+                 eog_tokens: Any = None) -> None:
         self._build = build_tokenizer
         self._tokenizer: llguidance.LLTokenizer | None = None
         self._protos: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
@@ -50,6 +51,7 @@ class ConstraintCache:
         self._token_bytes = token_bytes
         self._n_vocab = n_vocab
         self._is_eog = is_eog
+        self._eog_tokens = eog_tokens
         self._closing: ClosingTokens | None = None
         self._eog: np.ndarray | None = None
 
@@ -114,7 +116,9 @@ class ConstraintCache:
     def eog(self) -> np.ndarray:
         """Every end-of-generation token id of the vocabulary."""
         if self._eog is None:
-            self._eog = np.asarray([t for t in range(self._n_vocab) if self._is_eog(t)], dtype=np.int64)
+            ids = self._eog_tokens() if self._eog_tokens is not None else \
+                [t for t in range(self._n_vocab) if self._is_eog(t)]
+            self._eog = np.asarray(ids, dtype=np.int64)
         return self._eog
 
     def clear(self) -> None:
@@ -143,7 +147,8 @@ def constraints(backend: Backend) -> ConstraintCache:
                     return lambda *a: getattr(_alive(ref), name)(*a)
 
                 cache = ConstraintCache(call("constraint_tokenizer"), token_bytes=call("token_bytes"),
-                                        n_vocab=backend.n_vocab, is_eog=call("is_eog"))
+                                        n_vocab=backend.n_vocab, is_eog=call("is_eog"),
+                                        eog_tokens=call("eog_tokens"))
                 _CACHES[backend] = cache
     return cache
 
