@@ -40,7 +40,7 @@ def _bench(*args: str, cli: bool = False) -> subprocess.CompletedProcess[str]:
     (b"\n  \r\n\n", "error: the task file {p} is empty"),
     (b"not json\n[1, 2]\n\n" + _line(BAD_SCHEMA) + b'{"text": "x"}\n',
      "error: the task file {p} has no usable line (line 1: not JSON (Expecting value at column 1); line 2: "
-     "expected an object with text, schema, expected, not a list; line 4: this schema cannot be served: not a "
+     "expected an object with text, schema, expected, not a list of 2; line 4: this schema cannot be served: not a "
      "valid JSON Schema at /properties/a/type: 5 is not valid under any of the given schemas; fix the schema; "
      "and 1 more)"),
 ])
@@ -92,7 +92,7 @@ def test_load_task_refuses_unservable_schemas_as_broken_lines(tmp_path: Path) ->
     assert [e["id"] for e in examples] == ["ok", "sep"] and examples[1]["text"] == "a\u2028b"
     assert errors[0].startswith("line 2: this schema cannot be served: unresolvable $ref '#/nowhere'")
     assert errors[1].startswith("line 4: this schema cannot be served: not a valid JSON Schema")
-    assert errors[2] == "line 5: expected an object with text, schema, expected, not a number"
+    assert errors[2] == "line 5: expected an object with text, schema, expected, not the number 7"
     with pytest.raises(edgeslm.DatasetError) as e:
         load_task(tmp_path / "missing.jsonl")
     assert isinstance(e.value, edgeslm.EdgeSLMError) and "a task file is JSON Lines" in (e.value.hint or "")

@@ -173,3 +173,21 @@ class DiskFullError(DownloadError):
 
 class OfflineError(EdgeSLMError):
     """The model is not cached and the network is disabled or unreachable."""
+
+
+def json_kind(v: object) -> str:
+    """A JSON value as an error message names it: its type, and the value when it is short
+    (``null``, ``the number 5``, ``the string 'x'``, ``a list of 2``, ``an object``)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return f"the boolean {str(v).lower()}"
+    if isinstance(v, (int, float)):
+        return f"the number {v!r:.40}"
+    if isinstance(v, str):
+        return f"the string {v!r:.40}"
+    if isinstance(v, list):
+        return f"a list of {len(v)}"
+    if isinstance(v, dict):
+        return "an object"
+    return type(v).__name__

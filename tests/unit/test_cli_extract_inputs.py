@@ -62,15 +62,15 @@ def test_a_broken_jsonl_line_says_what_it_is_and_the_others_run(tmp_path: Path) 
     assert messages == {
         "stdin:2": 'line 2 of stdin is null, not a document: a JSON string or an object with a "text" string '
                    "was expected",
-        "stdin:3": 'line 3 of stdin is a number (5), not a document: a JSON string or an object with a "text" '
+        "stdin:3": 'line 3 of stdin is the number 5, not a document: a JSON string or an object with a "text" '
                    "string was expected",
-        "stdin:4": 'line 4 of stdin is a list, not a document: a JSON string or an object with a "text" string '
+        "stdin:4": 'line 4 of stdin is a list of 2, not a document: a JSON string or an object with a "text" string '
                    "was expected",
         "stdin:5": 'line 5 of stdin is an object without a "text" field ("title")',
-        "stdin:6": 'the "text" of line 6 of stdin is a number (5), not a string',
+        "stdin:6": 'the "text" of line 6 of stdin is the number 5, not a string',
         "stdin:7": 'line 7 of stdin is not JSON (Expecting value at column 1); a JSON string or an object with '
                    'a "text" string was expected',
-        "stdin:8": 'line 8 of stdin is a boolean (true), not a document: a JSON string or an object with a '
+        "stdin:8": 'line 8 of stdin is the boolean true, not a document: a JSON string or an object with a '
                    '"text" string was expected',
         "stdin:9": "line 9 of stdin is not UTF-8 text (invalid continuation byte at byte 4)",
     }

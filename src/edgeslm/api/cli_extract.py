@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from .._errors import EdgeSLMError, InvalidRequestError, SchemaError
+from .._errors import EdgeSLMError, InvalidRequestError, SchemaError, json_kind
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -125,19 +125,6 @@ def _lines(name: str) -> Iterator[bytes | str]:
         raise _unreadable(name, exc) from exc
 
 
-def _kind(value: Any) -> str:
-    """A JSON value as a message names it."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"a boolean ({str(value).lower()})"
-    if isinstance(value, (int, float)):
-        return f"a number ({value!r:.30})"
-    if isinstance(value, str):
-        return "a string"
-    return "a list" if isinstance(value, list) else "an object"
-
-
 def _document(line: bytes | str, place: str, n: int) -> str | InvalidRequestError:
     """The text of one ``--jsonl`` line, or the error saying what the line is instead."""
     at = f"line {n} of {place}"
@@ -155,13 +142,13 @@ def _document(line: bytes | str, place: str, n: int) -> str | InvalidRequestErro
     if isinstance(value, str):
         return value
     if not isinstance(value, dict):
-        return InvalidRequestError(f"{at} is {_kind(value)}, not a document: a JSON string or an object with a "
+        return InvalidRequestError(f"{at} is {json_kind(value)}, not a document: a JSON string or an object with a "
                                    "\"text\" string was expected", hint=_LINE_HINT)
     if "text" not in value:
         keys = ", ".join(f'"{k}"' for k in list(value)[:5]) or "no keys"
         return InvalidRequestError(f'{at} is an object without a "text" field ({keys})', hint=_LINE_HINT)
     if not isinstance(value["text"], str):
-        return InvalidRequestError(f'the "text" of {at} is {_kind(value["text"])}, not a string', hint=_LINE_HINT)
+        return InvalidRequestError(f'the "text" of {at} is {json_kind(value["text"])}, not a string', hint=_LINE_HINT)
     return value["text"]
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .._errors import json_kind
 from .models import load_ref
 
 __all__ = ["TaskExample", "extract_row", "load_task", "peer_job", "peer_row", "score", "task_bench"]
@@ -23,16 +24,6 @@ class TaskExample(dict):  # type: ignore[type-arg]
 
 _WHAT = ('a task file is JSON Lines (UTF-8): one object per line, {"text": "...", "schema": {a JSON Schema}, '
          '"expected": {the right answer}} with an optional "id"')
-
-
-def _kind(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, (int, float)):
-        return "a number"
-    return "a string" if isinstance(v, str) else "a list"
 
 
 def load_task(path: str | Path) -> tuple[list[TaskExample], list[str]]:
@@ -75,7 +66,7 @@ def load_task(path: str | Path) -> tuple[list[TaskExample], list[str]]:
             errors.append(f"line {n}: not JSON (nested too deeply)")
             continue
         if not isinstance(row, dict):
-            errors.append(f"line {n}: expected an object with text, schema, expected, not {_kind(row)}")
+            errors.append(f"line {n}: expected an object with text, schema, expected, not {json_kind(row)}")
             continue
         missing = [k for k in ("text", "schema", "expected") if k not in row]
         if missing:

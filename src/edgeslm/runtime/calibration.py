@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .._errors import InvalidRequestError
+from .._errors import InvalidRequestError, json_kind
 
 __all__ = [
     "CalibrationReport",
@@ -257,7 +257,7 @@ class Calibrator:
         """The calibrator :meth:`to_dict` wrote; :class:`InvalidRequestError` naming the field when
         *d* is not one (*source* and *prefix* say where it was read, for the message)."""
         if not isinstance(d, dict):
-            raise _bad(source, prefix.rstrip(".") or "calibrator", f"must be an object, not {_kind(d)}")
+            raise _bad(source, prefix.rstrip(".") or "calibrator", f"must be an object, not {json_kind(d)}")
         method = d.get("method")
         if method == "isotonic":
             xs, ys = _numbers(d, "xs", source, prefix), _numbers(d, "ys", source, prefix)
@@ -273,28 +273,11 @@ class Calibrator:
             return cls("platt", a=_number(d, "a", source, prefix), b=_number(d, "b", source, prefix))
         if method == "identity":
             return cls("identity")
-        raise _bad(source, f"{prefix}method", f'must be "isotonic", "platt" or "identity", not {_kind(method)}')
+        raise _bad(source, f"{prefix}method", f'must be "isotonic", "platt" or "identity", not {json_kind(method)}')
 
 
 _REDO = "re-run `edgeslm calibrate ... --out FILE` (or edgeslm.calibrate(...).save(FILE)) to write a fresh report"
 _REQUIRED: Any = object()
-
-
-def _kind(v: Any) -> str:
-    """A JSON value as a message names it: its type, and the value when short."""
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return f"the boolean {str(v).lower()}"
-    if isinstance(v, (int, float)):
-        return f"the number {v!r:.40}"
-    if isinstance(v, str):
-        return f"the string {v!r:.40}"
-    if isinstance(v, list):
-        return f"a list of {len(v)}"
-    if isinstance(v, dict):
-        return "an object"
-    return type(v).__name__
 
 
 def _bad(source: str, key: str, problem: str) -> InvalidRequestError:
@@ -316,7 +299,7 @@ def _check_number(v: Any, key: str, source: str, *, lo: float = -math.inf, hi: f
     if undefined and (v is None or (isinstance(v, float) and math.isnan(v))):
         return float("nan")
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise _bad(source, key, f"must be a number, not {_kind(v)}")
+        raise _bad(source, key, f"must be a number, not {json_kind(v)}")
     try:
         f = float(v)
     except OverflowError:
@@ -333,7 +316,7 @@ def _numbers(d: dict[str, Any], key: str, source: str, prefix: str = "") -> list
     if v is _REQUIRED:
         raise _bad(source, prefix + key, "is missing")
     if not isinstance(v, list):
-        raise _bad(source, prefix + key, f"must be a list of numbers, not {_kind(v)}")
+        raise _bad(source, prefix + key, f"must be a list of numbers, not {json_kind(v)}")
     return [_check_number(x, f"{prefix}{key}[{i}]", source) for i, x in enumerate(v)]
 
 
@@ -344,7 +327,7 @@ def _integer(d: dict[str, Any], key: str, source: str, *, lo: int = 0) -> int:
     if isinstance(v, float) and math.isfinite(v) and v.is_integer():
         v = int(v)
     if isinstance(v, bool) or not isinstance(v, int):
-        raise _bad(source, key, f"must be a whole number, not {_kind(v)}")
+        raise _bad(source, key, f"must be a whole number, not {json_kind(v)}")
     if v < lo:
         raise _bad(source, key, f"must be {lo} or more, not {v}")
     return v
@@ -357,7 +340,7 @@ def _text(d: dict[str, Any], key: str, source: str, *, default: Any = _REQUIRED)
             raise _bad(source, key, "is missing")
         return str(default)
     if not isinstance(v, str) or (default is _REQUIRED and not v):
-        raise _bad(source, key, f"must be a {'non-empty ' if default is _REQUIRED else ''}string, not {_kind(v)}")
+        raise _bad(source, key, f"must be a {'non-empty ' if default is _REQUIRED else ''}string, not {json_kind(v)}")
     return v
 
 
@@ -428,11 +411,11 @@ class CalibrationReport:
         :class:`InvalidRequestError` names the first wrong one (*source*: the file it was read from)."""
         it = f"{source} is" if source else "this is"
         if not isinstance(d, dict):
-            raise InvalidRequestError(f"{it} not a calibration report: it holds {_kind(d)}, not a JSON object",
+            raise InvalidRequestError(f"{it} not a calibration report: it holds {json_kind(d)}, not a JSON object",
                                       hint=_REDO)
         if d.get("version") != REPORT_VERSION:
             raise InvalidRequestError(f"{it} not a calibration report of this edgeslm version (its version: "
-                                      f"{_kind(d['version']) if 'version' in d else 'none'}; this edgeslm reads "
+                                      f"{json_kind(d['version']) if 'version' in d else 'none'}; this edgeslm reads "
                                       f"{REPORT_VERSION})", hint=_REDO)
         where = f"calibration report {source}" if source else "calibration report"
         n = _integer(d, "n", where, lo=1)
@@ -441,13 +424,13 @@ class CalibrationReport:
             raise _bad(where, "n_invalid", f"must be at most n ({n}), not {n_invalid}")
         candidates = d.get("candidates", {})
         if not isinstance(candidates, dict):
-            raise _bad(where, "candidates", f"must be an object of score names to AUROCs, not {_kind(candidates)}")
+            raise _bad(where, "candidates", f"must be an object of score names to AUROCs, not {json_kind(candidates)}")
         warnings = d.get("warnings", [])
         if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
-            raise _bad(where, "warnings", f"must be a list of strings, not {_kind(warnings)}")
+            raise _bad(where, "warnings", f"must be a list of strings, not {json_kind(warnings)}")
         method = _text(d, "method", where)
         if method not in ("isotonic", "platt", "identity"):
-            raise _bad(where, "method", f'must be "isotonic", "platt" or "identity", not {_kind(method)}')
+            raise _bad(where, "method", f'must be "isotonic", "platt" or "identity", not {json_kind(method)}')
         if "calibrator" not in d:
             raise _bad(where, "calibrator", "is missing")
         calibrator = Calibrator.from_dict(d["calibrator"], source=where, prefix="calibrator.")
