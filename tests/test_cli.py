@@ -128,3 +128,51 @@ def test_cli_extract_names_unsure_fields_and_can_fail_on_them(tmp_path) -> None:
     lines = [json.loads(s) for s in out.stdout.splitlines()]
     assert out.returncode == 3 and all("field_confidence" in line for line in lines)
     assert "[0] " in out.stderr and "[1] " in out.stderr
+
+
+@requires_smollm2
+@pytest.mark.timeout(300)
+def test_cli_extract_refuses_an_input_beyond_the_context_without_reading_it_whole(tmp_path) -> None:
+    """Issue #24: a 100 MB one-line file took 142 s and 5.6 GB before ContextLengthError. The CLI reads
+    no more than the context can hold (32 characters a token), as a file, from stdin, and as a --jsonl
+    line (the other lines still run)."""
+    import json
+    import resource
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    schema = str(repo / "examples/data/person.schema.json")
+    big = tmp_path / "big.txt"
+    with open(big, "w") as f:
+        for _ in range(60):
+            f.write("word " * 200_000)  # 60 MB, one line
+    lines = tmp_path / "docs.jsonl"
+    with open(lines, "w") as f:
+        f.write(json.dumps("Ann Lee, 31, lives in Oslo.") + "\n")
+        f.write('"' + "word " * 2_000_000 + '"\n')  # 10 MB line
+        f.write(json.dumps({"text": "Bo Chen, 40, Rome."}) + "\n")
+
+    def run(*args: str, stdin=None) -> tuple[subprocess.CompletedProcess, float, int]:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        t = time.monotonic()
+        out = subprocess.run([sys.executable, "-m", "edgeslm", "extract", "--model", "smollm2-135m", "--n-ctx",
+                              "512", "--schema", schema, *args], capture_output=True, text=True, timeout=240,
+                             stdin=stdin)
+        return out, time.monotonic() - t, max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+
+    small = tmp_path / "small.txt"
+    small.write_text("Ann Lee, 31, lives in Oslo.")
+    ok, _, rss_small = run(str(small))
+    assert ok.returncode == 0, ok.stderr
+    out, took, rss_big = run(str(big))
+    assert out.returncode == 2 and "longer than 16,384 characters" in out.stderr, out.stderr
+    assert took < 60 and rss_big - rss_small < 30_000  # KiB: reading the 60 MB text whole would add 60 MB+
+    with open(big) as f:
+        out, _, _ = run("-", stdin=f)
+    assert out.returncode == 2 and "longer than" in out.stderr
+    out, _, _ = run("--jsonl", str(lines))
+    got = [json.loads(s) for s in out.stdout.splitlines()]
+    assert out.returncode == 1 and [("data" in g, "error" in g) for g in got] == [(True, False), (False, True),
+                                                                                   (True, False)]
+    assert got[1]["error"]["type"] == "ContextLengthError" and "line 2" in got[1]["error"]["message"]

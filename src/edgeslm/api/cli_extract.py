@@ -9,7 +9,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from .._errors import EdgeSLMError, InvalidRequestError, SchemaError, json_kind
+from .._errors import ContextLengthError, EdgeSLMError, InvalidRequestError, SchemaError, json_kind
+from .generation import MAX_CHARS_PER_TOKEN
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -33,10 +34,13 @@ def cmd_extract(args: argparse.Namespace) -> int:
         raise SchemaError(f"cannot read the schema {args.schema}: {exc}", hint="pass a JSON Schema file") from exc
     inputs = args.input or ["-"]
     many = args.jsonl or len(inputs) > 1
-    one = None if many else _read(inputs[0])  # before the model loads: an unreadable input fails at once
+    if not many:
+        _probe(inputs[0])  # before the model loads: an unreadable input fails at once
     with edgeslm.load(args.model, backend=args.backend, device=args.device, n_ctx=args.n_ctx,
                       batch_invariant=args.batch_invariant) as model:
-        if one is not None:
+        limit = MAX_CHARS_PER_TOKEN * model.n_ctx  # more cannot fit: read no further (issue #24)
+        if not many:
+            one = _read(inputs[0], limit, model.n_ctx)
             x = model.extract(one, schema, instructions=args.instructions, max_tokens=args.max_tokens)
             out: Any = x.to_dict() if args.full else _plain(x.data)
             if args.confidence and not args.full:
@@ -47,7 +51,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         broken: dict[int, EdgeSLMError] = {}  # documents that could not be read: their own error is reported
 
         def texts() -> Iterator[Any]:
-            for place, text in _documents(inputs, args.jsonl):
+            for place, text in _documents(inputs, args.jsonl, limit, model.n_ctx):
                 if isinstance(text, EdgeSLMError):
                     broken[len(where)] = text
                     text = None  # not a text: extract_iter answers it with an error, replaced by this one
@@ -101,33 +105,83 @@ def _unreadable(name: str, exc: BaseException) -> InvalidRequestError:
     return InvalidRequestError(f"cannot read the input {name}: {why}", hint=_READ_HINT)
 
 
-def _read(name: str) -> str:
-    """The whole text of a UTF-8 file (``-``: standard input)."""
+def _probe(name: str) -> None:
+    """Raise the input's error now if it cannot be opened (a folder, missing, no permission)."""
+    if name == "-":
+        return
     try:
-        if name == "-":
-            return sys.stdin.read()
-        with open(name, encoding="utf-8") as f:
-            return f.read()
-    except (OSError, UnicodeDecodeError) as exc:
+        with open(name, "rb") as f:
+            f.read(1)
+    except OSError as exc:
         raise _unreadable(name, exc) from exc
 
 
-def _lines(name: str) -> Iterator[bytes | str]:
-    """The lines of a file (``-``: standard input), read as they are needed; undecoded where the
-    stream gives bytes, so that a line that is not UTF-8 is only that line's error."""
+def _too_long(what: str, limit: int, n_ctx: int, unit: str = "characters") -> ContextLengthError:
+    return ContextLengthError(
+        f"{what} is longer than {limit:,} {unit} (read no further): the context window of {n_ctx:,} "
+        "tokens cannot hold it", n_prompt=n_ctx + 1, n_ctx=n_ctx,
+        hint="split the document, or load the model with a larger --n-ctx")
+
+
+def _read(name: str, limit: int | None = None, n_ctx: int = 0) -> str:
+    """The text of a UTF-8 file (``-``: standard input), read up to *limit* characters: a longer one
+    is a :class:`ContextLengthError` in constant memory."""
     try:
         if name == "-":
-            yield from getattr(sys.stdin, "buffer", sys.stdin)
+            text = sys.stdin.read(-1 if limit is None else limit + 1)
+        else:
+            with open(name, encoding="utf-8") as f:
+                text = f.read(-1 if limit is None else limit + 1)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _unreadable(name, exc) from exc
+    if limit is not None and len(text) > limit:
+        raise _too_long(f"the input {name}", limit, n_ctx)
+    return text
+
+
+class _LongLine:
+    """A line of a ``--jsonl`` input that was longer than the context can hold (not read whole)."""
+
+
+def _lines(name: str, limit: int | None = None) -> Iterator[bytes | str | _LongLine]:
+    """The lines of a file (``-``: standard input), read as they are needed; undecoded where the
+    stream gives bytes, so that a line that is not UTF-8 is only that line's error. A line over
+    *limit* bytes is skipped to its end in chunks and given as a :class:`_LongLine`."""
+    try:
+        if name == "-":
+            f = getattr(sys.stdin, "buffer", sys.stdin)
+            yield from _capped(f, limit)
             return
         with open(name, "rb") as f:
-            yield from f
+            yield from _capped(f, limit)
     except (OSError, UnicodeDecodeError) as exc:
         raise _unreadable(name, exc) from exc
 
 
-def _document(line: bytes | str, place: str, n: int) -> str | InvalidRequestError:
+def _capped(f: Any, limit: int | None) -> Iterator[bytes | str | _LongLine]:
+    if limit is None:
+        yield from f
+        return
+    while True:
+        line = f.readline(limit + 1)
+        if not line:
+            return
+        if len(line) > limit and line[-1:] not in (b"\n", "\n"):
+            while True:  # the rest of the line, a chunk at a time
+                rest = f.readline(1 << 20)
+                if not rest or rest[-1:] in (b"\n", "\n"):
+                    break
+            yield _LongLine()
+        else:
+            yield line
+
+
+def _document(line: bytes | str | _LongLine, place: str, n: int, limit: int = 0,
+              n_ctx: int = 0) -> str | EdgeSLMError:
     """The text of one ``--jsonl`` line, or the error saying what the line is instead."""
     at = f"line {n} of {place}"
+    if isinstance(line, _LongLine):
+        return _too_long(at, limit, n_ctx, "bytes")
     try:
         text = line.decode("utf-8-sig") if isinstance(line, bytes) else line
         value = json.loads(text)
@@ -152,24 +206,27 @@ def _document(line: bytes | str, place: str, n: int) -> str | InvalidRequestErro
     return value["text"]
 
 
-def _documents(inputs: list[str], jsonl: bool) -> Iterator[tuple[str, str | InvalidRequestError]]:
+def _documents(inputs: list[str], jsonl: bool, limit: int | None = None,
+               n_ctx: int = 0) -> Iterator[tuple[str, str | EdgeSLMError]]:
     """``(where, text)`` of every document: a whole file each, or each line with ``--jsonl``. An
     input that cannot be read, or a line that is not a document, gives its error instead of a
     text, and the others still come."""
     for name in inputs:
         if not jsonl:
             try:
-                doc: str | InvalidRequestError = _read(name)
-            except InvalidRequestError as exc:
+                doc: str | EdgeSLMError = _read(name, limit, n_ctx)
+            except EdgeSLMError as exc:
                 doc = exc
             yield name, doc
             continue
         place = "stdin" if name == "-" else name
         n = 0
         try:
-            for n, line in enumerate(_lines(name), 1):  # n: where reading stopped, for an error
-                if line.strip():
-                    yield f"{place}:{n}", _document(line, place, n)
+            # a line holds at most 6 bytes per character of text (a JSON escape), and its "text" key
+            line_limit = None if limit is None else 6 * limit + 1024
+            for n, line in enumerate(_lines(name, line_limit), 1):  # n: where reading stopped, for an error
+                if isinstance(line, _LongLine) or line.strip():
+                    yield f"{place}:{n}", _document(line, place, n, line_limit or 0, n_ctx)
         except InvalidRequestError as exc:  # the input could not be opened, or stopped being readable
             yield (f"{place}:{n + 1}" if n else place), exc
 
