@@ -62,11 +62,14 @@ def load(
     :class:`~edgeslm.backends.llamacpp.LlamaCppBackend` for what it changes and where it is not
     exact). ONNX Runtime GenAI models batch nothing, so their results are the same anyway.
 
-    ``adapters`` (llama.cpp): LoRA adapters loaded beside the base weights, ``{"name": path}`` or
+    ``adapters``: LoRA adapters loaded beside the base weights, ``{"name": path}`` or
     ``{"name": (path, scale)}``; a path is a GGUF LoRA file, or a PEFT folder (``adapter_config.json``
     + ``adapter_model.safetensors``, as TRL, Unsloth, Axolotl or ``edgeslm finetune`` write it),
     converted once to GGUF and cached in the model store. Each is checked against the base first.
     Calls pick one with ``adapter="name"`` (or :meth:`Model.with_adapter`); switching costs no reload.
+    On an ONNX Runtime GenAI folder (onnx backend) an adapter is an ``.onnx_adapter`` file made for that
+    export, whose graph must take the LoRA weights as inputs (Olive's ExtractAdapters pass); it is
+    checked against the graph first, and its scale must be 1.0 (ONNX Runtime applies it as exported).
     """
     from ..distill.adapters import parse_adapters
     from ._validate import check_escalation, check_int, check_model_ref
@@ -138,8 +141,10 @@ def _load_adapters(engine: Any, specs: list[Any], info: Any, plan: Any) -> None:
     from ..distill.adapters import resolve_adapter
 
     for spec in specs:
-        if getattr(info, "tensor_shapes", None) is None:  # not a GGUF base: the engine says what it can do
+        if getattr(info, "tensor_shapes", None) is None:
+            # not a GGUF base (an ONNX GenAI folder): the engine checks the file against its own graph
             engine.load_adapter(spec.name, str(spec.source), spec.scale)
+            plan.why.append(f"adapter {spec.name!r}: {spec.source.name}")
             continue
         path = resolve_adapter(spec, info)
         engine.load_adapter(spec.name, str(path), spec.scale)

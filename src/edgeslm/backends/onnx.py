@@ -16,19 +16,23 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import mmap
 import os
 import re
+import struct
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._errors import BackendUnavailableError, CorruptModelError, GenerationError
+from .._errors import AdapterError, BackendUnavailableError, CorruptModelError, GenerationError
 from .base import Backend
 from .registry import BackendSpec, OpenRequest
 
-__all__ = ["OnnxGenAIBackend"]
+__all__ = ["AdapterParameter", "OnnxGenAIBackend", "read_onnx_adapter"]
 
 _logger = logging.getLogger("edgeslm.onnx")
 
@@ -143,6 +147,272 @@ def _read_chat_template(root: Path, tok_config: dict[str, Any]) -> str | None:
     return t if isinstance(t, str) and t and len(t.encode("utf-8")) <= MAX_TEMPLATE_BYTES else None
 
 
+# ------------------------------------------------------------------------------------ LoRA adapters
+#
+# onnxruntime-genai applies LoRA through ONNX Runtime's adapter files (``.onnx_adapter``, a flatbuffer):
+# each parameter of the file is fed to the model as the graph input of the same name, so only a model
+# exported with its LoRA weights as inputs can take one (Olive's ExtractAdapters pass writes such a model;
+# ``onnxruntime_genai.models.builder --extra_options adapter_path=...`` bakes one adapter into the weights
+# instead). ONNX Runtime checks the flatbuffer's structure but not that a parameter's bytes fill its shape,
+# so the file is read and checked here, in Python, against the model's graph before the engine sees it.
+
+#: ONNX tensor element types (also the ``TensorDataType`` enum of the adapter format): name, bytes.
+_ELEM_TYPES: dict[int, tuple[str, int]] = {
+    1: ("float32", 4), 2: ("uint8", 1), 3: ("int8", 1), 4: ("uint16", 2), 5: ("int16", 2), 6: ("int32", 4),
+    7: ("int64", 8), 9: ("bool", 1), 10: ("float16", 2), 11: ("float64", 8), 12: ("uint32", 4),
+    13: ("uint64", 8), 14: ("complex64", 8), 15: ("complex128", 16), 16: ("bfloat16", 2),
+    17: ("float8e4m3fn", 1), 18: ("float8e4m3fnuz", 1), 19: ("float8e5m2", 1), 20: ("float8e5m2fnuz", 1),
+}
+_ADAPTER_ID = b"TORT"  # the adapter schema's file_identifier
+_ADAPTER_FORMAT_VERSIONS = (1,)  # what onnxruntime's loader accepts (adapter_format_version.h)
+_MAX_ADAPTER_PARAMS = 1 << 20
+_MAX_DIMS = 16
+_ADAPTER_HINT = (
+    "pass the .onnx_adapter file exported for this model (Olive: `olive convert-adapters`, or "
+    "onnxruntime.AdapterFormat); a PEFT folder or a GGUF LoRA is for the llama.cpp backend"
+)
+_NO_LORA_HINT = (
+    "export the model with its LoRA weights as graph inputs (Olive's ExtractAdapters pass, make_inputs=True) "
+    "and the adapter with `olive convert-adapters`, or load the model's GGUF with the llama.cpp backend, "
+    "which applies a PEFT or GGUF LoRA to any model"
+)
+
+
+@dataclass(frozen=True)
+class AdapterParameter:
+    """One tensor of an ``.onnx_adapter`` file: the graph input it feeds, its element type and shape."""
+
+    name: str
+    elem_type: int
+    dims: tuple[int, ...]
+
+    @property
+    def dtype(self) -> str:
+        return _ELEM_TYPES.get(self.elem_type, (f"type {self.elem_type}", 0))[0]
+
+
+@dataclass(frozen=True)
+class _GraphInput:
+    elem_type: int
+    dims: tuple[int | str, ...] | None  # None: no shape given; a str: a symbolic (free) dimension
+    has_default: bool  # an initializer of the same name: the input may be left out
+
+
+class _BadAdapter(Exception):
+    """Internal: a structural problem of an adapter file (turned into AdapterError with its name)."""
+
+
+class _FlatBuffer:
+    """Bounds-checked reads of a flatbuffer (little-endian), enough to walk tables and vectors."""
+
+    def __init__(self, buf: Any, size: int) -> None:
+        self.buf, self.size = buf, size
+
+    def need(self, pos: int, n: int, what: str) -> None:
+        if pos < 0 or n < 0 or pos + n > self.size:
+            raise _BadAdapter(f"{what} (byte {pos}, {n} bytes) lies outside the file ({self.size} bytes)")
+
+    def u16(self, pos: int, what: str) -> int:
+        self.need(pos, 2, what)
+        return int(struct.unpack_from("<H", self.buf, pos)[0])
+
+    def u32(self, pos: int, what: str) -> int:
+        self.need(pos, 4, what)
+        return int(struct.unpack_from("<I", self.buf, pos)[0])
+
+    def i32(self, pos: int, what: str) -> int:
+        self.need(pos, 4, what)
+        return int(struct.unpack_from("<i", self.buf, pos)[0])
+
+    def deref(self, pos: int, what: str) -> int:
+        """The position an unsigned offset stored at *pos* points to."""
+        target = pos + self.u32(pos, what)
+        self.need(target, 4, what)
+        return target
+
+    def table(self, pos: int, what: str) -> tuple[int, int, int, int]:
+        """(table start, vtable start, vtable size, table size) of the table at *pos*."""
+        vt = pos - self.i32(pos, what)
+        vt_size, tbl_size = self.u16(vt, f"{what}'s vtable"), self.u16(vt + 2, f"{what}'s vtable")
+        if vt_size < 4 or vt_size % 2:
+            raise _BadAdapter(f"{what} has a vtable of {vt_size} bytes")
+        self.need(vt, vt_size, f"{what}'s vtable")
+        self.need(pos, max(tbl_size, 4), what)
+        return pos, vt, vt_size, tbl_size
+
+    def field(self, table: tuple[int, int, int, int], index: int, width: int, what: str) -> int | None:
+        """Where field *index* of *table* is stored (``None``: absent, its default applies)."""
+        pos, vt, vt_size, tbl_size = table
+        slot = 4 + 2 * index
+        if slot + 2 > vt_size:
+            return None
+        off = self.u16(vt + slot, what)
+        if off == 0:
+            return None
+        if off + width > tbl_size:
+            raise _BadAdapter(f"{what} lies outside its table")
+        return pos + off
+
+    def vector(self, at: int, elem: int, what: str) -> tuple[int, int]:
+        """(first element, count) of the vector an offset at *at* points to."""
+        start = self.deref(at, what)
+        count = self.u32(start, what)
+        self.need(start + 4, count * elem, what)
+        return start + 4, count
+
+
+def read_onnx_adapter(path: str | os.PathLike[str]) -> dict[str, AdapterParameter]:
+    """The parameters of an ONNX Runtime adapter file (``.onnx_adapter``), read and checked in Python:
+    identifier and format version, every offset inside the file, a known element type, and raw bytes
+    that fill each shape exactly. Raises ``AdapterError`` naming the file; nothing native runs."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            if size < 16:
+                raise _BadAdapter(f"the file has {size} bytes")
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                return _parse_adapter(_FlatBuffer(mm, size))
+    except _BadAdapter as exc:
+        raise AdapterError(f"{p.name} is not a valid ONNX Runtime adapter (.onnx_adapter): {exc}",
+                           hint=_ADAPTER_HINT) from None
+    except (OSError, ValueError) as exc:
+        raise AdapterError(f"cannot read the adapter {p}: {exc}",
+                           hint="check that the file exists and is readable") from None
+
+
+def _parse_adapter(fb: _FlatBuffer) -> dict[str, AdapterParameter]:
+    head = bytes(fb.buf[:8])
+    if head[:4] == b"GGUF":
+        raise _BadAdapter("it is a GGUF file (a GGUF LoRA is for the llama.cpp backend)")
+    if head[4:8] != _ADAPTER_ID:
+        raise _BadAdapter(f"no {_ADAPTER_ID.decode()} identifier at byte 4 (found {head[4:8]!r})")
+    root = fb.table(fb.deref(0, "the root table"), "the adapter table")
+    at = fb.field(root, 0, 4, "format_version")
+    version = fb.i32(at, "format_version") if at is not None else 0
+    if version not in _ADAPTER_FORMAT_VERSIONS:
+        raise _BadAdapter(f"format version {version}; this onnxruntime reads version(s) "
+                          f"{', '.join(map(str, _ADAPTER_FORMAT_VERSIONS))}")
+    at = fb.field(root, 3, 4, "parameters")
+    if at is None:
+        raise _BadAdapter("it holds no parameters")
+    first, count = fb.vector(at, 4, "the parameter list")
+    if count == 0:
+        raise _BadAdapter("it holds no parameters")
+    if count > _MAX_ADAPTER_PARAMS:
+        raise _BadAdapter(f"it claims {count} parameters")
+    out: dict[str, AdapterParameter] = {}
+    for i in range(count):
+        what = f"parameter {i}"
+        t = fb.table(fb.deref(first + 4 * i, what), what)
+        at = fb.field(t, 0, 4, f"{what}'s name")
+        if at is None:
+            raise _BadAdapter(f"{what} has no name")
+        s0, n = fb.vector(at, 1, f"{what}'s name")
+        try:
+            name = bytes(fb.buf[s0 : s0 + n]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _BadAdapter(f"{what}'s name is not UTF-8") from None
+        if not name:
+            raise _BadAdapter(f"{what} has an empty name")
+        what = f"parameter {name!r}"
+        if name in out:
+            raise _BadAdapter(f"{what} is given twice")
+        at = fb.field(t, 1, 4, f"{what}'s dims")
+        if at is None:
+            raise _BadAdapter(f"{what} has no shape")
+        d0, nd = fb.vector(at, 8, f"{what}'s dims")
+        if nd > _MAX_DIMS:
+            raise _BadAdapter(f"{what} has {nd} dimensions")
+        dims = struct.unpack_from(f"<{nd}q", fb.buf, d0) if nd else ()
+        if any(d < 0 for d in dims):
+            raise _BadAdapter(f"{what} has a negative dimension {list(dims)}")
+        at = fb.field(t, 2, 4, f"{what}'s data_type")
+        etype = fb.i32(at, f"{what}'s data_type") if at is not None else 0
+        if etype not in _ELEM_TYPES:
+            raise _BadAdapter(f"{what} has element type {etype}, which is not a numeric ONNX type")
+        at = fb.field(t, 3, 4, f"{what}'s raw_data")
+        if at is None:
+            raise _BadAdapter(f"{what} has no data")
+        _, nbytes = fb.vector(at, 1, f"{what}'s raw_data")
+        want = math.prod(dims) * _ELEM_TYPES[etype][1]
+        if nbytes != want:
+            raise _BadAdapter(f"{what} is {_ELEM_TYPES[etype][0]}{list(dims)} ({want} bytes) but holds {nbytes} bytes")
+        out[name] = AdapterParameter(name, etype, tuple(int(d) for d in dims))
+    return out
+
+
+def _graph_inputs(onnx_file: Path) -> dict[str, _GraphInput]:
+    """The graph inputs of an ONNX file (type, shape, whether an initializer gives a default), from
+    its protobuf wire format (tensor bytes are skipped by length, nothing native runs)."""
+    from ..store.validate import _WT_LEN, _WT_VARINT, _Bad, _fields
+
+    inputs: dict[str, tuple[int, tuple[int | str, ...] | None]] = {}
+    initializers: set[str] = set()
+
+    def text(buf: Any, a: int, b: int) -> str:
+        return bytes(buf[a:b]).decode("utf-8", "replace")
+
+    def value_info(buf: Any, a: int, b: int) -> None:
+        name, etype, dims = "", 0, None
+        for f, wt, ta, tb in _fields(buf, a, b):
+            if f == 1 and wt == _WT_LEN:
+                name = text(buf, ta, tb)
+            elif f == 2 and wt == _WT_LEN:  # TypeProto
+                for f2, wt2, a2, b2 in _fields(buf, ta, tb):
+                    if f2 != 1 or wt2 != _WT_LEN:  # tensor_type
+                        continue
+                    for f3, wt3, a3, b3 in _fields(buf, a2, b2):
+                        if f3 == 1 and wt3 == _WT_VARINT:
+                            etype = a3 & 0xFFFFFFFF
+                        elif f3 == 2 and wt3 == _WT_LEN:  # TensorShapeProto
+                            dims = []
+                            for f4, wt4, a4, b4 in _fields(buf, a3, b3):
+                                if f4 != 1 or wt4 != _WT_LEN:
+                                    continue
+                                dim: int | str = "?"
+                                for f5, wt5, a5, b5 in _fields(buf, a4, b4):
+                                    if f5 == 1 and wt5 == _WT_VARINT and a5 < 1 << 63:
+                                        dim = int(a5)
+                                    elif f5 == 2 and wt5 == _WT_LEN:
+                                        dim = text(buf, a5, b5) or "?"
+                                dims.append(dim)
+        if name:
+            inputs[name] = (etype, tuple(dims) if dims is not None else None)
+
+    size = onnx_file.stat().st_size
+    if size == 0:
+        raise _Bad("the file is empty")
+    with open(onnx_file, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        for fm, wtm, am, bm in _fields(mm, 0, size):
+            if fm != 7 or wtm != _WT_LEN:  # ModelProto.graph
+                continue
+            for fg, wtg, ag, bg in _fields(mm, am, bm):
+                if fg == 11 and wtg == _WT_LEN:  # GraphProto.input
+                    value_info(mm, ag, bg)
+                elif fg == 5 and wtg == _WT_LEN:  # GraphProto.initializer: only the name (field 8)
+                    for ft, wtt, at, bt in _fields(mm, ag, bg):
+                        if ft == 8 and wtt == _WT_LEN:
+                            initializers.add(text(mm, at, bt))
+    return {n: _GraphInput(e, d, n in initializers) for n, (e, d) in inputs.items()}
+
+
+def _fed_by_genai(name: str, dec_inputs: dict[str, Any]) -> bool:
+    """Whether onnxruntime-genai itself feeds the graph input *name* (ids, mask, positions, KV cache...)."""
+    if name == "num_logits_to_keep" or name.startswith("onnx::Neg_"):
+        return True
+    for v in dec_inputs.values():
+        if not isinstance(v, str):
+            continue
+        if name == v or ("%d" in v and re.fullmatch(re.escape(v).replace("%d", r"\d+"), name)):
+            return True
+    return False
+
+
+def _shape_text(dims: Sequence[int | str] | None) -> str:
+    return "[?]" if dims is None else "[" + ", ".join(str(d) for d in dims) + "]"
+
+
 class OnnxGenAIBackend(Backend):
     """An ONNX Runtime GenAI model folder (``genai_config.json`` + ``.onnx`` + ``tokenizer.json``)."""
 
@@ -164,6 +434,11 @@ class OnnxGenAIBackend(Backend):
         self._params: Any = None
         self._logits: np.ndarray | None = None
         self._lltok: Any = None  # for token_bytes
+        self._og_adapters: Any = None  # og.Adapters of the model, made by the first load_adapter
+        self._adapter_files: dict[str, Path] = {}
+        self._active_adapter: str | None = None
+        self._lora_inputs: dict[str, _GraphInput] | None = None  # read by the first load_adapter
+        self._lora_required: list[str] = []  # LoRA inputs without a default: no call can run without an adapter
         root = Path(path)
         self.path = os.fspath(path)
         self._root = root
@@ -314,8 +589,20 @@ class OnnxGenAIBackend(Backend):
         params = og.GeneratorParams(self._model)
         params.set_search_options(max_length=self.n_ctx, batch_size=1)
         self._params = params
-        self._gen = og.Generator(self._model, params)
+        self._gen = None
         self._logits = None
+        gen = og.Generator(self._model, params)
+        if self._active_adapter is not None:
+            # One generator holds its adapter for its whole life: onnxruntime-genai can add an adapter to
+            # a generator but not take it off, so a switch (to another adapter or the base) is a new one.
+            try:
+                gen.set_active_adapter(self._og_adapters, self._active_adapter)
+            except Exception as exc:
+                name, self._active_adapter = self._active_adapter, None
+                self._gen = og.Generator(self._model, params)
+                raise AdapterError(f"onnxruntime-genai could not switch to adapter {name!r}: {exc}",
+                                   hint="load the model again") from exc
+        self._gen = gen
 
     # ------------------------------------------------------------------ tokens
     def tokenize(self, text: str, *, special: bool) -> list[int]:
@@ -366,6 +653,12 @@ class OnnxGenAIBackend(Backend):
             raise GenerationError("the model is closed")
         if not tokens:
             return
+        if self._active_adapter is None and self._lora_required:
+            missing = self._lora_required
+            raise AdapterError(
+                f"{self._root.name} cannot run without an adapter: its LoRA inputs {missing[:3]} have no "
+                "default values", hint=f"pass adapter= one of {sorted(self._adapter_files)} to each call, or "
+                "export the model with optional LoRA inputs (Olive's ExtractAdapters, optional_inputs=True)")
         if len(self._tokens) + len(tokens) > self.n_ctx:
             raise GenerationError(
                 f"KV cache overflow: {len(self._tokens)} + {len(tokens)} > n_ctx={self.n_ctx}",
@@ -424,11 +717,147 @@ class OnnxGenAIBackend(Backend):
             return
         del self._tokens[n_keep:]
 
+    # ------------------------------------------------------------------ adapters
+    def adapter_names(self) -> list[str]:
+        return list(self._adapter_files)
+
+    def load_adapter(self, name: str, path: str, scale: float = 1.0) -> None:
+        """Load an ONNX Runtime adapter file (``.onnx_adapter``, or a folder holding exactly one) as
+        *name*, after checking it in Python against this model's LoRA graph inputs (names, element
+        types, shapes); onnxruntime-genai reads only a file that passed. A model whose graph has no
+        LoRA inputs cannot take any adapter: the error says so."""
+        if self._model is None:
+            raise GenerationError("the model is closed", hint="load it again with edgeslm.load()")
+        if name in self._adapter_files:
+            raise AdapterError(f"an adapter named {name!r} is already loaded", hint="give each adapter its own name")
+        if scale != 1.0:
+            raise AdapterError(
+                f"adapter {name!r}: ONNX Runtime applies an adapter as exported, so scale={scale:g} cannot be "
+                "honoured on the onnx backend",
+                hint="pass scale 1.0 (or the path alone), and fold a scale into the adapter's LoRA B weights "
+                "when exporting it; the llama.cpp backend takes a scale at load")
+        file = self._adapter_file(name, Path(path))
+        try:
+            params = read_onnx_adapter(file)
+        except AdapterError as exc:
+            raise AdapterError(f"adapter {name!r} for {self._root.name}: {exc.message}", hint=exc.hint) from None
+        self._check_adapter(name, file, params)
+        og = self._og
+        try:
+            if self._og_adapters is None:
+                self._og_adapters = og.Adapters(self._model)
+            self._og_adapters.load(os.fspath(file), name)
+        except Exception as exc:
+            raise AdapterError(f"onnxruntime-genai could not load the adapter {name!r} ({file}): {exc}",
+                               hint=_ADAPTER_HINT) from exc
+        self._adapter_files[name] = file
+
+    def use_adapter(self, name: str | None) -> None:
+        if name == self._active_adapter:
+            return
+        if name is not None and name not in self._adapter_files:
+            raise AdapterError(f"no adapter {name!r} is loaded",
+                               hint=f"choose one of {sorted(self._adapter_files)}, or None for the base model")
+        if self._model is None:
+            raise GenerationError("the model is closed", hint="load it again with edgeslm.load()")
+        # the cache holds keys and values computed with the other weights: the new generator starts empty
+        self._active_adapter = name
+        self._tokens = []
+        self._new_generator()
+
+    def _adapter_file(self, name: str, src: Path) -> Path:
+        if src.is_dir():
+            if (src / "adapter_config.json").exists():
+                raise AdapterError(
+                    f"adapter {name!r}: {src} is a PEFT folder; the onnx backend cannot apply LoRA adapters "
+                    f"from PEFT folders: ONNX Runtime GenAI takes an .onnx_adapter file exported for "
+                    f"{self._root.name}",
+                    hint="convert the PEFT adapter with `olive convert-adapters` for a model exported with LoRA "
+                    "inputs, or load the model's GGUF with the llama.cpp backend, which converts PEFT folders")
+            found = sorted(src.glob("*.onnx_adapter"))
+            if len(found) != 1:
+                raise AdapterError(f"adapter {name!r}: {src} holds no single .onnx_adapter file "
+                                   f"({len(found)} found)", hint=_ADAPTER_HINT)
+            src = found[0]
+        if not src.is_file():
+            raise AdapterError(f"adapter {name!r}: {src} does not exist", hint=_ADAPTER_HINT)
+        return src
+
+    def _model_lora_inputs(self) -> dict[str, _GraphInput]:
+        """Graph inputs of the model's ONNX file(s) that onnxruntime-genai does not feed itself: the
+        inputs an adapter's parameters can fill (read once, from the protobuf)."""
+        if self._lora_inputs is None:
+            from ..store.validate import _Bad
+
+            mcfg = self._config.get("model") if isinstance(self._config.get("model"), dict) else {}
+            dec = mcfg.get("decoder") if isinstance(mcfg.get("decoder"), dict) else {}
+            dec_inputs = dec.get("inputs") if isinstance(dec.get("inputs"), dict) else {}
+            files: list[str] = []
+            _collect_onnx_files(dec, files)
+            found: dict[str, _GraphInput] = {}
+            for rel in files:
+                target = self._root / rel
+                try:
+                    graph = _graph_inputs(target)
+                except (OSError, _Bad) as exc:
+                    raise CorruptModelError(f"{target.name} is not a readable ONNX model: {exc}",
+                                            hint=_REBUILD_HINT) from None
+                found.update({n: g for n, g in graph.items() if not _fed_by_genai(n, dec_inputs)})
+            self._lora_inputs = found
+            self._lora_required = sorted(n for n, g in found.items() if not g.has_default)
+        return self._lora_inputs
+
+    def _check_adapter(self, name: str, file: Path, params: dict[str, AdapterParameter]) -> None:
+        """Every parameter of the adapter must be a LoRA input of the model, of its type and shape."""
+        model = self._root.name
+        inputs = self._model_lora_inputs()
+        if not inputs:
+            example = next(iter(params))
+            raise AdapterError(
+                f"{model} has no LoRA inputs, so adapter {name!r} ({file.name}, {len(params)} parameters such as "
+                f"{example!r}) cannot apply to it: its graph takes only what onnxruntime-genai feeds it (token ids, "
+                "attention mask, KV cache); the LoRA weights of an adapter are fed as graph inputs",
+                hint=_NO_LORA_HINT)
+        unknown = [p for p in params if p not in inputs]
+        if unknown:
+            raise AdapterError(
+                f"adapter {name!r} ({file.name}) sets {len(unknown)} of its {len(params)} parameters that "
+                f"{model} has no input for, e.g. {unknown[:3]} (the model's LoRA inputs are e.g. "
+                f"{sorted(inputs)[:3]})",
+                hint="use the adapter with the model export it was made for")
+        for p in params.values():
+            want = inputs[p.name]
+            if want.elem_type and want.elem_type != p.elem_type:
+                raise AdapterError(
+                    f"adapter {name!r} ({file.name}): {p.name} is {p.dtype} but {model} takes "
+                    f"{_ELEM_TYPES.get(want.elem_type, (f'type {want.elem_type}', 0))[0]}",
+                    hint="export the adapter for this model (the same precision as its LoRA inputs)")
+            if want.dims is not None and (
+                    len(want.dims) != len(p.dims)
+                    or any(isinstance(w, int) and w != d for w, d in zip(want.dims, p.dims, strict=True))):
+                raise AdapterError(
+                    f"adapter {name!r} ({file.name}): {p.name} is {list(p.dims)} but {model} takes "
+                    f"{_shape_text(want.dims)}",
+                    hint="the adapter was made for another base model (or another size of it)")
+        for a_name, a in params.items():  # a float LoRA pair must agree on its rank
+            if not a_name.endswith("lora_A.weight"):
+                continue
+            b = params.get(a_name[: -len("lora_A.weight")] + "lora_B.weight")
+            if b is not None and len(a.dims) == 2 and len(b.dims) == 2 and a.dims[1] != b.dims[0]:
+                raise AdapterError(
+                    f"adapter {name!r} ({file.name}): {a_name} is {list(a.dims)} and its B {list(b.dims)}: "
+                    "the ranks differ", hint="the adapter is damaged: export it again")
+        missing = [n for n in self._lora_required if n not in params]
+        if missing:
+            raise AdapterError(
+                f"adapter {name!r} ({file.name}) leaves out {len(missing)} LoRA inputs that {model} requires, "
+                f"e.g. {missing[:3]}", hint="use the adapter with the model export it was made for")
+
     # ------------------------------------------------------------------ misc
     def memory_bytes(self) -> int:
         if self._model is None:
             return 0
-        size = 0
+        size = sum(f.stat().st_size for f in self._adapter_files.values() if f.is_file())
         for p in self._root.iterdir():
             if p.is_file() and (p.suffix in (".onnx", ".data") or p.name.endswith(".onnx.data")):
                 size += p.stat().st_size
@@ -451,6 +880,7 @@ class OnnxGenAIBackend(Backend):
     def close(self) -> None:
         self._gen = None
         self._params = None
+        self._og_adapters = None
         self._model = None
         self._logits = None
         self._tokens = []
@@ -460,6 +890,19 @@ class OnnxGenAIBackend(Backend):
             self.close()
         except Exception:
             pass
+
+
+def _collect_onnx_files(node: Any, out: list[str]) -> None:
+    """The ``filename`` values of a genai_config section (the decoder, or each stage of a pipeline)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "filename" and isinstance(v, str) and v.endswith(".onnx") and v not in out:
+                out.append(v)
+            else:
+                _collect_onnx_files(v, out)
+    elif isinstance(node, list):
+        for v in node:
+            _collect_onnx_files(v, out)
 
 
 # ------------------------------------------------------------------------------------ registration
