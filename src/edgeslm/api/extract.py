@@ -16,11 +16,12 @@ How one extraction runs:
 A generation that repeats itself, or uses most of its token budget, is steered to close the JSON
 as early as the grammar allows, and a number that runs past 24 characters (longer than any
 float64 needs) is steered to end. Only allowed tokens are boosted, so validity is unaffected;
-the confidence of a steered output is capped at 0.5.
+the confidence (and every candidate score) of a steered output is capped at 0.5.
 
 Confidence is the geometric mean of the probabilities of the tokens the model chose freely,
 each taken from the grammar-masked distribution (tokens the grammar forced carry no information
-and are excluded): ``exp(mean(log p))``. 1.0 means every free choice was certain.
+and are excluded): ``exp(mean(log p))``. 1.0 means every free choice was certain. It is the
+candidate :data:`edgeslm.decoding.scores.DEFAULT_CONFIDENCE`, chosen on outside data.
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ def constrained_json(
     characters is steered to end (the :class:`~edgeslm.decoding.constrain.JsonWrapUp` processor).
     """
     from ..decoding.constrain import GrammarConstraint, JsonWrapUp
-    from ..decoding.scores import TokenScore, candidate_scores, field_scores
+    from ..decoding.scores import DEFAULT_CONFIDENCE, TokenScore, candidate_scores, field_scores
 
     constraint = GrammarConstraint(engine, plan.grammar)
     wrap = JsonWrapUp.for_backend(engine, soft_limit=max(16, int(max_tokens * 0.6)))
@@ -203,10 +204,9 @@ def constrained_json(
     finally:
         steps.close()
     fields = field_scores(scored, b"".join(pieces))
-    scores = candidate_scores(scored, fields)
-    conf = scores["mean_prob"]
-    if wrap.on or wrap.steered:
-        conf = min(conf, 0.5)  # the model did not finish (a value, or the JSON) by itself: say so
+    # steered: the model did not finish (a value, or the JSON) by itself; every score says so (<= 0.5)
+    scores = candidate_scores(scored, fields, steered=wrap.on or wrap.steered)
+    conf = scores[DEFAULT_CONFIDENCE]  # chosen on outside data: see DEFAULT_CONFIDENCE
     text = b"".join(pieces).decode("utf-8", errors="replace")
     # complete: the grammar ended it, or the model chose to stop where the grammar allows. A value
     # cut off by max_tokens can still parse ("12" of "123456789"), so accepting() is not enough.

@@ -16,7 +16,9 @@ import sys
 import time
 from typing import Any
 
-SECTIONS = ("speed", "extract", "bfcl", "task", "batch", "onnx", "startup", "contention", "serve")
+SECTIONS = ("speed", "extract", "bfcl", "task", "batch", "onnx", "startup", "contention", "serve", "confidence")
+#: Sections a run without --only leaves out (long: ask for them by name).
+OPT_IN = ("confidence",)
 
 
 def _console(stderr: bool = False) -> Any:
@@ -63,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
                         "BASE+adapter:DIR[@SCALE] is BASE with a LoRA adapter (PEFT folder or GGUF)")
     p.add_argument("--quick", action="store_true", help="every section on small samples (about 2 minutes on 2 cores)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--only", nargs="*", default=None, choices=SECTIONS, help="sections to run (default: all)")
+    p.add_argument("--only", nargs="*", default=None, choices=SECTIONS,
+                   help=f"sections to run (default: all but {', '.join(OPT_IN)}, which take minutes per model)")
     p.add_argument("--task", default=None,
                    help="your task: JSON Lines of {text, schema, expected[, id]}; a line that is not such an object, "
                         "or whose schema edgeslm cannot serve, is skipped with a note naming it (on stderr and in the "
@@ -170,7 +173,7 @@ def _run(args: argparse.Namespace) -> int:
 
     models = args.model or ["smollm2-135m"]
     onnx_given = _check(args, models)
-    sections = args.only or list(SECTIONS)
+    sections = args.only or [s for s in SECTIONS if s not in OPT_IN]
     report = Report(quick=args.quick)
     a = report.assumptions
     if args.requests_per_day:
@@ -381,6 +384,19 @@ def _run(args: argparse.Namespace) -> int:
                                    idle_tok_s=s["idle_tok_s"], busy_tok_s=s["busy_tok_s"],
                                    busy_over_idle=s["busy_over_idle"])
                 timed("contention", model, t0)
+            if "confidence" in sections:
+                from .confidence import DATASETS, DEFAULT_N, QUICK_N, available, confidence_bench
+
+                why = available()
+                if why:
+                    report.notes.append(f"confidence: {why}")
+                else:
+                    t0 = time.perf_counter()
+                    n = max(2, args.limit // len(DATASETS)) if args.limit else (QUICK_N if args.quick else DEFAULT_N)
+                    job = bar.add_task(f"confidence · {model}", total=n * len(DATASETS))
+                    res["confidence"] = confidence_bench(model, n=n, n_threads=args.threads,
+                                                         tick=lambda k, j=job: bar.update(j, completed=k))
+                    timed("confidence", model, t0)
             if "serve" in sections:
                 from .serve import serve_bench, summary
 

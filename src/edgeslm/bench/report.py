@@ -261,6 +261,7 @@ class Report:
                 out.append((f"{title}: accuracy per field", ["model", "system", *names],
                             [[mo, sy, *[f(fa.get(k), "{:.0%}") for k in names]] for mo, sy, fa in fields]))
         out += self._adapter_tables(f)
+        out += self._confidence_tables()
         busy = [r for r in self.records if r["scenario"] == "contention"]
         if busy:
             peer_busy = {r["model"]: r.get("busy_tok_s") for r in busy if r["system"] != EDGESLM}
@@ -382,6 +383,43 @@ class Report:
                  "escalated: the escalation view's budget)",
                  ["model", "items", "valid", "exact", "fields", "p50 s", "AUROC", f"with {budget * 100:g} % escalated"],
                  rows)]
+
+    def _confidence_tables(self) -> list[tuple[str, list[str], list[list[str]]]]:
+        """The confidence section (:mod:`edgeslm.bench.confidence`): AUROC and ECE of each score per
+        dataset and model, and which candidate ranks best across them."""
+        results = {m: s["confidence"] for m, s in self.sections.items() if isinstance(s, dict) and s.get("confidence")}
+        if not results:
+            return []
+        from .confidence import choose
+
+        def f(v: Any, fmt: str = "{:.2f}") -> str:
+            return "-" if v is None else fmt.format(v)
+
+        names = next(iter(results.values()))["scores"]
+        cells = [(model, ds, d) for model, r in results.items() for ds, d in r["datasets"].items()]
+        out = [("Confidence on outside data: the datasets (right = the oracle accepts the greedy answer)",
+                ["model", "dataset", "items", "valid", "right", "accuracy", "held-out right / wrong", "seconds"],
+                [[model, ds, str(d["all"]["items"]), str(d["all"]["valid"]), str(d["all"]["right"]),
+                  f(d["all"]["accuracy"], "{:.0%}"),
+                  f"{d['heldout']['right']} / {d['heldout']['valid'] - d['heldout']['right']}",
+                  f(results[model].get("seconds", {}).get(ds), "{:.0f}")] for model, ds, d in cells])]
+        for metric, what in (("auroc", "AUROC for 'right' (higher is better)"),
+                             ("ece", "ECE of the raw score as a probability (10 equal-mass bins; lower is better)")):
+            out.append((f"Confidence on outside data: {what}, held-out half (all items)",
+                        ["score", *[f"{model} {ds}" for model, ds, _ in cells]],
+                        [[k, *[f"{f(d['heldout'][metric].get(k))} ({f(d['all'][metric].get(k))})" for _, _, d in cells]]
+                         for k in names]))
+        pick = choose(results)
+        default = next(iter(results.values())).get("default")
+        marks = (("<- best on select", pick["best"]), ("<- default", default))
+        rows = [[k, f(c["mean_select"]), f(c["mean_heldout"]), f(c["min_heldout"]),
+                 *[f(c["heldout_by_model"].get(m)) for m in results], f(c["mean_all"]),
+                 " ".join(x for x, name in marks if name == k)] for k, c in pick["candidates"].items()]
+        out.append(("Confidence: mean AUROC over every dataset and model (chosen on the select half, judged on the "
+                    "held-out half; a dataset counts where its half has 5 right and 5 wrong answers)",
+                    ["score", "mean select", "mean held-out", "lowest held-out", *[f"held-out {m}" for m in results],
+                     "mean all", ""], rows))
+        return out
 
     def render(self, console: Any) -> None:
         from rich.table import Table
