@@ -35,8 +35,11 @@ def test_switching_threads_mid_generation_keeps_the_greedy_answer() -> None:
             return 1 + calls[0] % 2 if calls[0] % 3 == 0 else None
 
         tuner.observe = flip  # type: ignore[method-assign]
-        assert m.generate(PROMPT, max_tokens=96, temperature=0).text == want
-        assert calls[0] >= 90
+        r = m.generate(PROMPT, max_tokens=96, temperature=0)
+        assert r.text == want
+        # a decode step observed per engine call (drafted tokens share a call; the greedy text may end
+        # before 96 tokens on another CPU: 48 steps on an AMD EPYC without AMX): switches happened
+        assert calls[0] >= min(30, r.usage.completion_tokens // 2) and calls[0] >= 12
         tuner.observe = real  # type: ignore[method-assign]
         burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         try:
