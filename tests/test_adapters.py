@@ -20,17 +20,11 @@ import edgeslm
 
 from ._lora import hf_model, missing_train_deps, random_lora, torch_logprobs
 from .conftest import requires_gemma, requires_smollm2
+from .onnx_model import LORA_PROMPTS
 
 pytestmark = pytest.mark.skipif(bool(missing_train_deps()), reason='needs the train extra: pip install -e ".[dev]"')
 
-PROMPTS = [
-    "The capital of France is",
-    "Maria Lopez, aged 31, moved to Lisbon last year. Her age is",
-    '{"name": "Invoice 42", "total":',
-    "def fibonacci(n):\n    ",
-    "Monday, Tuesday, Wednesday,",
-    "Customer: my order never arrived and I want a refund.\nCategory:",
-]
+PROMPTS = list(LORA_PROMPTS)  # the prompts the ONNX adapter test's reference was computed on
 PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
                                            "city": {"type": "string"}},
           "required": ["name", "age", "city"], "additionalProperties": False}

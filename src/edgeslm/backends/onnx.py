@@ -787,13 +787,14 @@ class OnnxGenAIBackend(Backend):
         """Graph inputs of the model's ONNX file(s) that onnxruntime-genai does not feed itself: the
         inputs an adapter's parameters can fill (read once, from the protobuf)."""
         if self._lora_inputs is None:
-            from ..store.validate import _Bad
+            from ..store.validate import _Bad, collect_filenames
 
             mcfg = self._config.get("model") if isinstance(self._config.get("model"), dict) else {}
             dec = mcfg.get("decoder") if isinstance(mcfg.get("decoder"), dict) else {}
             dec_inputs = dec.get("inputs") if isinstance(dec.get("inputs"), dict) else {}
-            files: list[str] = []
-            _collect_onnx_files(dec, files)
+            names: list[str] = []
+            collect_filenames(dec, names)
+            files = [f for f in names if f.endswith(".onnx")]
             found: dict[str, _GraphInput] = {}
             for rel in files:
                 target = self._root / rel
@@ -890,19 +891,6 @@ class OnnxGenAIBackend(Backend):
             self.close()
         except Exception:
             pass
-
-
-def _collect_onnx_files(node: Any, out: list[str]) -> None:
-    """The ``filename`` values of a genai_config section (the decoder, or each stage of a pipeline)."""
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if k == "filename" and isinstance(v, str) and v.endswith(".onnx") and v not in out:
-                out.append(v)
-            else:
-                _collect_onnx_files(v, out)
-    elif isinstance(node, list):
-        for v in node:
-            _collect_onnx_files(v, out)
 
 
 # ------------------------------------------------------------------------------------ registration

@@ -552,7 +552,7 @@ def validate_onnx_folder(path: str | os.PathLike[str]) -> ONNXInfo:
         raise CorruptModelError(f"{cfg_path} has no 'model' section", hint=hint)
 
     referenced: list[str] = []
-    _collect_filenames(config["model"], referenced)
+    collect_filenames(config["model"], referenced)
     if not any(f.endswith(".onnx") for f in referenced):
         raise CorruptModelError(f"{cfg_path} names no .onnx model file", hint=hint)
     model_files: list[str] = []
@@ -573,17 +573,19 @@ def validate_onnx_folder(path: str | os.PathLike[str]) -> ONNXInfo:
     return ONNXInfo(path=root, config=config, model_files=model_files, external_data=external)
 
 
-def _collect_filenames(node: Any, out: list[str]) -> None:
+def collect_filenames(node: Any, out: list[str]) -> None:
+    """Append to *out* every ``filename`` value in a genai_config section (the decoder, or each stage
+    of a pipeline), once each."""
     if isinstance(node, dict):
         for k, v in node.items():
             if k == "filename" and isinstance(v, str):
                 if v not in out:
                     out.append(v)
             else:
-                _collect_filenames(v, out)
+                collect_filenames(v, out)
     elif isinstance(node, list):
         for v in node:
-            _collect_filenames(v, out)
+            collect_filenames(v, out)
 
 
 def _inside(root: Path, rel: str, what: str, hint: str, base: Path | None = None) -> Path:
