@@ -131,10 +131,7 @@ class Generation:
         """Close an unfinished stream opened by this thread, and stop its unfinished batches: waiting
         for the lock they hold would deadlock."""
         me = threading.get_ident()
-        if self._owner == me and self._open_stream is not None:
-            stale = self._open_stream()
-            if stale is not None:
-                stale.close()
+        self._close_own_stream()
         with self._batches_lock:
             own = [b for b, owner in self._batches.items() if owner == me]
         for b in own:
@@ -143,6 +140,12 @@ class Generation:
                 "while the batch iterator was unfinished (items finished before were returned)",
                 hint="finish or close the extract_iter() iterator before other calls on the same thread, or "
                 "consume it in a thread of its own"))
+
+    def _close_own_stream(self) -> None:
+        if self._owner == threading.get_ident() and self._open_stream is not None:
+            stale = self._open_stream()
+            if stale is not None:
+                stale.close()
 
     def add_batch(self, batch: Any) -> None:
         """Register a running batch (it holds the lock): :meth:`close` and this thread's next call stop
@@ -200,10 +203,7 @@ class Generation:
     def close(self) -> None:
         """Free the engine and what constrained decoding kept for it, stopping running batches
         first (they end within an engine round). Idempotent."""
-        if self._owner == threading.get_ident() and self._open_stream is not None:
-            stale = self._open_stream()
-            if stale is not None:
-                stale.close()
+        self._close_own_stream()
         with self._batches_lock:
             running = list(self._batches)
         for b in running:
