@@ -22,6 +22,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from .._errors import ModelClosedError
 from .model import Message, Model
 from .results import ChatChunk, ChatResult, Extraction
 
@@ -40,6 +41,10 @@ class AsyncModel:
         self._turn = asyncio.Lock()  # FIFO: asyncio wakes its waiters in the order they came
         self._waiting = 0
         self._refusal: Exception | None = None
+        self._feeds: dict[str | None, Any] = {}  # adapter -> the feed of batched calls running now
+        self._next_feeds: dict[str | None, Any] = {}  # adapter -> the feed waiting for its turn
+        self._leaders: set[asyncio.Task[None]] = set()
+        self._batches = {"batches": 0, "calls": 0, "most_at_once": 0}
 
     @classmethod
     async def load(cls, model: Any, **load_kwargs: Any) -> AsyncModel:
@@ -122,6 +127,88 @@ class AsyncModel:
         texts = list(texts)
         return await self._call(self.model.extract_many, texts, schema, **kwargs)
 
+    async def call_batched(self, fn: Callable[[Model], Any], *, adapter: str | None = None,
+                           batch_size: int | None = None) -> Any:
+        """Run ``fn(m)`` in a worker thread, where *m* is the model (with *adapter*) bound to one
+        sequence of a batch shared with the other ``call_batched`` calls made meanwhile: calls that
+        arrive together, or while such a batch runs, decode together (one engine call per round for
+        every live sequence, as :meth:`Model.extract_many` does), and take one turn among the other
+        calls. ``fn`` must use only *m*. ``batch_size``: the sequences at most (``None``: chosen as
+        ``extract_many`` chooses; where batching does not pay, the calls run one at a time in the
+        turn). See :mod:`edgeslm.api.feed`."""
+        from .feed import Job, JobFeed
+
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        fut.add_done_callback(_retrieved)
+
+        def settle(result: Any, error: BaseException | None) -> None:  # in a worker thread
+            try:
+                loop.call_soon_threadsafe(_settle, fut, result, error)
+            except RuntimeError:  # the loop is closed: nobody waits
+                pass
+
+        job = Job(fn, settle)
+        live = self._feeds.get(adapter)
+        if live is None or not live.offer(job):
+            if self._refusal is not None:
+                raise self._refusal
+            feed = self._next_feeds.get(adapter)
+            if feed is None or not feed.offer(job):
+                feed = JobFeed(should_yield=lambda: self._waiting > 0)
+                feed.offer(job)
+                self._next_feeds[adapter] = feed
+                task = asyncio.ensure_future(self._lead(feed, adapter, batch_size))
+                self._leaders.add(task)
+                task.add_done_callback(self._leaders.discard)
+        return await asyncio.shield(fut)
+
+    async def _lead(self, feed: Any, adapter: str | None, batch_size: int | None) -> None:
+        """Wait for the turn, then run *feed* in a worker thread; the turn ends when it does."""
+        from .feed import run_feed
+
+        try:
+            await self._acquire()
+        except BaseException as exc:  # refused (shutting down) or cancelled
+            if self._next_feeds.get(adapter) is feed:
+                del self._next_feeds[adapter]
+            feed.close(exc if isinstance(exc, Exception) else ModelClosedError("the model is closing"))
+            return
+        if self._next_feeds.get(adapter) is feed:
+            del self._next_feeds[adapter]
+        self._feeds[adapter] = feed
+
+        def run() -> None:
+            try:
+                run_feed(self.model._using(adapter), feed, batch_size)
+            except BaseException as exc:
+                feed.close(exc)  # settles what run_feed could not (an unknown adapter)
+
+        def ended(_: asyncio.Future[Any]) -> None:
+            if self._feeds.get(adapter) is feed:
+                del self._feeds[adapter]
+            b = self._batches
+            b["batches"] += 1
+            b["calls"] += feed.ran
+            b["most_at_once"] = max(b["most_at_once"], feed.most_at_once)
+            self._turn.release()
+
+        fut = asyncio.ensure_future(asyncio.to_thread(run))
+        fut.add_done_callback(ended)
+        await asyncio.shield(fut)
+
+    @property
+    def batch_stats(self) -> dict[str, int]:
+        """Turns taken by batched calls (``batches``), the calls they ran and the most that ran at
+        the same time (``most_at_once``: above 1 when calls shared the engine's batch); the turns
+        running now included."""
+        out = dict(self._batches)
+        for feed in list(self._feeds.values()):
+            out["batches"] += 1
+            out["calls"] += feed.ran
+            out["most_at_once"] = max(out["most_at_once"], feed.most_at_once)
+        return out
+
     async def run_tools(self, messages: Sequence[Message], tools: Sequence[Any], **kwargs: Any) -> Any:
         """:meth:`Model.run_tools`, awaitable (the tools run in the worker thread)."""
         return await self._call(self.model.run_tools, messages, tools, **kwargs)
@@ -145,6 +232,20 @@ class AsyncModel:
 
 
 _END = object()
+
+
+def _retrieved(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # a caller that stopped waiting leaves no "never retrieved" warning
+
+
+def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if fut.done():  # the caller was cancelled
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
 
 
 class AsyncChatStream(AsyncIterator[ChatChunk]):

@@ -573,28 +573,12 @@ class _BatchRun:
         worker._gen = _SeqGeneration(view, model.name)
         try:
             while not self.stop.is_set():
-                while not self.source_lock.acquire(timeout=0.05):
-                    if self.stop.is_set():
-                        return
+                got = self._take(seq)
+                if got is None or self.stop.is_set():
+                    return
+                i, item = got
                 try:
-                    if self.stop.is_set():
-                        return
-                    self.reading[seq] = True
-                    try:
-                        i, text = next(self.source)
-                    finally:
-                        self.reading[seq] = False
-                except StopIteration:
-                    return
-                except BaseException as exc:  # the caller's iterable failed: end the batch with it
-                    self.out.put(exc)
-                    return
-                finally:
-                    self.source_lock.release()
-                if self.stop.is_set():
-                    return
-                try:
-                    self.out.put((i, _extract_one(worker, i, text, self.schema, self.kwargs)))
+                    self.out.put((i, self._do(worker, i, item)))
                 except _Cancelled:
                     return
                 except BaseException as exc:  # not an EdgeSLMError of this item: a bug, or closed
@@ -602,6 +586,30 @@ class _BatchRun:
                     return
         finally:
             self.out.put(_DONE)
+
+    def _take(self, seq: int) -> tuple[int, Any] | None:
+        """The next item for worker *seq* (``None``: no more, or stopped)."""
+        while not self.source_lock.acquire(timeout=0.05):
+            if self.stop.is_set():
+                return None
+        try:
+            if self.stop.is_set():
+                return None
+            self.reading[seq] = True
+            try:
+                return next(self.source)  # type: ignore[no-any-return]
+            finally:
+                self.reading[seq] = False
+        except StopIteration:
+            return None
+        except BaseException as exc:  # the caller's iterable failed: end the batch with it
+            self.out.put(exc)
+            return None
+        finally:
+            self.source_lock.release()
+
+    def _do(self, worker: Any, i: int, item: Any) -> Any:
+        return _extract_one(worker, i, item, self.schema, self.kwargs)
 
     def __iter__(self) -> Iterator[tuple[int, Result]]:
         return self

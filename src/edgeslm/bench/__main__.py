@@ -83,6 +83,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="serve: concurrent clients against `edgeslm serve` (the issue's load test: 32)")
     p.add_argument("--serve-seconds", type=_positive, default=None,
                    help="serve: seconds of load per server (default 20, 5 with --quick; the issue's: 60)")
+    p.add_argument("--serve-batch-size", type=_positive, default=None,
+                   help="serve: the server's --batch-size (default: its own choice)")
     p.add_argument("--requests-per-day", type=int, default=None, help="cost view: daily volume")
     p.add_argument("--device-cost", type=float, default=None, help="cost view: price of this device, USD")
     p.add_argument("--gpu-server-hourly", type=float, default=None, help="cost view: rented GPU server, USD/h")
@@ -404,7 +406,7 @@ def _run(args: argparse.Namespace) -> int:
                 job = bar.add_task(f"serve · {model}", total=3 if peer else 2)
                 r = res["serve"] = serve_bench(model, clients=args.serve_clients, n_threads=args.threads, peer=peer,
                                                seconds=args.serve_seconds or (5 if args.quick else 20),
-                                               tick=lambda j=job: bar.advance(j))
+                                               tick=lambda j=job: bar.advance(j), batch_size=args.serve_batch_size)
                 for system, figures in summary(r):
                     report.add(model, "serve", system, **figures)
                     report.notes.append(f"serve · {model} · {system}: " + ", ".join(

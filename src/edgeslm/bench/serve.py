@@ -156,6 +156,8 @@ def _run_server(cmd: list[str], url: str, health: str, name_of: Callable[[str], 
                 tick()
             time.sleep(2.0)  # let finished requests' threads and buffers go
             out["after"] = _proc_stats(proc.pid)
+            if health.endswith("/health"):  # edgeslm: how the schema requests were decoded
+                out["batches"] = httpx.get(health, timeout=10).json().get("batches")
             if sequential_s:
                 out["one_at_a_time"] = _load(url, reqs, 1, sequential_s)
                 if tick:
@@ -174,8 +176,11 @@ def _run_server(cmd: list[str], url: str, health: str, name_of: Callable[[str], 
 
 
 def serve_bench(model_ref: str, *, clients: int = 8, seconds: float = 20.0, n_threads: int = 2, peer: bool = True,
-                tick: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Load on ``edgeslm serve`` (concurrent, then one at a time) and, if it runs, on ``llama_cpp.server``."""
+                tick: Callable[[], None] | None = None, batch_size: int | None = None) -> dict[str, Any]:
+    """Load on ``edgeslm serve`` (concurrent, then one at a time) and, if it runs, on ``llama_cpp.server``.
+    ``batch_size``: the server's ``--batch-size`` (``None``: its default, chosen by the engine's gain);
+    the result's ``edgeslm.batches`` says how the schema requests were decoded (``most_at_once`` > 1:
+    together)."""
     from ..store import resolve
     from .models import parse_ref
 
@@ -185,7 +190,9 @@ def serve_bench(model_ref: str, *, clients: int = 8, seconds: float = 20.0, n_th
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "edgeslm", "serve", base, "--port", str(port), "--n-ctx", "2048"]
-    res: dict[str, Any] = {"model": model_ref, "clients": clients, "seconds": seconds}
+    if batch_size is not None:
+        cmd += ["--batch-size", str(batch_size)]
+    res: dict[str, Any] = {"model": model_ref, "clients": clients, "seconds": seconds, "batch_size": batch_size}
     res["edgeslm"] = _run_server(cmd, url, f"{url}/health", lambda n: n, lambda n: _requests(n, False), clients,
                                  seconds, seconds / 2, tick)
     missing = [m for m in ("fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
@@ -222,6 +229,8 @@ def summary(r: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         fig = {k: x[k] for k in ("clients", "requests", "req_per_s", "latency_p50_s", "latency_p95_s", "errors",
                                  "structured", "structured_valid")}
         if phase == "concurrent":
+            if side.get("batches"):
+                fig["schema_requests_at_once"] = side["batches"].get("most_at_once")
             b, a = side["before"], side["after"]
             fig.update(rss_mib_before=b["rss_mib"], rss_mib_after=a["rss_mib"], threads_before=b["threads"],
                        threads_after=a["threads"])

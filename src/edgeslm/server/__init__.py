@@ -80,14 +80,17 @@ def serve(
     backend: str = "auto",
     device: str = "auto",
     log_level: str = "warning",
+    batch_size: int | None = None,
 ) -> None:
     """Serve *model* (a catalog id, a path, or a loaded :class:`~edgeslm.Model`) until SIGINT/SIGTERM.
 
     ``port=0`` picks a free port (the URL printed on stderr names it). ``config``: the path of a
     JSON/TOML file (see :mod:`edgeslm.server.config`) or a :class:`~edgeslm.server.config.ServeConfig`.
     ``adapters``/``n_ctx``/``backend``/``device`` are passed to :func:`edgeslm.load` when *model* is
-    not loaded yet. On a stop signal: new requests get 503, running streams end with an error
-    event and ``[DONE]``, running non-stream calls finish, the model is closed, and it returns."""
+    not loaded yet. ``batch_size``: the most ``response_format`` requests decoded together (default:
+    the config file's, else chosen as ``extract_many`` chooses; 1: one at a time). On a stop signal:
+    new requests get 503, running streams end with an error event and ``[DONE]``, running non-stream
+    calls finish, the model is closed, and it returns."""
     _require_stack()
     from rich.console import Console
     from rich.markup import escape
@@ -101,6 +104,11 @@ def serve(
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise InvalidRequestError(f"port must be within 0..65535, not {port!r}", hint="0 picks a free port")
     cfg = config if isinstance(config, ServeConfig) else load_config(config)
+    if batch_size is not None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidRequestError(f"batch_size must be a positive integer, not {batch_size!r}",
+                                      hint="1 decodes one request at a time; leave it out to have it chosen")
+        cfg.batch_size = batch_size
     out = Console(stderr=True, highlight=False, soft_wrap=True)
 
     from ..api.model import Model
@@ -137,7 +145,8 @@ def serve(
         shown = f"[{host.strip('[]')}]" if family == socket.AF_INET6 else host
         url = f"http://{shown}:{bound}"
         app = create_app(m, api_key=api_key, cors=list(cors) if cors else None, limits=cfg.limits,
-                         allowed_hosts=["localhost", "127.0.0.1", "[::1]", "::1"] if is_loopback(host) else None)
+                         allowed_hosts=["localhost", "127.0.0.1", "[::1]", "::1"] if is_loopback(host) else None,
+                         batch_size=cfg.batch_size)
         state = app.state.edgeslm
         _banner(out, m, url, api_key, cors, cfg)
         _run(app, state, sock, log_level)
@@ -158,6 +167,8 @@ def _banner(out: Any, m: Any, url: str, api_key: str | None, cors: Any, cfg: Any
         out.print(f"  adapters: {escape(', '.join(m.adapters))} (model '{escape(m.name)}:<adapter>')")
     out.print(f"  escalation: {escape(repr(m.escalation)) if m.escalation is not None else 'off'}"
               + (f" (from {escape(cfg.source)})" if cfg.source else ""))
+    size = "chosen by the engine's batching gain" if cfg.batch_size is None else str(cfg.batch_size)
+    out.print(f"  response_format requests decoded together: up to {size}")
     out.print(f"  auth: {'API key required (Authorization: Bearer ...)' if api_key else 'none'}"
               f"; CORS: {escape(', '.join(cors)) if cors else 'off'}")
     # one plain line, easy to find for scripts and tests

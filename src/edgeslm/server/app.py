@@ -97,6 +97,7 @@ class ServerState:
     limits: Limits = field(default_factory=Limits)
     streams: set[AsyncChatStream] = field(default_factory=set)
     stopping: bool = False
+    batch_size: int | None = None
 
     @property
     def names(self) -> dict[str, str | None]:
@@ -341,15 +342,15 @@ def _support_dict(sup: Any) -> dict[str, Any] | None:
     return {"level": sup.level, "unenforced": list(sup.unenforced)}
 
 
-def _json_detail(model: Any, req: ChatRequest) -> tuple[Any, dict[str, float]]:
+def _json_detail(m: Any, req: ChatRequest) -> tuple[Any, dict[str, float]]:
     """A JSON reply with the confidence of each field (the path of ``Model.chat(response_format=...)``
-    without escalation, keeping what it drops)."""
+    without escalation, keeping what it drops), on *m*: the model with the request's adapter, or
+    its view of one sequence of a batch."""
     from ..api.extract import prepare_schema
     from ..api.results import ChatResult
     from ..decoding.sampling import SamplingParams
 
     kw = req.kwargs
-    m = model._using(kw.get("adapter"))
     plan = prepare_schema(req.schema)
     params = SamplingParams(kw.get("temperature", 0.7), kw.get("top_p", 0.95), kw.get("top_k", 40), kw.get("seed"))
     _, attempt, _, usage = m._extract_run(req.messages, plan, kw.get("max_tokens"), params, None)
@@ -395,7 +396,9 @@ async def _chat_completions(request: Request) -> Response:
         s = await am.chat(req.messages, stream=True, **req.kwargs)
         return _sse(s, req, state)
     if req.schema is not None and am.model.escalation is None:
-        result, fields = await am.call(lambda m: _json_detail(m, req))
+        # decoded together with the other schema requests running or waiting (one batch per turn)
+        result, fields = await am.call_batched(lambda m: _json_detail(m, req), adapter=req.kwargs.get("adapter"),
+                                               batch_size=state.batch_size)
     else:
         result, fields = await am.chat(req.messages, **req.kwargs), None
     return JSONResponse(_completion(result, req, fields))
@@ -470,7 +473,8 @@ async def health(request: Request) -> Response:
     state: ServerState = request.app.state.edgeslm
     if state.stopping or state.am.model.closed:
         return JSONResponse({"status": "stopping"}, status_code=503)
-    return JSONResponse({"status": "ok", "model": state.am.model.name, "waiting": state.am.waiting})
+    return JSONResponse({"status": "ok", "model": state.am.model.name, "waiting": state.am.waiting,
+                         "batches": state.am.batch_stats})
 
 
 async def _on_api_error(request: Request, exc: Exception) -> Response:
@@ -484,10 +488,13 @@ async def _on_http(request: Request, exc: Exception) -> Response:
 
 
 def create_app(model: Any, *, api_key: str | None = None, cors: list[str] | None = None,
-               limits: Limits | None = None, allowed_hosts: list[str] | None = None) -> Starlette:
+               limits: Limits | None = None, allowed_hosts: list[str] | None = None,
+               batch_size: int | None = None) -> Starlette:
     """The ASGI app serving *model* (an :class:`~edgeslm.Model` or :class:`AsyncModel`), for
     ``uvicorn`` or embedding. ``allowed_hosts``: the Host headers answered (``None``: any; the
-    server passes the loopback names when it binds to loopback, against DNS rebinding)."""
+    server passes the loopback names when it binds to loopback, against DNS rebinding).
+    ``batch_size``: the most ``response_format`` requests decoded together (``None``: chosen as
+    ``extract_many`` chooses; 1: one at a time)."""
     from starlette.middleware.cors import CORSMiddleware
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -507,6 +514,6 @@ def create_app(model: Any, *, api_key: str | None = None, cors: list[str] | None
     app = Starlette(routes=routes, middleware=middleware,
                     exception_handlers={ApiError: _on_api_error, EdgeSLMError: _on_api_error,
                                         HTTPException: _on_http, Exception: _on_api_error})
-    app.state.edgeslm = ServerState(am=am, api_key=api_key, limits=limits or Limits())
+    app.state.edgeslm = ServerState(am=am, api_key=api_key, limits=limits or Limits(), batch_size=batch_size)
     return app
 

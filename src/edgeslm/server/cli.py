@@ -21,7 +21,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     serve(args.model, adapters=dict(args.adapter) if args.adapter else None, host=args.host, port=args.port,
           api_key=args.api_key or env_api_key(), insecure_no_auth=args.insecure_no_auth, cors=args.cors or None,
-          config=args.config, n_ctx=args.n_ctx, backend=args.backend, device=args.device, log_level=args.log_level)
+          config=args.config, n_ctx=args.n_ctx, backend=args.backend, device=args.device, log_level=args.log_level,
+          batch_size=args.batch_size)
     return 0
 
 
@@ -40,6 +41,8 @@ def register(sub: Any) -> None:
     p.add_argument("--insecure-no-auth", action="store_true", help="allow a non-loopback --host without a key")
     p.add_argument("--cors", action="append", default=None, metavar="ORIGIN", help="allow this browser origin")
     p.add_argument("--config", default=None, metavar="FILE", help="JSON or TOML: limits and escalation")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="response_format requests decoded together at most (default: chosen; 1: one at a time)")
     p.add_argument("--n-ctx", type=int, default=None, help="context window in tokens")
     p.add_argument("--backend", default="auto")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "metal", "gpu"])

@@ -11,6 +11,10 @@ Nothing here can be set by a request. A config file looks like this (TOML; the s
     max_queue = 256               # requests waiting for the engine beyond this: 503
     send_timeout_s = 30           # a streaming client that reads nothing for this long is dropped
 
+    [batching]
+    batch_size = 8                # response_format requests decoded together at most (default: chosen
+                                  # as extract_many chooses; 1: one at a time); --batch-size overrides
+
     [escalation]                  # off unless present
     base_url = "https://api.openai.com/v1"
     model = "gpt-4.1-mini"
@@ -56,6 +60,7 @@ class ServeConfig:
     limits: Limits = field(default_factory=Limits)
     escalation: Any = None
     source: str | None = None
+    batch_size: int | None = None
 
 
 _ESCALATION_KEYS = {"base_url", "model", "api_key_env", "min_confidence", "budget", "timeout", "audit_log",
@@ -88,11 +93,12 @@ def load_config(path: str | os.PathLike[str] | None) -> ServeConfig:
                    "fix the syntax; .toml files are read as TOML, others as JSON") from None
     if not isinstance(data, dict):
         raise _bad(p, "must hold an object/table at the top", 'e.g. {"limits": {...}, "escalation": {...}}')
-    unknown = sorted(set(data) - {"limits", "escalation"})
+    unknown = sorted(set(data) - {"limits", "escalation", "batching"})
     if unknown:
-        raise _bad(p, f"unknown section(s) {unknown}", "the sections are 'limits' and 'escalation'")
+        raise _bad(p, f"unknown section(s) {unknown}", "the sections are 'limits', 'batching' and 'escalation'")
     cfg = ServeConfig(source=str(p))
     cfg.limits = _limits(p, data.get("limits") or {})
+    cfg.batch_size = _batch_size(p, data.get("batching") or {})
     if data.get("escalation") is not None:
         cfg.escalation = _escalation(p, data["escalation"])
     return cfg
@@ -113,6 +119,19 @@ def _limits(p: Path, d: Any) -> Limits:
                        f"e.g. {k} = {getattr(lim, k)}")
         setattr(lim, k, float(v) if want_float else int(v))
     return lim
+
+
+def _batch_size(p: Path, d: Any) -> int | None:
+    if not isinstance(d, dict):
+        raise _bad(p, "'batching' must be an object/table", "e.g. batching = {batch_size = 8}")
+    unknown = sorted(set(d) - {"batch_size"})
+    if unknown:
+        raise _bad(p, f"unknown batching key(s) {unknown}", "the only key is batch_size")
+    v = d.get("batch_size")
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+        raise _bad(p, f"batching.batch_size must be a positive integer, not {v!r}",
+                   "e.g. batch_size = 8 (1: one at a time; leave it out to have it chosen)")
+    return v
 
 
 def _escalation(p: Path, d: Any) -> Any:
