@@ -41,3 +41,64 @@ def test_the_vocabulary_is_read_as_llguidance_reads_it(name: str, monkeypatch: p
         assert engine.eog_tokens() == [t for t in range(engine.n_vocab) if engine.is_eog(t)]
         assert model.extract("Ann is 31.", {"type": "object", "properties": {"age": {"type": "integer"}},
                                             "required": ["age"]}).data["age"] >= 0
+
+
+@requires_smollm2
+def test_the_pieces_are_cached_per_model_file_and_a_bad_copy_is_rebuilt(tmp_path, monkeypatch) -> None:
+    from edgeslm.backends import _vocab_cache
+
+    monkeypatch.setenv("EDGESLM_HOME", str(tmp_path / "home"))
+    with edgeslm.load("smollm2-135m", n_ctx=256) as model:
+        engine = model._engine
+        truth = engine.vocab_pieces(cache=False)
+        assert engine.vocab_pieces() == truth  # built, then written
+        files = list((tmp_path / "home" / "vocab").glob("*.bin"))
+        assert len(files) == 1
+        assert _vocab_cache.read(files[0].stem, len(truth)) == truth
+        assert engine.vocab_pieces() == truth  # read back
+        good = files[0].read_bytes()
+        # damage anywhere (a flipped byte in one piece, a cut file, another magic): rebuilt, and right
+        i = good.rindex(truth[1000]) if truth[1000] else len(good) - 1
+        for bad in (good[:i] + bytes([good[i] ^ 1]) + good[i + 1:], good[: len(good) // 2], b"junk" + good[4:]):
+            files[0].write_bytes(bad)
+            assert _vocab_cache.read(files[0].stem, len(truth)) is None
+            assert engine.vocab_pieces() == truth
+            assert files[0].read_bytes() == good
+        # a copy that passes its checksum but is not this vocabulary (a sampled token differs): rebuilt
+        wrong = list(truth)
+        wrong[_vocab_cache.sample(len(truth))[5]] = b"not-this-token"
+        _vocab_cache.write(files[0].stem, wrong)
+        assert engine.vocab_pieces() == truth
+        # a cache folder that cannot be written (here a file stands where it should be): only slower
+        files[0].unlink()
+        (tmp_path / "home" / "vocab").rmdir()
+        (tmp_path / "home" / "vocab").write_text("in the way")
+        assert engine.vocab_pieces() == truth
+
+
+def test_a_validated_gguf_is_remembered_until_the_file_changes(tmp_path, monkeypatch, smollm2_path) -> None:
+    import os
+    import shutil
+
+    from edgeslm.store import validate
+
+    monkeypatch.setenv("EDGESLM_HOME", str(tmp_path / "home"))
+    f = tmp_path / "m.gguf"
+    shutil.copyfile(smollm2_path, f)
+    calls: list[object] = []
+    real = validate.validate_gguf
+    monkeypatch.setattr(validate, "validate_gguf", lambda p: (calls.append(p), real(p))[1])
+    first = validate.validate_gguf_cached(f)
+    assert validate.validate_gguf_cached(f) == first and len(calls) == 1  # remembered
+    records = list((tmp_path / "home" / "validated").glob("*.json"))
+    assert len(records) == 1
+    records[0].write_text("{not json")  # a damaged record: checked again (and rewritten)
+    assert validate.validate_gguf_cached(f) == first and len(calls) == 2
+    assert validate.validate_gguf_cached(f) == first and len(calls) == 2
+    # the file changes (here: cut short, as a hostile or damaged copy would be): checked again, refused
+    with open(f, "r+b") as fh:
+        fh.truncate(f.stat().st_size // 3)
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    with pytest.raises(edgeslm.CorruptModelError):
+        validate.validate_gguf_cached(f)
+    assert len(calls) == 3
