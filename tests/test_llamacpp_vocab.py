@@ -102,3 +102,21 @@ def test_a_validated_gguf_is_remembered_until_the_file_changes(tmp_path, monkeyp
     with pytest.raises(edgeslm.CorruptModelError):
         validate.validate_gguf_cached(f)
     assert len(calls) == 3
+
+
+@requires_smollm2
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma-3-270m"])
+def test_closing_tokens_from_the_pieces_are_those_of_the_per_token_scan(name: str) -> None:
+    from edgeslm.decoding import constrain
+
+    try:
+        model = edgeslm.load(name, n_ctx=256)
+    except edgeslm.ModelNotFoundError:
+        pytest.skip(f"{name} is not installed")
+    with model:
+        e = model._engine
+        slow = constrain._scan_closing(e.n_vocab, e.token_bytes, e.is_eog)
+        fast = constrain.constraints(e).closing  # from the vocabulary's pieces
+        for a, b in zip(slow, fast, strict=True):
+            assert a.tolist() == b.tolist()
+        assert all(len(x) for x in fast)
