@@ -178,8 +178,11 @@ def test_a_batch_the_engine_cannot_allocate_is_halved_when_automatic_and_an_erro
         return real_fork(n_seq, n_ctx)
 
     monkeypatch.setattr(engine, "fork", fork)
-    monkeypatch.setattr(batch, "chosen_batch_size", lambda *a, **k: 4)  # what a roomier machine would choose
-    texts = TEXTS[:4]
+    # what a roomier machine would choose: 4 sequences, and batching predicted to pay after the first
+    # two items (measured one at a time); the other two are then asked of a batch of 4
+    monkeypatch.setattr(batch, "_auto_plan", lambda *a, **k: (4, 10.0, 0.01))
+    monkeypatch.setattr(batch, "predicted_gain", lambda *a, **k: 2.0)
+    texts = TEXTS[:5]
     one = [smollm2.extract(t, SCHEMA) for t in texts]
     got = smollm2.extract_many(texts, SCHEMA)
     assert asked == [4, 2] and _batch_threads() == []
@@ -365,3 +368,51 @@ def test_a_huge_batch_size_is_capped_and_refused_with_true_figures_before_the_en
     assert f"{need / 2**30:,.2f} GiB" in str(err.value) and "1.00 GiB" in str(err.value)
     assert str(err.value).count("Hint:") == 1 and asked == []
     assert smollm2.extract(TEXTS[0], SCHEMA).data["name"] == "Alice"  # not left held
+
+
+@requires_smollm2
+@pytest.mark.parametrize("pays", [True, False])
+def test_automatic_batching_is_decided_on_the_first_items_measured(smollm2, monkeypatch, pays: bool) -> None:
+    """batch_size=None: the first two items run one at a time, the second's real timings go into
+    the prediction, and the rest are batched only where it says batching pays; every item comes
+    back, in its own slot, either way."""
+    engine = smollm2._engine
+    forks: list[int] = []
+    real_fork = engine.fork
+    monkeypatch.setattr(engine, "fork", lambda n, c: (forks.append(n), real_fork(n, c))[1])
+    # a probe that found a gain (capped by the items, as the real one is)
+    monkeypatch.setattr(batch, "_auto_plan", lambda engine, n_ctx, total: (min(4, total or 4), 3.0, 0.01))
+    seen: list[object] = []
+    monkeypatch.setattr(batch, "predicted_gain", lambda u, *a, **k: (seen.append(u), 2.0 if pays else 1.0)[1])
+    texts = TEXTS[:7]
+    got = smollm2.extract_many(texts, SCHEMA)
+    assert len(seen) == 1 and seen[0].total_time_s > 0 and seen[0].decode_tokens_per_s > 0  # measured
+    assert forks == ([4] if pays else [])
+    for text, x in zip(texts, got, strict=True):
+        assert isinstance(x, edgeslm.Extraction) and x.data["name"] in text
+    assert _batch_threads() == []
+    # too few items to measure and batch: one at a time, no probe either
+    forks.clear()
+    smollm2.extract_many(texts[:3], SCHEMA)
+    assert forks == []
+
+
+@requires_smollm2
+def test_the_probe_runs_only_where_it_can_pay_for_itself(smollm2, monkeypatch) -> None:
+    """The decode probe costs about a second on 2 cores: it is not run for a handful of quick items,
+    and it is where the items left could repay it (the real probe, then its own figures kept)."""
+    from types import SimpleNamespace
+
+    engine = smollm2._engine
+    quick = SimpleNamespace(total_time_s=0.05, time_to_first_token_s=0.04, prompt_tokens=200,
+                            reused_prompt_tokens=150, decode_tokens_per_s=100.0)
+    slow = SimpleNamespace(total_time_s=5.0, time_to_first_token_s=0.5, prompt_tokens=200,
+                           reused_prompt_tokens=150, decode_tokens_per_s=30.0)
+    batch._STEPS.pop(engine.vocab_owner, None)
+    assert not batch._probe_pays(quick, 4, smollm2.n_ctx, engine)
+    assert batch._probe_pays(slow, 4, smollm2.n_ctx, engine)
+    assert batch._probe_pays(quick, None, smollm2.n_ctx, engine)  # an open-ended stream
+    assert batch._probe_sizes(32) == [8, 16, 32] and batch._probe_sizes(12) == [8, 12]
+    assert batch._probe_sizes(4) == [4] and batch._probe_sizes(1) == []
+    batch.best_batch_size(engine, 4)  # measured once: from now on free
+    assert batch._probe_pays(quick, 4, smollm2.n_ctx, engine)

@@ -103,3 +103,29 @@ def test_best_batch_size_doubles_while_the_decode_rate_still_grows() -> None:
     assert _best_size(3, gains({3: 1.5})) == (3, 1.5) and asked == [3]  # fewer items than 8
     assert _best_size(1, gains({})) == (1, 1.0)
     assert _best_size(0, gains({})) == (1, 1.0)
+
+
+def test_predicted_gain_counts_prompt_work_drafting_and_efficiency() -> None:
+    """The whole-extraction prediction behind ``batch_size=None``: prompt time gains nothing, the
+    decode part gains the probed step's gain times the efficiency, relative to the rate the item
+    really decoded at (drafting can beat the probe's one-sequence rate)."""
+    from types import SimpleNamespace
+
+    from edgeslm.api.batch import BATCH_EFFICIENCY, MIN_PREDICTED_GAIN, predicted_gain
+
+    def usage(ttft: float, total: float, rate: float) -> SimpleNamespace:
+        return SimpleNamespace(time_to_first_token_s=ttft, total_time_s=total, decode_tokens_per_s=rate)
+
+    # the figures measured on 2 cores (the second item of a run, prompt prefix cached)
+    smol = predicted_gain(usage(0.134, 0.562, 116.8), 1 / 122.9, 1.82)  # realized 1.13x at 8
+    rand15 = predicted_gain(usage(0.474, 5.152, 32.9), 1 / 36.6, 2.26)  # realized 1.39x at 16
+    assert smol < MIN_PREDICTED_GAIN < rand15
+    assert abs(rand15 - 1.39) < 0.1
+    # all prompt: nothing to gain; all decode at the probe's rate: the gain times the efficiency
+    assert predicted_gain(usage(1.0, 1.0, 10.0), 0.1, 8.0) == 1.0
+    assert abs(predicted_gain(usage(0.0, 1.0, 10.0), 0.1, 4.0) - 4.0 * BATCH_EFFICIENCY) < 1e-9
+    # drafting one at a time (twice the probed rate) halves what batching can win
+    assert abs(predicted_gain(usage(0.0, 1.0, 20.0), 0.1, 4.0) - 2.0 * BATCH_EFFICIENCY) < 1e-9
+    # nothing measured: no claim
+    assert predicted_gain(usage(0.0, 0.0, 0.0), 0.1, 4.0) == 1.0
+    assert predicted_gain(None, 0.1, 4.0) == 1.0

@@ -63,7 +63,7 @@ from .generation import Generation
 from .results import Extraction
 
 __all__ = ["MAX_AUTO_BATCH", "auto_batch_size", "batch_cap", "best_batch_size", "chosen_batch_size", "decode_gain",
-           "decode_step_seconds", "extract_iter", "kv_memory", "planned_bytes"]
+           "decode_step_seconds", "extract_iter", "kv_memory", "planned_bytes", "predicted_gain"]
 
 Result = Extraction | EdgeSLMError
 
@@ -92,6 +92,24 @@ SHARE_MIN_TOKENS = 16
 #: decode step at 8 / 16 / 32 sequences and 1.08x to 1.14x on whole extractions (64 documents);
 #: Gemma-3-270M 3.6x per step at 16 and 1.56x on whole extractions.
 MIN_DECODE_GAIN = 3.0
+#: ``extract_iter(batch_size=None)`` runs its first items one at a time (the second, with the
+#: prompt prefix cached, is measured), then batches the rest only where the whole extraction is
+#: predicted to gain at least this much (:func:`predicted_gain`); the decode step alone overstates
+#: it (prompt work does not shrink, one at a time drafts copied text, a real round costs more than
+#: the probe's short-context step).
+MIN_PREDICTED_GAIN = 1.15
+#: Items ``extract_iter(batch_size=None)`` runs one at a time before it decides (the last is measured).
+MEASURE_ITEMS = 2
+#: Share of a decode step's probed gain that whole batched extractions realize (rounds over real
+#: contexts, rounds short of the full batch, per-sequence work between rounds): fitted on 2 cores
+#: (SmolLM2-135M 0.62, a random-weight 1.5B Q4_K_M 0.58, Gemma-3-270M 0.24).
+BATCH_EFFICIENCY = 0.6
+#: Below this probed decode gain no batch is tried.
+MIN_PROBE_GAIN = 1.3
+#: The engine is probed for ``batch_size=None`` only where the most batching could save on the
+#: items left is at least this many times the probe's estimated cost (2.3 s for SmolLM2-135M on 2
+#: cores: 32 of its documents take 20 s one at a time).
+PROBE_PAYBACK = 3.0
 
 _STEPS: weakref.WeakKeyDictionary[Backend, dict[int, tuple[float, float]]] = weakref.WeakKeyDictionary()
 
@@ -145,7 +163,7 @@ def kv_memory(ram_available: int, gpus: Iterable[Any] = ()) -> int:
 
 
 def decode_step_seconds(engine: Backend, n: int) -> tuple[float, float]:
-    """Seconds of one decode step of one sequence and of *n* sequences (a token each, 8 tokens
+    """Seconds of one decode step of one sequence and of *n* sequences (a token each, 2 tokens
     cached), best of two after a warm-up, on a small context forked for it (freed after); kept per
     model."""
     known = _STEPS.setdefault(engine.vocab_owner, {})
@@ -160,7 +178,7 @@ def decode_step_seconds(engine: Backend, n: int) -> tuple[float, float]:
             fork.eval_many([(s, [tok]) for s in range(k)])
             return time.perf_counter() - t
 
-        fork.eval_many([(s, [tok] * 8) for s in range(n)])
+        fork.eval_many([(s, [tok] * 2) for s in range(n)])  # a short context: cheap to probe
         step(1), step(n)  # warm-up: first use of each batch shape
         known[n] = times = (min(step(1), step(1)), min(step(n), step(n)))
     finally:
@@ -206,6 +224,24 @@ def chosen_batch_size(engine: Backend, n_ctx: int, batch_size: int | None = None
     return n if gain >= MIN_DECODE_GAIN else 1
 
 
+def predicted_gain(usage: Any, step_one_s: float, decode_gain: float, efficiency: float = BATCH_EFFICIENCY) -> float:
+    """Whole-extraction speed-up batching is predicted to give, from one extraction done one at a
+    time (*usage*: its prompt time share ``p`` and decode rate) and the engine's probed step: one
+    step of one sequence (*step_one_s*) and the batch's *decode_gain*. The prompt part is taken as
+    not gaining (compute-bound already); the decode part gains ``decode_gain * efficiency`` over the
+    probed one-sequence rate, which the measured decode rate may beat (drafting) or trail::
+
+        1 / (p + (1 - p) * d / (decode_gain * efficiency)),  d = measured rate * step_one_s
+    """
+    total = float(getattr(usage, "total_time_s", 0.0) or 0.0)
+    rate = float(getattr(usage, "decode_tokens_per_s", 0.0) or 0.0)
+    if total <= 0 or rate <= 0 or step_one_s <= 0 or decode_gain <= 0:
+        return 1.0
+    p = min(1.0, max(0.0, float(getattr(usage, "time_to_first_token_s", 0.0) or 0.0) / total))
+    d = rate * step_one_s
+    return 1.0 / (p + (1.0 - p) * d / (decode_gain * efficiency))
+
+
 def batch_cap(engine: Backend, n_ctx: int, total: int | None = None) -> int:
     """The most sequences ``batch_size=None`` considers: :func:`auto_batch_size`, and never more
     than *total* items."""
@@ -226,13 +262,34 @@ def extract_iter(
     items = _texts(texts)
     if total is None and isinstance(items, Sequence):
         total = len(items)
-    with model._gen.holding() as engine:  # raises ModelClosedError once closed
-        n = chosen_batch_size(engine, model.n_ctx, batch_size, total)
-    batched = n > 1 and _can_fork(engine)
+    pairs: Iterator[tuple[int, Any]] = iter(enumerate(items))
     bar = _Progress(total) if progress else None
     try:
-        run = _batched(model, items, schema, n, extract_kwargs, auto=batch_size is None) if batched else \
-            _one_by_one(model, items, schema, extract_kwargs)
+        with model._gen.holding() as engine:  # raises ModelClosedError once closed
+            n = 1 if batch_size is None else chosen_batch_size(engine, model.n_ctx, batch_size, total)
+        if batch_size is None and _can_fork(engine) and (total is None or total > MEASURE_ITEMS + 1):
+            # measured, not assumed: the first items one at a time (the second with the prefix cached),
+            # then the engine is probed only where a batch could pay the probe back, and the rest are
+            # batched only where the whole extraction is predicted to gain
+            last: Any = None
+            for _ in range(MEASURE_ITEMS):
+                try:
+                    i, text = next(pairs)
+                except StopIteration:
+                    return
+                last = _extract_one(model, i, text, schema, extract_kwargs)
+                if bar is not None:
+                    bar.advance(last)
+                yield i, last
+            left = None if total is None else total - MEASURE_ITEMS
+            size, gain, step_one = 1, 1.0, 0.0
+            with model._gen.holding() as engine:
+                if isinstance(last, Extraction) and _probe_pays(last.usage, left, model.n_ctx, engine):
+                    size, gain, step_one = _auto_plan(engine, model.n_ctx, left)
+            if size > 1 and gain >= MIN_PROBE_GAIN and predicted_gain(last.usage, step_one, gain) >= MIN_PREDICTED_GAIN:
+                n = size
+        run = _batched(model, pairs, schema, n, extract_kwargs, auto=batch_size is None) if n > 1 and \
+            _can_fork(engine) else _one_by_one(model, pairs, schema, extract_kwargs)
         for i, result in run:
             if bar is not None:
                 bar.advance(result)
@@ -240,6 +297,46 @@ def extract_iter(
     finally:
         if bar is not None:
             bar.close()
+
+
+def _probe_pays(usage: Any, left: int | None, n_ctx: int, engine: Backend) -> bool:
+    """Whether probing the engine's batched decode rate can pay for itself on the *left* items
+    (``None``: an open-ended stream, which it can): even with decode time gone entirely (the Amdahl
+    bound), what batching saves must be at least :data:`PROBE_PAYBACK` times the probe's cost,
+    estimated from the measured item's prompt rate (~6 evaluated tokens per probed sequence), or
+    nothing where the probe's figures are kept from an earlier call."""
+    if left is None:
+        return True
+    sizes = _probe_sizes(batch_cap(engine, n_ctx, left))
+    if all(n in _STEPS.get(engine.vocab_owner, {}) for n in sizes):
+        return True  # measured already: free
+    total = float(getattr(usage, "total_time_s", 0.0) or 0.0)
+    ttft = float(getattr(usage, "time_to_first_token_s", 0.0) or 0.0)
+    evaluated = int(getattr(usage, "prompt_tokens", 0) or 0) - int(getattr(usage, "reused_prompt_tokens", 0) or 0)
+    if total <= 0 or ttft <= 0 or evaluated <= 0:
+        return True
+    probe_s = 6 * sum(sizes) * ttft / evaluated
+    return left * (total - ttft) >= PROBE_PAYBACK * probe_s
+
+
+def _probe_sizes(cap: int) -> list[int]:
+    """The sizes :func:`best_batch_size` may probe under *cap*."""
+    out, n = [], min(8, cap)
+    while n > 1:
+        out.append(n)
+        if n >= cap:
+            break
+        n = min(2 * n, cap)
+    return out
+
+
+def _auto_plan(engine: Backend, n_ctx: int, total: int | None) -> tuple[int, float, float]:
+    """``(size, decode gain, seconds of a one-sequence step)`` the probe finds for ``batch_size=None``
+    (``1, 1.0, 0.0`` where the engine cannot fork)."""
+    if not _can_fork(engine):
+        return 1, 1.0, 0.0
+    n, gain = best_batch_size(engine, batch_cap(engine, n_ctx, total))
+    return n, gain, (decode_step_seconds(engine, n)[0] if n > 1 else 0.0)
 
 
 def _extract_one(model: Any, i: int, text: Any, schema: Any, kwargs: dict[str, Any]) -> Result:
@@ -254,9 +351,9 @@ def _extract_one(model: Any, i: int, text: Any, schema: Any, kwargs: dict[str, A
         return exc
 
 
-def _one_by_one(model: Any, items: Iterable[Any], schema: Any,
+def _one_by_one(model: Any, pairs: Iterator[tuple[int, Any]], schema: Any,
                 kwargs: dict[str, Any]) -> Iterator[tuple[int, Result]]:
-    for i, text in enumerate(items):
+    for i, text in pairs:
         yield i, _extract_one(model, i, text, schema, kwargs)
 
 
@@ -501,11 +598,11 @@ def _open_fork(engine: Backend, n: int, n_ctx: int, auto: bool) -> tuple[Backend
     return None, 1
 
 
-def _batched(model: Any, items: Iterable[Any], schema: Any, n: int,
+def _batched(model: Any, pairs: Iterator[tuple[int, Any]], schema: Any, n: int,
              kwargs: dict[str, Any], *, auto: bool) -> Iterator[tuple[int, Result]]:
-    run = _BatchRun(model, items, schema, kwargs)
+    run = _BatchRun(model, pairs, schema, kwargs)
     if not run.start(n, auto):  # not even 2 sequences fit: one at a time
-        yield from _one_by_one(model, items, schema, kwargs)
+        yield from _one_by_one(model, pairs, schema, kwargs)
         return
     try:
         yield from run
@@ -522,7 +619,7 @@ class _BatchRun:
     context freed, the model released; the iterator then returns the results already finished and
     raises the cancel's error."""
 
-    def __init__(self, model: Any, items: Iterable[Any], schema: Any, kwargs: dict[str, Any]) -> None:
+    def __init__(self, model: Any, items: Iterable[tuple[int, Any]], schema: Any, kwargs: dict[str, Any]) -> None:
         self.model, self.items, self.schema, self.kwargs = model, items, schema, kwargs
         self.main = model._gen
         self.out: queue.Queue[Any] = queue.Queue()
@@ -553,7 +650,7 @@ class _BatchRun:
             self.main.release()
             return False
         self.batcher = _Batcher(self.fork)
-        self.source = iter(enumerate(self.items))
+        self.source = iter(self.items)  # (index, item) pairs
         self.source_lock = threading.Lock()
         self.reading = [False] * n
         self.threads = [threading.Thread(target=self._work, args=(s,), name=f"edgeslm-batch-{s}", daemon=True)

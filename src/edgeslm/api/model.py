@@ -408,10 +408,11 @@ class Model:
         raises at once. Other keyword arguments are those of :meth:`extract`.
 
         Up to ``batch_size`` items decode together in one context of the engine, each with its own
-        grammar, retries and validation (``None``: the size, from 8 up to 32 as memory allows,
-        where a decode step gives the most tokens/s, and only when that is 3x the tokens/s of a
-        step of one, measured once per model; ``1``: one at a time). A prompt prefix the items share (instructions,
-        schema, examples) is evaluated once. Greedy results are those of :meth:`extract`, except
+        grammar, retries and validation (``None``: decided on the items, measured: the first two
+        run one at a time, then the rest decode together at the size, from 8 up to 32 as memory
+        allows, where a decode step gives the most tokens/s, only where the whole extraction is
+        predicted to gain, see the batching guide; ``1``: one at a time). A prompt prefix the items
+        share (instructions, schema, examples) is evaluated once. Greedy results are those of :meth:`extract`, except
         where the model hesitates between two tokens (an engine rounds a batch differently). Engines
         that hold one sequence per context (ONNX Runtime GenAI) run one item at a time.
         ``progress=True`` shows a progress bar with items/s."""

@@ -315,9 +315,12 @@ def _run(args: argparse.Namespace) -> int:
                     inv = r.get("invariant") or {}
                     report.add(model, "batch", EDGESLM, **r["extract_many"], batch_size=r["batch_size"],
                                decode_gain=r["decode_gain"], greedy_same=r["greedy_same"], bound=r["bound"],
-                               auto_batch_size=r["auto_batch_size"],
+                               auto_batch_size=r["auto"]["batched"],
                                invariant_same=inv.get("greedy_same"), invariant_docs=inv.get("documents"),
                                invariant_cost=inv.get("cost_one_at_a_time"))
+                    auto = {k: v for k, v in r["auto"].items() if k != "batched"}
+                    report.add(model, "batch", "edgeslm extract_many(batch_size=None)", **auto,
+                               batch_size=r["auto"]["batched"])
                     report.add(model, "batch", "edgeslm extract, one at a time", **r["one_at_a_time"])
                     if r.get("peer"):
                         report.add(model, "batch", "llama-cpp-python response_format", **r["peer"])
