@@ -143,7 +143,8 @@ class _FeedRun(_BatchRun):
 def run_feed(model: Any, feed: JobFeed, batch_size: int | None = None) -> None:
     """Run *feed*'s jobs on *model* (see the module docstring) until it is dry; every job is
     settled when this returns or raises. ``batch_size``: the sequences at most (``None``: chosen
-    as ``extract_many`` chooses, for the jobs waiting at the start)."""
+    by :func:`~edgeslm.api.batch.chosen_batch_size` for the jobs waiting at the start: the probed
+    decode gain, as requests come one by one and cannot be measured first)."""
     error: BaseException = ModelClosedError("the batch ended before this call ran",
                                             hint="retry the request")
     try:

@@ -88,7 +88,7 @@ def serve(
     JSON/TOML file (see :mod:`edgeslm.server.config`) or a :class:`~edgeslm.server.config.ServeConfig`.
     ``adapters``/``n_ctx``/``backend``/``device`` are passed to :func:`edgeslm.load` when *model* is
     not loaded yet. ``batch_size``: the most ``response_format`` requests decoded together (default:
-    the config file's, else chosen as ``extract_many`` chooses; 1: one at a time). On a stop signal:
+    the config file's, else chosen by the engine's probed decode gain; 1: one at a time). On a stop signal:
     new requests get 503, running streams end with an error event and ``[DONE]``, running non-stream
     calls finish, the model is closed, and it returns."""
     _require_stack()

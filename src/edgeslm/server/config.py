@@ -13,7 +13,7 @@ Nothing here can be set by a request. A config file looks like this (TOML; the s
 
     [batching]
     batch_size = 8                # response_format requests decoded together at most (default: chosen
-                                  # as extract_many chooses; 1: one at a time); --batch-size overrides
+                                  # by the engine's probed decode gain; 1: one at a time); --batch-size overrides
 
     [escalation]                  # off unless present
     base_url = "https://api.openai.com/v1"
