@@ -180,6 +180,7 @@ def test_a_batch_the_engine_cannot_allocate_is_halved_when_automatic_and_an_erro
     monkeypatch.setattr(engine, "fork", fork)
     # what a roomier machine would choose: 4 sequences, and batching predicted to pay after the first
     # two items (measured one at a time); the other two are then asked of a batch of 4
+    monkeypatch.setattr(batch, "_probe_pays", lambda *a, **k: True)
     monkeypatch.setattr(batch, "_auto_plan", lambda *a, **k: (4, 10.0, 0.01))
     monkeypatch.setattr(batch, "predicted_gain", lambda *a, **k: 2.0)
     texts = TEXTS[:5]
@@ -380,6 +381,7 @@ def test_automatic_batching_is_decided_on_the_first_items_measured(smollm2, monk
     forks: list[int] = []
     real_fork = engine.fork
     monkeypatch.setattr(engine, "fork", lambda n, c: (forks.append(n), real_fork(n, c))[1])
+    monkeypatch.setattr(batch, "_probe_pays", lambda *a, **k: True)  # (its own test is below)
     # a probe that found a gain (capped by the items, as the real one is)
     monkeypatch.setattr(batch, "_auto_plan", lambda engine, n_ctx, total: (min(4, total or 4), 3.0, 0.01))
     seen: list[object] = []
@@ -410,9 +412,36 @@ def test_the_probe_runs_only_where_it_can_pay_for_itself(smollm2, monkeypatch) -
                            reused_prompt_tokens=150, decode_tokens_per_s=30.0)
     batch._STEPS.pop(engine.vocab_owner, None)
     assert not batch._probe_pays(quick, 4, smollm2.n_ctx, engine)
+    assert not batch._probe_pays(slow, 1, smollm2.n_ctx, engine)  # one item left: no batch at all
     assert batch._probe_pays(slow, 4, smollm2.n_ctx, engine)
     assert batch._probe_pays(quick, None, smollm2.n_ctx, engine)  # an open-ended stream
     assert batch._probe_sizes(32) == [8, 16, 32] and batch._probe_sizes(12) == [8, 12]
     assert batch._probe_sizes(4) == [4] and batch._probe_sizes(1) == []
     batch.best_batch_size(engine, 4)  # measured once: from now on free
     assert batch._probe_pays(quick, 4, smollm2.n_ctx, engine)
+
+
+@requires_smollm2
+def test_a_batch_measured_slower_than_one_at_a_time_hands_the_rest_back(smollm2, monkeypatch) -> None:
+    """The guard behind batch_size=None: once the first wave of a batch is done, a batch slower per
+    item than the item measured one at a time takes no more items; the rest run one at a time, every
+    item comes back once, and no batch thread is left."""
+    mine: list[str] = []
+    real = type(smollm2).extract
+
+    def extract(self, text, *a, **k):
+        if self is smollm2:
+            mine.append(text)
+        return real(self, text, *a, **k)
+
+    monkeypatch.setattr(type(smollm2), "extract", extract)
+    texts = TEXTS[:8]
+    got = dict(batch._batched(smollm2, iter(enumerate(texts)), SCHEMA, 2, {}, auto=True, one_s=1e-9))
+    assert sorted(got) == list(range(8))
+    for i, x in got.items():
+        assert isinstance(x, edgeslm.Extraction) and x.data["name"] in texts[i]
+    assert 4 <= len(mine) <= 6, mine  # the first wave (and what a worker took meanwhile) was batched
+    assert _batch_threads() == []
+    mine.clear()  # a batch faster than one at a time keeps every item
+    got = dict(batch._batched(smollm2, iter(enumerate(texts)), SCHEMA, 2, {}, auto=True, one_s=1e9))
+    assert sorted(got) == list(range(8)) and mine == []

@@ -233,6 +233,10 @@ def predicted_gain(usage: Any, step_one_s: float, decode_gain: float, efficiency
 
         1 / (p + (1 - p) * d / (decode_gain * efficiency)),  d = measured rate * step_one_s
     """
+    return _predict(usage, step_one_s, decode_gain, efficiency)
+
+
+def _predict(usage: Any, step_one_s: float, decode_gain: float, efficiency: float) -> float:
     total = float(getattr(usage, "total_time_s", 0.0) or 0.0)
     rate = float(getattr(usage, "decode_tokens_per_s", 0.0) or 0.0)
     if total <= 0 or rate <= 0 or step_one_s <= 0 or decode_gain <= 0:
@@ -267,6 +271,7 @@ def extract_iter(
     try:
         with model._gen.holding() as engine:  # raises ModelClosedError once closed
             n = 1 if batch_size is None else chosen_batch_size(engine, model.n_ctx, batch_size, total)
+        one_s: float | None = None
         if batch_size is None and _can_fork(engine) and (total is None or total > MEASURE_ITEMS + 1):
             # measured, not assumed: the first items one at a time (the second with the prefix cached),
             # then the engine is probed only where a batch could pay the probe back, and the rest are
@@ -277,7 +282,9 @@ def extract_iter(
                     i, text = next(pairs)
                 except StopIteration:
                     return
+                t_item = time.perf_counter()
                 last = _extract_one(model, i, text, schema, extract_kwargs)
+                one_s = time.perf_counter() - t_item
                 if bar is not None:
                     bar.advance(last)
                 yield i, last
@@ -288,7 +295,7 @@ def extract_iter(
                     size, gain, step_one = _auto_plan(engine, model.n_ctx, left)
             if size > 1 and gain >= MIN_PROBE_GAIN and predicted_gain(last.usage, step_one, gain) >= MIN_PREDICTED_GAIN:
                 n = size
-        run = _batched(model, pairs, schema, n, extract_kwargs, auto=batch_size is None) if n > 1 and \
+        run = _batched(model, pairs, schema, n, extract_kwargs, auto=batch_size is None, one_s=one_s) if n > 1 and \
             _can_fork(engine) else _one_by_one(model, pairs, schema, extract_kwargs)
         for i, result in run:
             if bar is not None:
@@ -301,22 +308,28 @@ def extract_iter(
 
 def _probe_pays(usage: Any, left: int | None, n_ctx: int, engine: Backend) -> bool:
     """Whether probing the engine's batched decode rate can pay for itself on the *left* items
-    (``None``: an open-ended stream, which it can): even with decode time gone entirely (the Amdahl
-    bound), what batching saves must be at least :data:`PROBE_PAYBACK` times the probe's cost,
-    estimated from the measured item's prompt rate (~6 evaluated tokens per probed sequence), or
-    nothing where the probe's figures are kept from an earlier call."""
+    (``None``: an open-ended stream, which it can): at best a step of N sequences would give N
+    times the tokens/s (:func:`predicted_gain` with that gain and the measured item's timings); what
+    that saves on the items left must be at least :data:`PROBE_PAYBACK` times the probe's cost,
+    estimated from the measured item (per probed size: 6 evaluated tokens per sequence at its
+    prompt rate and 8 steps at its decode rate), or nothing where the probe's figures are kept."""
     if left is None:
         return True
-    sizes = _probe_sizes(batch_cap(engine, n_ctx, left))
+    cap = batch_cap(engine, n_ctx, left)
+    sizes = _probe_sizes(cap)
+    if not sizes:
+        return False
     if all(n in _STEPS.get(engine.vocab_owner, {}) for n in sizes):
         return True  # measured already: free
     total = float(getattr(usage, "total_time_s", 0.0) or 0.0)
     ttft = float(getattr(usage, "time_to_first_token_s", 0.0) or 0.0)
+    rate = float(getattr(usage, "decode_tokens_per_s", 0.0) or 0.0)
     evaluated = int(getattr(usage, "prompt_tokens", 0) or 0) - int(getattr(usage, "reused_prompt_tokens", 0) or 0)
-    if total <= 0 or ttft <= 0 or evaluated <= 0:
+    if total <= 0 or ttft <= 0 or evaluated <= 0 or rate <= 0:
         return True
-    probe_s = 6 * sum(sizes) * ttft / evaluated
-    return left * (total - ttft) >= PROBE_PAYBACK * probe_s
+    probe_s = sum(6 * n * ttft / evaluated + 8 / rate for n in sizes)
+    best = _predict(usage, 1.0 / rate, float(cap), BATCH_EFFICIENCY)  # the most any batch of cap could give
+    return left * total * (1.0 - 1.0 / best) >= PROBE_PAYBACK * probe_s
 
 
 def _probe_sizes(cap: int) -> list[int]:
@@ -599,15 +612,25 @@ def _open_fork(engine: Backend, n: int, n_ctx: int, auto: bool) -> tuple[Backend
 
 
 def _batched(model: Any, pairs: Iterator[tuple[int, Any]], schema: Any, n: int,
-             kwargs: dict[str, Any], *, auto: bool) -> Iterator[tuple[int, Result]]:
+             kwargs: dict[str, Any], *, auto: bool, one_s: float | None = None) -> Iterator[tuple[int, Result]]:
+    """Batched decoding of *pairs*; with *one_s* (seconds an item took one at a time, measured), the
+    batch is checked once its first *n* items are done: slower than that, it takes no more items and
+    the rest run one at a time."""
     run = _BatchRun(model, pairs, schema, kwargs)
     if not run.start(n, auto):  # not even 2 sequences fit: one at a time
         yield from _one_by_one(model, pairs, schema, kwargs)
         return
+    t0, done = time.perf_counter(), 0
     try:
-        yield from run
+        for got in run:
+            yield got
+            done += 1
+            if one_s is not None and done == n and (time.perf_counter() - t0) / done > one_s:
+                run.draining = True  # measured slower than one at a time: finish these, then one by one
     finally:
         run.shutdown()
+    if run.draining:
+        yield from _one_by_one(model, pairs, schema, kwargs)
 
 
 class _BatchRun:
@@ -632,6 +655,7 @@ class _BatchRun:
         self.error: BaseException | None = None
         self._state = threading.Lock()
         self._ended = False
+        self.draining = False  # set: workers take no new item, the batch ends when theirs are done
 
     def start(self, n: int, auto: bool) -> bool:
         """Take the model, open the context and start the workers; ``False`` (model released) when not
@@ -690,7 +714,7 @@ class _BatchRun:
             if self.stop.is_set():
                 return None
         try:
-            if self.stop.is_set():
+            if self.stop.is_set() or self.draining:
                 return None
             self.reading[seq] = True
             try:
