@@ -85,12 +85,12 @@ MAX_SEQUENCES = 256
 FORK_BATCH = 512
 #: A request of at least this many tokens looks for a prefix another sequence holds.
 SHARE_MIN_TOKENS = 16
-#: With ``batch_size=None``, items decode together only when one decode step of the chosen batch
-#: gives at least this many times the tokens per second of a step of one sequence (measured once
-#: per model). Prompt tokens gain nothing from batching once the engine is compute-bound, so a
-#: smaller decode gain does not pay: SmolLM2-135M on 2 CPU cores measured 1.9x / 2.3x / 2.6x per
-#: decode step at 8 / 16 / 32 sequences and 1.08x to 1.14x on whole extractions (64 documents);
-#: Gemma-3-270M 3.6x per step at 16 and 1.56x on whole extractions.
+#: Where items cannot be measured first (:func:`chosen_batch_size`: the server's requests), they decode
+#: together only when one decode step of the chosen batch gives at least this many times the tokens per
+#: second of a step of one sequence (measured once per model). Prompt tokens gain nothing from batching
+#: once the engine is compute-bound, so a smaller decode gain does not pay: SmolLM2-135M on 2 CPU cores
+#: measured 1.9x / 2.3x / 2.6x per decode step at 8 / 16 / 32 sequences and 1.08x to 1.14x on whole
+#: extractions (64 documents); Gemma-3-270M 3.6x per step at 16 and 1.56x on whole extractions.
 MIN_DECODE_GAIN = 3.0
 #: ``extract_iter(batch_size=None)`` runs its first items one at a time (the second, with the
 #: prompt prefix cached, is measured), then batches the rest only where the whole extraction is
@@ -215,7 +215,8 @@ def _best_size(cap: int, gain_of: Callable[[int], float]) -> tuple[int, float]:
 
 
 def chosen_batch_size(engine: Backend, n_ctx: int, batch_size: int | None = None, total: int | None = None) -> int:
-    """The sequences ``extract_iter`` decodes together: *batch_size*, or with ``None`` the
+    """The sequences to decode together without measuring items first (``edgeslm serve``'s
+    requests; ``extract_iter`` with a *batch_size*): *batch_size*, or with ``None`` the
     :func:`best_batch_size` within :func:`auto_batch_size`, and 1 unless its :func:`decode_gain`
     reaches :data:`MIN_DECODE_GAIN`; never more than *total* items."""
     if batch_size is not None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-import tempfile
 from pathlib import Path
 
 __all__ = ["key", "read", "sample", "write"]
@@ -83,6 +82,8 @@ def read(key: str, n_vocab: int) -> list[bytes] | None:
 
 def write(key: str, pieces: list[bytes]) -> None:
     """Keep *pieces* for *key* (best effort: errors only lose the speed-up)."""
+    from ..store.files import write_bytes_atomic
+
     try:
         folder = _folder()
         folder.mkdir(parents=True, exist_ok=True)
@@ -90,16 +91,6 @@ def write(key: str, pieces: list[bytes]) -> None:
         body = MAGIC + hashlib.sha256(rest).digest() + rest
         if len(body) > MAX_BYTES:
             return
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".vocab-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(body)
-            os.replace(tmp, folder / f"{key}.bin")
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_bytes_atomic(folder / f"{key}.bin", body)
     except OSError:
         pass

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -343,44 +343,43 @@ def closing_tokens(backend: Backend) -> ClosingTokens:
 
 
 def _scan_closing(n_vocab: int, token_bytes: Callable[[int], bytes], is_eog: Callable[[int], bool]) -> ClosingTokens:
-    quotes, closers, enders = [], [], []
-    for t in range(n_vocab):
-        if is_eog(t):
-            closers.append(t)
-            enders.append(t)
-            continue
-        b = token_bytes(t).strip()
-        if not b:
-            continue
-        if b[0] in b",]}":
-            enders.append(t)
-        if b[0:1] == b'"' and all(c in _CLOSERS or c == 44 for c in b[1:]) and b.count(b",") == 0:
-            quotes.append(t)
-        elif all(c in _CLOSERS for c in b):
-            closers.append(t)
-    return ClosingTokens(*(np.asarray(x, dtype=np.int64) for x in (quotes, closers, enders)))
+    return _scan((t, b"" if is_eog(t) else token_bytes(t)) for t in range(n_vocab))._with_eog(
+        [t for t in range(n_vocab) if is_eog(t)])
 
 
 def _scan_pieces(pieces: list[bytes], eog: set[int]) -> ClosingTokens:
     """:func:`_scan_closing` over the vocabulary's pieces as llguidance reads them (control and
     ``<...>`` user-defined tokens marked with a leading ``0xff``: they end nothing in JSON, as their
     empty rendering in :func:`_scan_closing` does)."""
-    quotes, closers, enders = [], [], []
-    for t, piece in enumerate(pieces):
-        if t in eog:
-            closers.append(t)
-            enders.append(t)
-            continue
+    return _scan((t, p) for t, p in enumerate(pieces) if t not in eog and p[:1] != b"\xff")._with_eog(sorted(eog))
+
+
+class _Scanned(NamedTuple):
+    quotes: list[int]
+    closers: list[int]
+    enders: list[int]
+
+    def _with_eog(self, eog: list[int]) -> ClosingTokens:
+        """The sets, end-of-generation tokens added to closers and enders (in token order)."""
+        return ClosingTokens(np.asarray(self.quotes, dtype=np.int64),
+                             np.asarray(sorted(self.closers + eog), dtype=np.int64),
+                             np.asarray(sorted(self.enders + eog), dtype=np.int64))
+
+
+def _scan(pieces: Iterable[tuple[int, bytes]]) -> _Scanned:
+    """Classify ``(token, bytes)`` pairs that are not end-of-generation tokens."""
+    out = _Scanned([], [], [])
+    for t, piece in pieces:
         b = piece.strip()
-        if not b or b[0] not in b',]}"' or piece[:1] == b"\xff":
+        if not b or b[0] not in b',]}"':
             continue
         if b[0] in b",]}":
-            enders.append(t)
+            out.enders.append(t)
         if b[0:1] == b'"' and all(c in _CLOSERS or c == 44 for c in b[1:]) and b.count(b",") == 0:
-            quotes.append(t)
+            out.quotes.append(t)
         elif all(c in _CLOSERS for c in b):
-            closers.append(t)
-    return ClosingTokens(*(np.asarray(x, dtype=np.int64) for x in (quotes, closers, enders)))
+            out.closers.append(t)
+    return out
 
 
 class JsonScan:

@@ -12,7 +12,8 @@ from typing import Any
 
 from .._errors import DownloadError
 
-__all__ = ["LockTimeoutError", "file_lock", "fsync_dir", "git_blob_sha1", "sha256_file", "write_json_atomic"]
+__all__ = ["LockTimeoutError", "file_lock", "fsync_dir", "git_blob_sha1", "sha256_file", "write_bytes_atomic",
+           "write_json_atomic"]
 
 CHUNK = 1 << 20
 
@@ -72,6 +73,24 @@ def write_json_atomic(path: Path, data: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write *data* to a unique temporary file beside *path* and move it over *path* (readers see
+    the old file or the new one, never half of one); the temporary file is removed on failure."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def fsync_dir(d: Path) -> None:

@@ -313,20 +313,10 @@ def validate_gguf_cached(path: str | os.PathLike[str]) -> GGUFInfo:
         raw = json.dumps(body, allow_nan=False)
         if json.loads(raw)["metadata"] != info.metadata:  # only what JSON keeps exactly
             return info
-        import tempfile
+        from .files import write_bytes_atomic
 
         record.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=record.parent, prefix=".rec-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(raw)
-            os.replace(tmp, record)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_bytes_atomic(record, raw.encode("utf-8"))
     except (OSError, ValueError, TypeError):
         pass
     return info
