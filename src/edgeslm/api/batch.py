@@ -201,16 +201,12 @@ def best_batch_size(engine: Backend, cap: int) -> tuple[int, float]:
 
 
 def _best_size(cap: int, gain_of: Callable[[int], float]) -> tuple[int, float]:
-    n = min(8, cap)
-    if n <= 1:
-        return 1, 1.0
-    gain = gain_of(n)
-    while n < cap:
-        bigger = min(2 * n, cap)
-        more = gain_of(bigger)
-        if more < gain * MIN_DOUBLING_GAIN:
+    n, gain = 1, 1.0
+    for size in _probe_sizes(cap):
+        more = gain_of(size)
+        if n > 1 and more < gain * MIN_DOUBLING_GAIN:
             break
-        n, gain = bigger, more
+        n, gain = size, more
     return n, gain
 
 
@@ -234,17 +230,18 @@ def predicted_gain(usage: Any, step_one_s: float, decode_gain: float, efficiency
 
         1 / (p + (1 - p) * d / (decode_gain * efficiency)),  d = measured rate * step_one_s
     """
-    return _predict(usage, step_one_s, decode_gain, efficiency)
-
-
-def _predict(usage: Any, step_one_s: float, decode_gain: float, efficiency: float) -> float:
-    total = float(getattr(usage, "total_time_s", 0.0) or 0.0)
-    rate = float(getattr(usage, "decode_tokens_per_s", 0.0) or 0.0)
+    total, ttft, rate = _timings(usage)
     if total <= 0 or rate <= 0 or step_one_s <= 0 or decode_gain <= 0:
         return 1.0
-    p = min(1.0, max(0.0, float(getattr(usage, "time_to_first_token_s", 0.0) or 0.0) / total))
+    p = min(1.0, max(0.0, ttft / total))
     d = rate * step_one_s
     return 1.0 / (p + (1.0 - p) * d / (decode_gain * efficiency))
+
+
+def _timings(usage: Any) -> tuple[float, float, float]:
+    """``(total seconds, seconds to the first token, decode tokens/s)`` of a :class:`Usage` (0 where unknown)."""
+    return tuple(float(getattr(usage, k, 0.0) or 0.0)  # type: ignore[return-value]
+                 for k in ("total_time_s", "time_to_first_token_s", "decode_tokens_per_s"))
 
 
 def batch_cap(engine: Backend, n_ctx: int, total: int | None = None) -> int:
@@ -322,19 +319,17 @@ def _probe_pays(usage: Any, left: int | None, n_ctx: int, engine: Backend) -> bo
         return False
     if all(n in _STEPS.get(engine.vocab_owner, {}) for n in sizes):
         return True  # measured already: free
-    total = float(getattr(usage, "total_time_s", 0.0) or 0.0)
-    ttft = float(getattr(usage, "time_to_first_token_s", 0.0) or 0.0)
-    rate = float(getattr(usage, "decode_tokens_per_s", 0.0) or 0.0)
+    total, ttft, rate = _timings(usage)
     evaluated = int(getattr(usage, "prompt_tokens", 0) or 0) - int(getattr(usage, "reused_prompt_tokens", 0) or 0)
     if total <= 0 or ttft <= 0 or evaluated <= 0 or rate <= 0:
         return True
     probe_s = sum(6 * n * ttft / evaluated + 8 / rate for n in sizes)
-    best = _predict(usage, 1.0 / rate, float(cap), BATCH_EFFICIENCY)  # the most any batch of cap could give
+    best = predicted_gain(usage, 1.0 / rate, float(cap))  # the most any batch of cap could give
     return left * total * (1.0 - 1.0 / best) >= PROBE_PAYBACK * probe_s
 
 
 def _probe_sizes(cap: int) -> list[int]:
-    """The sizes :func:`best_batch_size` may probe under *cap*."""
+    """The sizes :func:`best_batch_size` tries under *cap*, in order: 8 (or *cap*), doubled, capped."""
     out, n = [], min(8, cap)
     while n > 1:
         out.append(n)
@@ -346,9 +341,7 @@ def _probe_sizes(cap: int) -> list[int]:
 
 def _auto_plan(engine: Backend, n_ctx: int, total: int | None) -> tuple[int, float, float]:
     """``(size, decode gain, seconds of a one-sequence step)`` the probe finds for ``batch_size=None``
-    (``1, 1.0, 0.0`` where the engine cannot fork)."""
-    if not _can_fork(engine):
-        return 1, 1.0, 0.0
+    on an engine that can fork."""
     n, gain = best_batch_size(engine, batch_cap(engine, n_ctx, total))
     return n, gain, (decode_step_seconds(engine, n)[0] if n > 1 else 0.0)
 

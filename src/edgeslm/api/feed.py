@@ -48,7 +48,6 @@ class JobFeed:
         self._should_yield = should_yield
         self.ran = 0  #: jobs run
         self.most_at_once = 0  #: the most jobs that ran at the same time
-        self.sequences = 0  #: the sequences of the batch's context (1: one at a time)
 
     @property
     def pending(self) -> int:
@@ -155,14 +154,12 @@ def run_feed(model: Any, feed: JobFeed, batch_size: int | None = None) -> None:
         if n > 1 and _can_fork(engine):
             run = _FeedRun(model, feed)
             if run.start(n, auto=batch_size is None):
-                feed.sequences = len(run.threads)
                 try:
                     for _ in run:
                         pass
                 finally:
                     run.shutdown()
                 return
-        feed.sequences = 1
         while (job := feed.take()) is not None:
             feed.run(job, model)
     except BaseException as exc:

@@ -8,14 +8,13 @@ is rebuilt. Writing is best effort (a read-only or full disk only loses the spee
 temporary file renamed into place), so two processes never see half a file.
 
 File: ``<cache>/vocab/<key>.bin`` = ``MAGIC``, the SHA-256 of the rest, the count (uint32), each
-piece's length (uint32), the pieces. The key hashes the model file's path, size and modification time, the count and the
-llama-cpp-python version.
+piece's length (uint32), the pieces. The key (:func:`edgeslm.store.files.file_key`) follows the model
+file's identity, the count and the llama-cpp-python version.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 from pathlib import Path
 
@@ -35,14 +34,12 @@ def _folder() -> Path:
 def key(path: str, n_vocab: int) -> str | None:
     """The cache key of the model file at *path* (``None`` when it cannot be read)."""
     try:
-        st = os.stat(path)
         import llama_cpp
-
-        version = getattr(llama_cpp, "__version__", "?")
-    except (OSError, ImportError):
+    except ImportError:
         return None
-    text = f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{n_vocab}\0{version}"
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+    from ..store.files import file_key
+
+    return file_key(path, n_vocab, getattr(llama_cpp, "__version__", "?"))
 
 
 def sample(n_vocab: int, k: int = 64) -> list[int]:

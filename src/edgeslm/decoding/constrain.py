@@ -343,43 +343,33 @@ def closing_tokens(backend: Backend) -> ClosingTokens:
 
 
 def _scan_closing(n_vocab: int, token_bytes: Callable[[int], bytes], is_eog: Callable[[int], bool]) -> ClosingTokens:
-    return _scan((t, b"" if is_eog(t) else token_bytes(t)) for t in range(n_vocab))._with_eog(
-        [t for t in range(n_vocab) if is_eog(t)])
+    eog = [t for t in range(n_vocab) if is_eog(t)]
+    skip = set(eog)
+    return _closing_sets(((t, token_bytes(t)) for t in range(n_vocab) if t not in skip), eog)
 
 
 def _scan_pieces(pieces: list[bytes], eog: set[int]) -> ClosingTokens:
     """:func:`_scan_closing` over the vocabulary's pieces as llguidance reads them (control and
     ``<...>`` user-defined tokens marked with a leading ``0xff``: they end nothing in JSON, as their
     empty rendering in :func:`_scan_closing` does)."""
-    return _scan((t, p) for t, p in enumerate(pieces) if t not in eog and p[:1] != b"\xff")._with_eog(sorted(eog))
+    return _closing_sets(((t, p) for t, p in enumerate(pieces) if t not in eog and p[:1] != b"\xff"), sorted(eog))
 
 
-class _Scanned(NamedTuple):
-    quotes: list[int]
-    closers: list[int]
-    enders: list[int]
-
-    def _with_eog(self, eog: list[int]) -> ClosingTokens:
-        """The sets, end-of-generation tokens added to closers and enders (in token order)."""
-        return ClosingTokens(np.asarray(self.quotes, dtype=np.int64),
-                             np.asarray(sorted(self.closers + eog), dtype=np.int64),
-                             np.asarray(sorted(self.enders + eog), dtype=np.int64))
-
-
-def _scan(pieces: Iterable[tuple[int, bytes]]) -> _Scanned:
-    """Classify ``(token, bytes)`` pairs that are not end-of-generation tokens."""
-    out = _Scanned([], [], [])
+def _closing_sets(pieces: Iterable[tuple[int, bytes]], eog: list[int]) -> ClosingTokens:
+    """Classify ``(token, bytes)`` pairs (end-of-generation tokens left out: *eog*, in token order,
+    joins the closers and the enders)."""
+    quotes, closers, enders = [], [], []
     for t, piece in pieces:
         b = piece.strip()
         if not b or b[0] not in b',]}"':
             continue
         if b[0] in b",]}":
-            out.enders.append(t)
+            enders.append(t)
         if b[0:1] == b'"' and all(c in _CLOSERS or c == 44 for c in b[1:]) and b.count(b",") == 0:
-            out.quotes.append(t)
+            quotes.append(t)
         elif all(c in _CLOSERS for c in b):
-            out.closers.append(t)
-    return out
+            closers.append(t)
+    return ClosingTokens(*(np.asarray(sorted(x), dtype=np.int64) for x in (quotes, closers + eog, enders + eog)))
 
 
 class JsonScan:

@@ -12,8 +12,8 @@ from typing import Any
 
 from .._errors import DownloadError
 
-__all__ = ["LockTimeoutError", "file_lock", "fsync_dir", "git_blob_sha1", "sha256_file", "write_bytes_atomic",
-           "write_json_atomic"]
+__all__ = ["LockTimeoutError", "file_key", "file_lock", "fsync_dir", "git_blob_sha1", "sha256_file",
+           "write_bytes_atomic", "write_json_atomic"]
 
 CHUNK = 1 << 20
 
@@ -73,6 +73,19 @@ def write_json_atomic(path: Path, data: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def file_key(path: str | os.PathLike[str], *extra: object) -> str | None:
+    """A key for what is remembered about the file at *path* (and *extra*): it changes when the file
+    is replaced or rewritten (resolved path, size, modification time, inode). ``None`` when the file
+    cannot be read."""
+    try:
+        p = Path(path).resolve()
+        st = p.stat()
+    except (OSError, RuntimeError):
+        return None
+    text = "\0".join(map(str, (p, st.st_size, st.st_mtime_ns, st.st_ino, *extra)))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

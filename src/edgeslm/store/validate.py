@@ -15,7 +15,7 @@ import mmap
 import os
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -280,41 +280,31 @@ def validate_gguf_cached(path: str | os.PathLike[str]) -> GGUFInfo:
     folder (``validated/``): a large vocabulary takes 0.1-0.2 s of Python to check on every load
     (Gemma-3's 262k tokens), the remembered result milliseconds. A changed file is checked again; a
     damaged or foreign record is ignored; recording is best effort."""
-    import hashlib
-    import json
+    from .._version import __version__
+    from .files import file_key, write_bytes_atomic
+    from .paths import cache_home
 
     p = Path(path)
-    try:
-        st = p.stat()
-        from .._version import __version__
-        from .paths import cache_home
-
-        text = f"{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{__version__}"
-        record = cache_home() / "validated" / (hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:40]
-                                               + ".json")
-    except (OSError, ImportError):
+    key = file_key(p, __version__)
+    if key is None:
         return validate_gguf(p)
     try:
+        record = cache_home() / "validated" / f"{key}.json"
+    except OSError:
+        return validate_gguf(p)
+    names = [f.name for f in fields(GGUFInfo) if f.name != "path"]
+    try:
         d = json.loads(record.read_text("utf-8"))
-        if d.get("key") == text:
-            return GGUFInfo(path=p, version=d["version"], tensor_count=d["tensor_count"], kv_count=d["kv_count"],
-                            alignment=d["alignment"], data_offset=d["data_offset"], file_size=d["file_size"],
-                            metadata=d["metadata"], array_lengths=d["array_lengths"], tensor_bytes=d["tensor_bytes"],
-                            tensor_shapes={k: tuple(v) for k, v in d["tensor_shapes"].items()},
-                            tensor_types=d["tensor_types"])
+        if d.get("key") == key:
+            d["tensor_shapes"] = {k: tuple(v) for k, v in d["tensor_shapes"].items()}
+            return GGUFInfo(path=p, **{n: d[n] for n in names})
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
     info = validate_gguf(p)
     try:
-        body = {"key": text, "version": info.version, "tensor_count": info.tensor_count, "kv_count": info.kv_count,
-                "alignment": info.alignment, "data_offset": info.data_offset, "file_size": info.file_size,
-                "metadata": info.metadata, "array_lengths": info.array_lengths, "tensor_bytes": info.tensor_bytes,
-                "tensor_shapes": info.tensor_shapes, "tensor_types": info.tensor_types}
-        raw = json.dumps(body, allow_nan=False)
+        raw = json.dumps({"key": key, **{n: getattr(info, n) for n in names}}, allow_nan=False)
         if json.loads(raw)["metadata"] != info.metadata:  # only what JSON keeps exactly
             return info
-        from .files import write_bytes_atomic
-
         record.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(record, raw.encode("utf-8"))
     except (OSError, ValueError, TypeError):
