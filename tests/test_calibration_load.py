@@ -214,7 +214,9 @@ def _documents(draw: st.DrawFn) -> bytes:
         elif op == "drop":
             del parent[path[-1]]
         else:
-            parent[path[-1]] = draw(_SPECIAL if op == "special" else _JSON)
+            # a copy: _SPECIAL's lists and dicts are shared objects, and a later mutation inside one
+            # would change it for every example (or make it contain itself)
+            parent[path[-1]] = copy.deepcopy(draw(_SPECIAL if op == "special" else _JSON))
     return json.dumps(d).encode()
 
 
