@@ -13,8 +13,8 @@ import json
 import time
 
 import edgeslm
-from edgeslm.api.cli_calibrate import render
 from edgeslm.bench.labeled import load_task, tasks
+from edgeslm.cli.calibrate import render
 
 
 def main() -> None:

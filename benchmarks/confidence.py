@@ -15,7 +15,7 @@ import time
 import edgeslm
 from edgeslm.api.calibrate import DEFAULT_SCORES, fields_match
 from edgeslm.bench.labeled import load_task, tasks
-from edgeslm.runtime.calibration import auroc, build_report, ece
+from edgeslm.escalation.calibration import auroc, build_report, ece
 
 
 def main() -> None:

@@ -47,7 +47,7 @@ def gold_teacher(rows: list[dict[str, Any]]) -> Any:
 
 def auroc(rows: list[dict[str, Any]]) -> float | None:
     """AUROC of the confidence for 'every field right', over the valid answers."""
-    from edgeslm.runtime.calibration import auroc as _auroc
+    from edgeslm.escalation.calibration import auroc as _auroc
 
     ok = [r for r in rows if r.get("confidence") is not None]
     y = [bool(r["exact"]) for r in ok]

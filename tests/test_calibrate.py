@@ -12,7 +12,7 @@ import pytest
 import edgeslm
 from edgeslm.api.calibrate import fields_match
 from edgeslm.bench.labeled import load_task, tasks
-from edgeslm.runtime.calibration import CalibrationReport
+from edgeslm.escalation.calibration import CalibrationReport
 
 from .conftest import requires_smollm2
 
@@ -132,9 +132,9 @@ def test_calibrate_with_a_scripted_model_counts_invalid_and_wrong() -> None:
 def test_render_and_cli_errors(capsys: pytest.CaptureFixture[str]) -> None:
     from rich.console import Console
 
-    from edgeslm.api.cli_calibrate import render
     from edgeslm.cli import main
-    from edgeslm.runtime.calibration import build_report
+    from edgeslm.cli.calibrate import render
+    from edgeslm.escalation.calibration import build_report
 
     rep = build_report({"confidence": [0.1, 0.3, 0.6, 0.9]}, [0, 1, 1, 1], [1, 1, 1, 1], budget=0.25)
     con = Console(record=True, width=120)

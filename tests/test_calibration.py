@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import edgeslm
-from edgeslm.runtime.calibration import (
+from edgeslm.escalation.calibration import (
     CalibrationReport,
     Calibrator,
     auroc,

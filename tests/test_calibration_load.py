@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import edgeslm
-from edgeslm.runtime.calibration import CalibrationReport, Calibrator, build_report
+from edgeslm.escalation.calibration import CalibrationReport, Calibrator, build_report
 
 
 def _reports() -> dict[str, CalibrationReport]:

@@ -49,8 +49,8 @@ def test_cli_extract_unreadable_input_is_friendly(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(("verb", "module"), [
-    ("pull", "edgeslm.store.cli"), ("list", "edgeslm.store.cli"), ("rm", "edgeslm.store.cli"),
-    ("verify", "edgeslm.store.cli"), ("extract", "edgeslm.api.cli_extract"), ("calibrate", "edgeslm.api.cli_calibrate"),
+    ("pull", "edgeslm.cli.store"), ("list", "edgeslm.cli.store"), ("rm", "edgeslm.cli.store"),
+    ("verify", "edgeslm.cli.store"), ("extract", "edgeslm.cli.extract"), ("calibrate", "edgeslm.cli.calibrate"),
 ])
 def test_cli_verb_whose_module_cannot_import_names_it(verb: str, module: str, monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:

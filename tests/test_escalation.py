@@ -19,8 +19,8 @@ import pytest
 import edgeslm
 from edgeslm.api.escalate import chat_request, chat_with_escalation, extract_with_escalation, extraction_request
 from edgeslm.api.results import ChatResult, Extraction, Usage
-from edgeslm.runtime.calibration import build_report
-from edgeslm.runtime.escalation import EscalationRequest
+from edgeslm.escalation.calibration import build_report
+from edgeslm.escalation.policy import EscalationRequest
 
 from ._cloud_standin import CloudStandin, reply_content, reply_tool_calls
 from .conftest import requires_smollm2
@@ -418,7 +418,7 @@ socket.socket.connect = boom
 socket.socket.connect_ex = boom
 import edgeslm
 assert edgeslm.check_schema({"type": "object", "properties": {"a": {"type": "string"}}})
-from edgeslm.runtime.calibration import build_report
+from edgeslm.escalation.calibration import build_report
 build_report({"confidence": [0.1, 0.5, 0.9, 0.3]}, [0, 1, 1, 0], [1, 1, 1, 1], budget=0.25)
 edgeslm.Escalation(lambda req: "{}", min_confidence=0.5, budget=0.1)
 assert "openai" not in sys.modules, "openai was imported"

@@ -17,7 +17,7 @@ import pytest
 import edgeslm
 from edgeslm.api.escalate import chat_request, extraction_request
 from edgeslm.api.results import ToolCall
-from edgeslm.runtime.escalation import EscalationRequest
+from edgeslm.escalation.policy import EscalationRequest
 
 from ._cloud_standin import CloudStandin, reply_content
 

@@ -80,7 +80,7 @@ def test_a_validated_gguf_is_remembered_until_the_file_changes(tmp_path, monkeyp
     import os
     import shutil
 
-    from edgeslm.store import validate
+    from edgeslm.backends import gguf_file as validate
 
     monkeypatch.setenv("EDGESLM_HOME", str(tmp_path / "home"))
     f = tmp_path / "m.gguf"

@@ -124,10 +124,10 @@ def test_gpu_without_an_offload_build_gives_the_install_line() -> None:
 
 
 def test_shape_from_the_gguf_header_uses_real_tensor_sizes(smollm2_path) -> None:
-    from edgeslm.store import validate_gguf
+    from edgeslm.backends.gguf_file import gguf_shape, validate_gguf
 
     info = validate_gguf(smollm2_path)
-    shape = ModelShape.from_gguf(info)
+    shape = gguf_shape(info)
     assert shape is not None and shape.n_layers == 30 and shape.source == "gguf"
     assert shape.weight_bytes == sum(info.tensor_bytes.values())
     assert shape.weight_bytes <= smollm2_path.stat().st_size <= shape.weight_bytes + info.data_offset + 64 * 32

@@ -228,7 +228,7 @@ def test_bad_extra_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_cli_register_and_list(capsys: pytest.CaptureFixture[str]) -> None:
-    from edgeslm.store import cli
+    from edgeslm.cli import store as cli
 
     parser = argparse.ArgumentParser(prog="edgeslm")
     sub = parser.add_subparsers(dest="command")

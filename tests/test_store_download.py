@@ -586,7 +586,7 @@ def test_pull_real_model_end_to_end(hub: FakeHub, smollm2_path: Path) -> None:
 def test_cli_pull_list_verify_rm(hub: FakeHub, capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from edgeslm.store import cli
+    from edgeslm.cli import store as cli
 
     parser = argparse.ArgumentParser(prog="edgeslm")
     cli.register(parser.add_subparsers(dest="command"))

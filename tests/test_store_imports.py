@@ -101,7 +101,7 @@ def _graph() -> dict[str, set[str]]:
     return {_module_name(f): _imports(f, modules) for f in files}
 
 
-# No cycle is tolerated anywhere (api.model <-> api.tools was the last, gone with api.generation).
+# No cycle is tolerated anywhere (api.model <-> api.tool_use was the last, gone with api.generation).
 KNOWN_OUTSIDE_STORE: list[list[str]] = []
 
 

@@ -17,8 +17,11 @@ from pathlib import Path
 import pytest
 
 from edgeslm import _errors as E
-from edgeslm.store import validate as V
-from edgeslm.store.validate import GGUFInfo, validate_gguf, validate_model_file, validate_onnx_folder
+from edgeslm.backends import gguf_file as V
+from edgeslm.backends import onnx_files
+from edgeslm.backends.gguf_file import GGUFInfo, validate_gguf
+from edgeslm.backends.onnx_files import validate_onnx_folder
+from edgeslm.store.validate import validate_model_file
 
 from ._store_fakehub import make_gguf, make_onnx
 
@@ -192,7 +195,9 @@ def _mapped(monkeypatch: pytest.MonkeyPatch, view, limit: int | None = None) -> 
             data += chunk
         return contextlib.nullcontext(view(data))
 
-    monkeypatch.setattr(V, "mmap", types.SimpleNamespace(mmap=fake_mmap, ACCESS_READ=mmap.ACCESS_READ))
+    fake = types.SimpleNamespace(mmap=fake_mmap, ACCESS_READ=mmap.ACCESS_READ)
+    monkeypatch.setattr(V, "mmap", fake)
+    monkeypatch.setattr(onnx_files, "mmap", fake)
 
 
 @pytest.mark.parametrize("bundled", ["smollm2-135m", "gemma-3-270m"])

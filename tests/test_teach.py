@@ -322,7 +322,7 @@ def test_a_dataset_that_cannot_be_written_stops_the_run_and_keeps_the_text_pendi
     """The label is not on disk, so the text is not marked done: a rerun asks it again."""
     out = tmp_path / "train.jsonl"
     edgeslm.teach(TEXTS[:1], CONTACT, teacher=teacher(cloud), out=out)
-    import edgeslm.runtime.escalation as escmod
+    import edgeslm.escalation.policy as escmod
 
     def full(path, record):  # type: ignore[no-untyped-def]
         raise OSError(28, "No space left on device")

@@ -146,7 +146,7 @@ def add(a: int, b: int = 0) -> int:
 
 @pytest.mark.parametrize("name", sorted(FORMATS))
 def test_grammar_accepts_rendered_calls_only(smollm2: edgeslm.Model, name: str) -> None:
-    from edgeslm.api.tools import plan_tools
+    from edgeslm.api.tool_use import plan_tools
 
     fmt = get_format(name)
     plan = plan_tools([weather, add], "auto", True, fmt)
@@ -170,7 +170,7 @@ def test_grammar_accepts_rendered_calls_only(smollm2: edgeslm.Model, name: str) 
 
 
 def test_call_grammar_takes_every_form_and_only_valid_calls(smollm2: edgeslm.Model) -> None:
-    from edgeslm.api.tools import plan_tools
+    from edgeslm.api.tool_use import plan_tools
 
     g = plan_tools([weather, add], "auto", True, get_format("hermes")).call_grammar(smollm2._engine)
     for text in ('{"name": "weather", "arguments": {"city": "Oslo"}}',
@@ -235,7 +235,7 @@ def test_generic_format_takes_other_name_keys() -> None:
 
 
 def test_a_text_answer_holding_a_call_is_an_error() -> None:
-    from edgeslm.api.tools import _check_text, plan_tools
+    from edgeslm.api.tool_use import _check_text, plan_tools
 
     plan = plan_tools([weather], "auto", True, get_format("gemma3"))
     _check_text(plan, "It is sunny [1, 2].")

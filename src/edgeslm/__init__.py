@@ -45,13 +45,13 @@ if TYPE_CHECKING:
     from .api.model import ChatStream, Model
     from .api.plan import plan
     from .api.results import ChatChunk, ChatResult, Extraction, ToolCall, Usage
-    from .api.tools import ToolRun
+    from .api.tool_use import ToolRun
     from .decoding.support import SchemaSupport, check_schema
     from .distill.finetune import FinetuneReport, finetune
     from .distill.teach import TeachReport, teach
-    from .runtime.calibration import CalibrationReport
-    from .runtime.cloud import OpenAICompatible
-    from .runtime.escalation import CloudAnswer, Escalation, EscalationRequest
+    from .escalation.calibration import CalibrationReport
+    from .escalation.policy import CloudAnswer, Escalation, EscalationRequest
+    from .escalation.targets import OpenAICompatible
     from .runtime.hardware import Hardware, detect
     from .runtime.planner import Plan
     from .server import serve
@@ -128,7 +128,7 @@ _LAZY = {
     "ChatResult": ".api.results",
     "Extraction": ".api.results",
     "ToolCall": ".api.results",
-    "ToolRun": ".api.tools",
+    "ToolRun": ".api.tool_use",
     "Tool": ".tools.spec",
     "tool": ".tools.spec",
     "Usage": ".api.results",
@@ -138,11 +138,11 @@ _LAZY = {
     "SchemaSupport": ".decoding.support",
     "check_schema": ".decoding.support",
     "calibrate": ".api.calibrate",
-    "CalibrationReport": ".runtime.calibration",
-    "OpenAICompatible": ".runtime.cloud",
-    "CloudAnswer": ".runtime.escalation",
-    "Escalation": ".runtime.escalation",
-    "EscalationRequest": ".runtime.escalation",
+    "CalibrationReport": ".escalation.calibration",
+    "OpenAICompatible": ".escalation.targets",
+    "CloudAnswer": ".escalation.policy",
+    "Escalation": ".escalation.policy",
+    "EscalationRequest": ".escalation.policy",
     "finetune": ".distill.finetune",
     "FinetuneReport": ".distill.finetune",
     "teach": ".distill.teach",

@@ -215,7 +215,7 @@ def check_escalation(escalation: Any) -> None:
     """``None`` or an :class:`edgeslm.Escalation`."""
     if escalation is None:
         return
-    from ..runtime.escalation import Escalation
+    from ..escalation.policy import Escalation
 
     if not isinstance(escalation, Escalation):
         raise InvalidRequestError(f"escalation must be an edgeslm.Escalation, not {type(escalation).__name__}",

@@ -17,7 +17,7 @@ from typing import Any
 
 from .._errors import ExtractionFailed, InvalidRequestError
 from ..decoding.scores import CANDIDATES
-from ..runtime.calibration import CalibrationReport, build_report
+from ..escalation.calibration import CalibrationReport, build_report
 
 __all__ = ["DEFAULT_SCORES", "calibrate", "fields_match"]
 

@@ -25,56 +25,15 @@ def package_version(dist: str) -> str | None:
         return None
 
 
-def _llama_engine() -> dict[str, Any]:
-    out: dict[str, Any] = {"package": "llama-cpp-python", "version": package_version("llama_cpp_python")}
-    if out["version"] is None:
-        out["error"] = "not installed: pip install llama-cpp-python"
-        return out
-    try:
-        from ..backends.llamacpp import build_features, gpu_offload_supported, system_info
-
-        info = system_info()
-        feats = build_features(info)
-        out["system_info"] = info
-        out["backends"] = sorted(feats)
-        cpu = feats.get("CPU", {})
-        out["cpu_kernels"] = sorted(k for k, v in cpu.items() if v == "1")
-        out["amx"] = cpu.get("AMX_INT8") == "1"
-        out["gpu_offload"] = bool(gpu_offload_supported())
-        out["cuda"] = "CUDA" in feats
-        out["metal"] = "Metal" in feats or "METAL" in feats or "MTL" in feats
-        out["vulkan"] = "Vulkan" in feats or "VULKAN" in feats
-    except Exception as exc:  # a broken install must not break the doctor
-        out["error"] = f"{type(exc).__name__}: {exc}"
-    return out
-
-
-def _onnx_engine() -> dict[str, Any]:
-    ver = package_version("onnxruntime-genai") or package_version("onnxruntime-genai-cuda")
-    out: dict[str, Any] = {"package": "onnxruntime-genai", "version": ver}
-    if ver is None:
-        out["error"] = "not installed: pip install onnxruntime-genai"
-        return out
-    providers = ["cpu"]
-    if package_version("onnxruntime-genai-cuda"):
-        providers.append("cuda")
-    if package_version("onnxruntime-genai-directml"):
-        providers.append("dml")
-    out["providers"] = providers
-    ort = package_version("onnxruntime") or package_version("onnxruntime-gpu")
-    if ort:
-        out["onnxruntime"] = ort
-    return out
-
-
 def report(hardware: Hardware | None = None, *, n_ctx: int | None = None) -> dict[str, Any]:
     """Everything the doctor shows, as data: hardware, engines, self-checks, catalog models here."""
+    from ..backends.registry import backend_names, get_backend
     from ..runtime.planner import gpu_install_hint, plan_variant
     from ..runtime.selfcheck import build_identity, known_checks
     from ..store import list_entries
 
     hw = hardware or detect()
-    llama = _llama_engine()
+    engines = {name: get_backend(name).doctor_row() for name in backend_names()}
     hint = gpu_install_hint(hw)
     build = build_identity()
     checks = []
@@ -105,7 +64,7 @@ def report(hardware: Hardware | None = None, *, n_ctx: int | None = None) -> dic
             "gpus": [{"name": g.name, "api": g.api, "memory_total": g.memory_total, "memory_free": g.memory_free,
                       "cuda_version": g.cuda_version} for g in hw.gpus],
         },
-        "engines": {"llama.cpp": llama, "onnx": _onnx_engine()},
+        "engines": engines,
         "gpu_install_hint": hint,
         "selfchecks": checks,
         "models": models,
@@ -139,18 +98,9 @@ def render(rep: dict[str, Any], console: Any) -> None:
     t = Table(title="Engines", title_justify="left")
     for col in ("engine", "version", "what it can use here"):
         t.add_column(col)
-    ll = rep["engines"]["llama.cpp"]
-    if ll.get("error"):
-        t.add_row("llama.cpp", str(ll.get("version") or "-"), ll["error"])
-    else:
-        gpu = [n for n in ("cuda", "metal", "vulkan") if ll.get(n)]
-        offload = f"yes ({', '.join(gpu)})" if ll["gpu_offload"] else "no"
-        t.add_row("llama.cpp", str(ll["version"]),
-                  f"backends: {', '.join(ll['backends'])}; GPU offload: {offload}; "
-                  f"AMX kernels: {'yes' if ll['amx'] else 'no'}; CPU kernels: {', '.join(ll['cpu_kernels'])}")
-    ox = rep["engines"]["onnx"]
-    t.add_row("onnxruntime-genai", str(ox.get("version") or "-"),
-              ox.get("error") or f"providers: {', '.join(ox.get('providers', []))}")
+    for name, row in rep["engines"].items():
+        t.add_row(f"{name} ({row.get('package') or '?'})", str(row.get("version") or "-"),
+                  row.get("error") or row.get("summary") or "")
     console.print(t)
     if rep.get("gpu_install_hint"):
         console.print(f"[yellow]This machine has a GPU that the installed llama-cpp-python cannot use.[/yellow] "

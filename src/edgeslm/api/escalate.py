@@ -1,4 +1,4 @@
-"""Glue between :class:`~edgeslm.Model` results and the escalation policy (``runtime/escalation.py``).
+"""Glue between :class:`~edgeslm.Model` results and the escalation policy (``escalation/policy.py``).
 
 ``Model.extract`` / ``Model.chat`` call these around their local generation once the escalation
 hook lands; until then they work with any function that produces a local result::
@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .._errors import ExtractionFailed, ToolCallError
-from ..runtime.escalation import Escalation, EscalationOutcome, EscalationRequest
+from ..escalation.policy import Escalation, EscalationOutcome, EscalationRequest
 from .results import ChatResult, Extraction, ToolCall, Usage
 
 __all__ = ["chat_request", "chat_with_escalation", "extract_with_escalation", "extraction_request"]

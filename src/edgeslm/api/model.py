@@ -275,7 +275,7 @@ class Model:
         self, messages: Sequence[Message], tools: Any, tool_choice: Any, parallel: bool, max_tokens: int | None,
         params: SamplingParams, stop: str | Sequence[str] | None, stream: bool,
     ) -> Any:
-        from .tools import collect, plan_tools, tool_reply
+        from .tool_use import collect, plan_tools, tool_reply
 
         max_tokens = max_tokens_or_auto(max_tokens)
         plan = plan_tools(tools, tool_choice, parallel, self.tool_format)
@@ -322,7 +322,7 @@ class Model:
         ``"answer"``, ``"max_rounds"``, or ``"context_length"`` when the conversation no longer fits
         the context window). Other keyword arguments go to :meth:`chat`.
         """
-        from .tools import run_tools
+        from .tool_use import run_tools
 
         if chat_kwargs.get("stream"):
             raise InvalidRequestError("run_tools does not stream",
@@ -446,7 +446,7 @@ class Model:
     def stats(self) -> dict[str, Any]:
         """Counters of the model's escalation (calls seen, kept local, escalated, the escalation rate,
         triggers, failures, bytes sent, mean latency); all zero without an escalation."""
-        from ..runtime.escalation import EscalationStats
+        from ..escalation.policy import EscalationStats
 
         return (self.escalation.stats if self.escalation is not None else EscalationStats()).snapshot()
 
@@ -614,7 +614,7 @@ def _default_tool_format(engine: Backend, template: ChatTemplate | None, info: A
     if isinstance(fmt, str) and fmt:
         return fmt
     from ..tools.formats import detect_tool_format
-    from .tools import tag_token
+    from .tool_use import tag_token
 
     def has_token(t: str) -> bool:  # a control or user-defined token (Qwen 2.5's <tool_call>)
         try:

@@ -313,7 +313,7 @@ class LlamaCppBackend(Backend):
 
     def kv_bytes_per_token(self) -> int:
         """f16 K and V of every layer, from the GGUF header (0 when it does not say)."""
-        from ..runtime.planner import kv_bytes_per_token
+        from .gguf_file import kv_bytes_per_token
 
         meta = self.metadata
         arch = meta.get("general.architecture", "")
@@ -788,9 +788,45 @@ def _reference_model() -> Path | None:
 
 
 def _validate(path: Path) -> Any:
-    from ..store.validate import validate_gguf_cached
+    from .gguf_file import validate_gguf_cached
 
     return validate_gguf_cached(path)
+
+
+def _doctor() -> dict[str, Any]:
+    """The llama.cpp row of ``edgeslm doctor``: its build's backends, GPU offload and CPU kernels."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ver: str | None = version("llama_cpp_python")
+    except PackageNotFoundError:
+        ver = None
+    out: dict[str, Any] = {"package": "llama-cpp-python", "version": ver}
+    if ver is None:
+        out["error"] = "not installed: pip install llama-cpp-python"
+        return out
+    try:
+        info = system_info()
+        feats = build_features(info)
+        cpu = feats.get("CPU", {})
+        out.update(system_info=info, backends=sorted(feats), cpu_kernels=sorted(k for k, v in cpu.items() if v == "1"),
+                   amx=cpu.get("AMX_INT8") == "1", gpu_offload=bool(gpu_offload_supported()), cuda="CUDA" in feats,
+                   metal="Metal" in feats or "METAL" in feats or "MTL" in feats,
+                   vulkan="Vulkan" in feats or "VULKAN" in feats)
+    except Exception as exc:  # a broken install must not break the doctor
+        out["error"] = f"{type(exc).__name__}: {exc}"
+        return out
+    gpu = [n for n in ("cuda", "metal", "vulkan") if out[n]]
+    offload = f"yes ({', '.join(gpu)})" if out["gpu_offload"] else "no"
+    out["summary"] = (f"backends: {', '.join(out['backends'])}; GPU offload: {offload}; "
+                      f"AMX kernels: {'yes' if out['amx'] else 'no'}; CPU kernels: {', '.join(out['cpu_kernels'])}")
+    return out
+
+
+def _shape(info: Any, size: int) -> Any:
+    from .gguf_file import gguf_shape
+
+    return gguf_shape(info, size)
 
 
 def _gpu() -> bool:
@@ -813,5 +849,8 @@ SPEC = BackendSpec(
     gpu_supported=_gpu,
     requires=("llama_cpp",),
     install_hint="pip install llama-cpp-python",
+    suffixes=(".gguf",),
+    shape=_shape,
+    doctor=_doctor,
 )
 

@@ -345,7 +345,7 @@ def _parse_adapter(fb: _FlatBuffer) -> dict[str, AdapterParameter]:
 def _graph_inputs(onnx_file: Path) -> dict[str, _GraphInput]:
     """The graph inputs of an ONNX file (type, shape, whether an initializer gives a default), from
     its protobuf wire format (tensor bytes are skipped by length, nothing native runs)."""
-    from ..store.validate import _WT_LEN, _WT_VARINT, _Bad, _fields
+    from .onnx_files import _WT_LEN, _WT_VARINT, _Bad, _fields
 
     inputs: dict[str, tuple[int, tuple[int | str, ...] | None]] = {}
     initializers: set[str] = set()
@@ -787,7 +787,7 @@ class OnnxGenAIBackend(Backend):
         """Graph inputs of the model's ONNX file(s) that onnxruntime-genai does not feed itself: the
         inputs an adapter's parameters can fill (read once, from the protobuf)."""
         if self._lora_inputs is None:
-            from ..store.validate import _Bad, collect_filenames
+            from .onnx_files import _Bad, collect_filenames
 
             mcfg = self._config.get("model") if isinstance(self._config.get("model"), dict) else {}
             dec = mcfg.get("decoder") if isinstance(mcfg.get("decoder"), dict) else {}
@@ -905,9 +905,40 @@ def _open(path: Path, req: OpenRequest) -> OnnxGenAIBackend:
 
 
 def _validate(path: Path) -> Any:
-    from ..store.validate import validate_onnx_folder
+    from .onnx_files import validate_onnx_folder
 
     return validate_onnx_folder(path)
+
+
+def _doctor() -> dict[str, Any]:
+    """The ONNX Runtime GenAI row of ``edgeslm doctor``: its version and execution providers."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(dist: str) -> str | None:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return None
+
+    v = ver("onnxruntime-genai") or ver("onnxruntime-genai-cuda")
+    out: dict[str, Any] = {"package": "onnxruntime-genai", "version": v}
+    if v is None:
+        out["error"] = "not installed: pip install onnxruntime-genai"
+        return out
+    providers = ["cpu"] + [name for name, dist in (("cuda", "onnxruntime-genai-cuda"),
+                                                   ("dml", "onnxruntime-genai-directml")) if ver(dist)]
+    out["providers"] = providers
+    ort = ver("onnxruntime") or ver("onnxruntime-gpu")
+    if ort:
+        out["onnxruntime"] = ort
+    out["summary"] = f"providers: {', '.join(providers)}"
+    return out
+
+
+def _shape(info: Any, size: int) -> Any:
+    from .onnx_files import onnx_shape
+
+    return onnx_shape(info, size) if isinstance(getattr(info, "config", None), dict) else None
 
 
 SPEC = BackendSpec(
@@ -921,4 +952,6 @@ SPEC = BackendSpec(
     validate=_validate,
     requires=("onnxruntime_genai",),
     install_hint="pip install onnxruntime-genai (or onnxruntime-genai-cuda)",
+    shape=_shape,
+    doctor=_doctor,
 )

@@ -2,7 +2,9 @@
 
 Every engine is one module that implements :class:`~edgeslm.backends.base.Backend` and describes
 itself with a :class:`BackendSpec`. ``edgeslm.load``, the planner, the catalog and the CLI ask this
-registry; none of them names an engine. The built-in engines (llama.cpp, ONNX Runtime GenAI) are
+registry; none of them names an engine: what files an engine opens, how their headers are
+checked, the model shape the planner sizes memory from, the engine's ``edgeslm doctor`` row and the
+CLI's format choices all come from its spec. The built-in engines (llama.cpp, ONNX Runtime GenAI) are
 registered here by module name and imported only when first asked for (``import edgeslm`` imports
 no engine). Another engine registers itself with :func:`register_backend`, or from an installed
 package through the ``edgeslm.backends`` entry-point group (the entry point names a
@@ -31,8 +33,8 @@ if TYPE_CHECKING:
     from .base import Backend
 
 __all__ = [
-    "BackendSpec", "OpenRequest", "backend_for_format", "backend_for_path", "backend_names", "get_backend",
-    "register_backend", "unregister_backend",
+    "BackendSpec", "OpenRequest", "backend_for_format", "backend_for_name", "backend_for_path", "backend_names",
+    "formats", "get_backend", "register_backend", "unregister_backend",
 ]
 
 
@@ -85,6 +87,26 @@ class BackendSpec:
     """Python modules it needs (checked without importing them, for ``edgeslm doctor``)."""
     install_hint: str = ""
     """How to install what it needs."""
+    suffixes: tuple[str, ...] = ()
+    """File-name endings of the single files it opens (``(".gguf",)``): how a downloaded file or an
+    ``hf://`` reference is matched to its engine before it is on disk."""
+    shape: Callable[[Any, int], Any] | None = None
+    """The model's shape for the planner (a :class:`~edgeslm.runtime.planner.ModelShape`) from what
+    :attr:`validate` returned and the size on disk; ``None`` (or no function): sized from the file size."""
+    doctor: Callable[[], dict[str, Any]] | None = None
+    """The engine's row in ``edgeslm doctor``: ``package``, ``version``, ``summary`` (what it can use
+    here, one line) or ``error``, plus any facts of its own (in ``--json``). Default: installed or not."""
+
+    def doctor_row(self) -> dict[str, Any]:
+        """:attr:`doctor`'s row, or one saying whether :attr:`requires` is installed."""
+        if self.doctor is not None:
+            try:
+                return self.doctor()
+            except Exception as exc:  # a broken engine must not break the doctor
+                return {"package": self.name, "version": None, "error": f"{type(exc).__name__}: {exc}"}
+        if self.available():
+            return {"package": self.name, "version": None, "summary": f"installed; opens {self.describe}"}
+        return {"package": self.name, "version": None, "error": f"not installed: {self.install_hint or '?'}"}
 
     def available(self) -> bool:
         """Whether the modules in :attr:`requires` are installed (none is imported)."""
@@ -176,6 +198,22 @@ def backend_for_format(fmt: str) -> BackendSpec:
             return spec
     raise BackendUnavailableError(f"no backend serves the {fmt!r} format",
                                   hint=f"registered: {', '.join(f'{s.name} ({s.describe})' for s in _SPECS.values())}")
+
+
+def formats() -> tuple[str, ...]:
+    """Every format the registered engines serve (the CLI's ``--format`` choices)."""
+    _ensure_loaded()
+    return tuple(dict.fromkeys(f for s in _SPECS.values() for f in s.formats))
+
+
+def backend_for_name(name: str) -> BackendSpec | None:
+    """The engine whose single files end like *name* (``model.Q4_0.gguf``), or ``None``."""
+    _ensure_loaded()
+    low = name.lower()
+    for spec in reversed(_SPECS.values()):
+        if any(low.endswith(s.lower()) for s in spec.suffixes):
+            return spec
+    return None
 
 
 def backend_for_path(path: Path, name: str = "auto") -> tuple[BackendSpec, Path]:

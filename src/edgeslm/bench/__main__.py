@@ -131,7 +131,7 @@ def _check(args: argparse.Namespace, models: list[str]) -> dict[str, str]:
         raise InvalidRequestError(f"--cloud-api-key-env: ${args.cloud_api_key_env} is not set",
                                   hint=f"export {args.cloud_api_key_env}=... first")
     if args.cloud_url:
-        from ..runtime.cloud import OpenAICompatible
+        from ..escalation.targets import OpenAICompatible
 
         OpenAICompatible(args.cloud_url, args.cloud_model)  # checks the URL and that openai is installed
     if args.plot:

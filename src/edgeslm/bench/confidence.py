@@ -34,7 +34,7 @@ are steered, as with the default budget (2 of 120 default-budget outputs ran pas
 For every score (``confidence``, what ``extract`` returns, and each candidate of
 :data:`edgeslm.decoding.scores.CANDIDATES`) the section reports, per dataset, the AUROC for
 "right" among the answers that validated, and the ECE of the raw score read as a probability (10
-equal-mass bins, :func:`edgeslm.runtime.calibration.ece`), on all items and on each half of a fixed
+equal-mass bins, :func:`edgeslm.escalation.calibration.ece`), on all items and on each half of a fixed
 split: ``select`` (even positions of the sample) and ``heldout`` (odd). :func:`choose` picks the
 candidate with the best mean AUROC on the ``select`` half over every dataset and model, and reports
 its AUROC on the ``heldout`` half, which played no part in the choice.
@@ -367,7 +367,7 @@ def run_items(model: Any, items: Iterable[Item], tick: Callable[[int], None] | N
 
 
 def _metrics(rows: list[dict[str, Any]], names: Iterable[str]) -> dict[str, Any]:
-    from ..runtime.calibration import auroc, ece
+    from ..escalation.calibration import auroc, ece
 
     rows = [r for r in rows if not r["skipped"]]
     ok = [r for r in rows if r["valid"]]

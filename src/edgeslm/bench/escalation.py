@@ -4,9 +4,9 @@ from the confidences and outcomes measured on the task in this run.
 The rule is the one :class:`edgeslm.Escalation` and :func:`edgeslm.calibrate` use: an item with no
 valid local answer always escalates (``on_invalid``) and uses up budget first; then the valid items
 whose confidence is **strictly below** a threshold escalate, the threshold placed by
-:func:`edgeslm.runtime.calibration.threshold_for_count` so that at most ``floor(share * n)`` items
+:func:`edgeslm.escalation.calibration.threshold_for_count` so that at most ``floor(share * n)`` items
 escalate in all (ties at the threshold stay local, so a few less may go). The budgeted threshold is
-the one :func:`edgeslm.runtime.calibration.build_report` fits for ``--escalation-budget``, with its
+the one :func:`edgeslm.escalation.calibration.build_report` fits for ``--escalation-budget``, with its
 calibrated confidence; escalated sets grow with the share (each contains the one before).
 
 An escalated item counts as right with probability ``cloud_accuracy`` (an assumption, printed as
@@ -38,7 +38,7 @@ def _allowed(share: float, n: int, n_invalid: int) -> int:
 
 def escalated_at(share: float, confidence: Sequence[float | None], valid: Sequence[bool]) -> np.ndarray:
     """Which items escalate at *share*: the invalid ones, then valid ones strictly below the threshold."""
-    from ..runtime.calibration import threshold_for_count
+    from ..escalation.calibration import threshold_for_count
 
     ok = np.asarray(valid, dtype=bool)
     n = ok.size
@@ -71,7 +71,7 @@ def escalation_view(
     ``correct[i]`` whether its local answer was right. ``cloud_correct`` (item -> right, or ``None``
     when the hand-off failed) replaces the ``cloud_accuracy`` assumption for the items it covers.
     """
-    from ..runtime.calibration import build_report
+    from ..escalation.calibration import build_report
 
     y = np.asarray(correct, dtype=bool)
     ok = np.asarray(valid, dtype=bool)
@@ -121,7 +121,7 @@ def escalation_view(
                 right += cloud_accuracy
         thr = conf = None
         if ok.any():
-            from ..runtime.calibration import threshold_for_count
+            from ..escalation.calibration import threshold_for_count
 
             thr = threshold_for_count(scores[ok], _allowed(share, n, int((~ok).sum())))
             if report is not None and math.isfinite(thr):
@@ -159,8 +159,8 @@ def ask_cloud(
     never raises for what the server does). Returns per item ``right`` (``None`` when the hand-off
     failed), ``error``, ``latency_s``, and the totals."""
     from ..api.escalate import extraction_request
-    from ..runtime.cloud import OpenAICompatible
-    from ..runtime.escalation import Escalation
+    from ..escalation.policy import Escalation
+    from ..escalation.targets import OpenAICompatible
 
     esc = Escalation(OpenAICompatible(url, model, api_key), timeout=timeout)
     rows = []

@@ -94,7 +94,7 @@ def resolve_adapter(spec: AdapterSpec, base: Any) -> Path:
 
 def check_gguf_lora(path: Path, base: Any) -> Any:
     """Check a GGUF LoRA against the base before llama.cpp reads it; returns its header."""
-    from ..store.validate import validate_gguf
+    from ..backends.gguf_file import validate_gguf
 
     try:
         info = validate_gguf(path)

@@ -192,7 +192,7 @@ def _gguf_name(names: Any, module: str) -> str | None:
 
 def convert_peft(folder: Path, base: Any, out: Path) -> dict[str, Any]:
     """Write the GGUF LoRA of the PEFT adapter in *folder* for *base* (a
-    :class:`~edgeslm.store.validate.GGUFInfo`) to *out*; returns a summary (modules, rank)."""
+    :class:`~edgeslm.backends.gguf_file.GGUFInfo`) to *out*; returns a summary (modules, rank)."""
     cfg_path, weights_path = adapter_files(folder)
     cfg = read_peft_config(cfg_path)
     arch = base.architecture or ""

@@ -259,7 +259,7 @@ def finetune(
 
     import edgeslm
 
-    from ..store.validate import validate_gguf
+    from ..backends.gguf_file import validate_gguf
 
     model = edgeslm.load(base, n_ctx=max_length)
     try:

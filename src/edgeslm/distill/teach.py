@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from .._errors import DatasetError, EscalationError, InvalidRequestError
-from ..runtime.escalation import Escalation, EscalationOutcome, EscalationRequest, _target_name, redact_request
+from ..escalation.policy import Escalation, EscalationOutcome, EscalationRequest, _target_name, redact_request
 
 __all__ = ["MAX_CONSECUTIVE_FAILURES", "TeachReport", "teach"]
 

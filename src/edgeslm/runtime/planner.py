@@ -1,16 +1,15 @@
 """The planner: which backend, variant, device, GPU layers and context fit this machine, and why.
 
 Memory comes from the model's shape: per-layer weight sizes, the rest (embeddings, output head)
-and the KV cache per token, read from the GGUF header when the file is at hand, else from the
-catalog. A plan always fits: what cannot run here (a context beyond what the model was trained
-on, a model larger than the machine's RAM even with every layer it can on the GPU) is refused
-with an error that says what would work, never planned as "expect swapping".
+and the KV cache per token, read by the engine from the file's header when the file is at hand (its spec's ``shape``),
+else from the catalog. A plan always fits: what cannot run here (a context beyond what the model
+was trained on, a model larger than the machine's RAM even with every layer it can on the GPU) is
+refused with an error that says what would work, never planned as "expect swapping".
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,16 +60,6 @@ class Plan:
 # ------------------------------------------------------------------------------------ model shape
 
 
-def kv_bytes_per_token(num: Callable[[str], int]) -> int:
-    """KV cache bytes per token of context (f16 K and V, every layer) from a GGUF header's
-    architecture keys: ``num("block_count")``, ``num("attention.head_count_kv")``... (0: absent)."""
-    layers, heads, embd = num("block_count"), num("attention.head_count"), num("embedding_length")
-    kv_heads = num("attention.head_count_kv") or heads
-    k_len = num("attention.key_length") or (embd // heads if heads else 0)
-    v_len = num("attention.value_length") or k_len
-    return layers * kv_heads * (k_len + v_len) * 2
-
-
 @dataclass(frozen=True)
 class ModelShape:
     """What decides a model's memory: weights per repeating layer, the rest, the KV cache per token."""
@@ -111,33 +100,6 @@ class ModelShape:
         return best
 
     @classmethod
-    def from_gguf(cls, info: Any) -> ModelShape | None:
-        """From a parsed GGUF header (``store.validate.GGUFInfo``): real tensor sizes per layer."""
-        meta = getattr(info, "metadata", None) or {}
-        arch = meta.get("general.architecture")
-        n = meta.get(f"{arch}.block_count")
-        sizes = getattr(info, "tensor_bytes", None) or {}
-        if not isinstance(n, int) or isinstance(n, bool) or n <= 0 or not sizes:
-            return None
-        layers = [0] * n
-        other = 0
-        for name, nbytes in sizes.items():
-            parts = name.split(".")
-            if parts[0] == "blk" and len(parts) > 1 and parts[1].isdigit() and int(parts[1]) < n:
-                layers[int(parts[1])] += nbytes
-            else:
-                other += nbytes
-
-        def num(key: str) -> int:
-            v = meta.get(f"{arch}.{key}")
-            if isinstance(v, list) and v:
-                v = max(x for x in v if isinstance(x, int))
-            return int(v) if isinstance(v, int) and not isinstance(v, bool) else 0
-
-        ctx = num("context_length") or None
-        return cls(n, tuple(layers), other, kv_bytes_per_token(num), ctx, "gguf")
-
-    @classmethod
     def from_catalog(cls, entry: Any, variant: Any) -> ModelShape | None:
         """From the catalog: the variant's size split evenly over the layers (10 % for the rest)."""
         size = variant.total_size
@@ -149,27 +111,6 @@ class ModelShape:
         other = size // 10
         per = (size - other) // n
         return cls(n, (per,) * n, size - per * n, entry.kv_bytes_per_token, entry.context_length, "catalog")
-
-    @classmethod
-    def from_info(cls, info: Any, size: int) -> ModelShape | None:
-        """From whatever header a backend's ``validate`` returned (``None`` when it gives no shape)."""
-        if info is None:
-            return None
-        if getattr(info, "tensor_bytes", None) is not None:
-            return cls.from_gguf(info)
-        if isinstance(getattr(info, "config", None), dict):
-            return cls.from_onnx(info, size)
-        return None
-
-    @classmethod
-    def from_onnx(cls, info: Any, size: int) -> ModelShape:
-        dec = (getattr(info, "config", None) or {}).get("model", {}).get("decoder", {})
-        n = int(dec.get("num_hidden_layers") or 1)
-        kv = n * int(dec.get("num_key_value_heads") or 0) * int(dec.get("head_size") or 0) * 2 * 2
-        other = size // 10
-        per = (size - other) // n
-        return cls(n, (per,) * n, size - per * n, kv, getattr(info, "context_length", None), "onnx")
-
 
 # ------------------------------------------------------------------------------------ fitting
 
@@ -322,7 +263,7 @@ def plan_for_path(
         raise InvalidRequestError(f"n_gpu_layers must be an integer >= 0, got {n_gpu_layers!r}",
                                   hint="0 = CPU only, 999 = every layer on the GPU")
     size = _size(path)
-    shape = ModelShape.from_info(info, size)
+    shape = spec.shape(info, size) if spec.shape is not None and info is not None else None
     if shape is None:
         n = n_layers or 32
         shape = ModelShape(n, ((size - size // 10) // n,) * n, size // 10, _kv_guess(size), context_length, "file size")

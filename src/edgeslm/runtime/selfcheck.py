@@ -400,7 +400,7 @@ def _file_crash(path: str | os.PathLike[str], attempts: list[Attempt]) -> Corrup
 
 def _header_summary(path: str | os.PathLike[str]) -> str:
     try:
-        from ..store.validate import validate_gguf
+        from ..backends.gguf_file import validate_gguf
 
         info = validate_gguf(path)
     except EdgeSLMError as exc:

@@ -139,8 +139,8 @@ def _escalation(p: Path, d: Any) -> Any:
     import re
 
     from .._errors import EdgeSLMError
-    from ..runtime.cloud import OpenAICompatible
-    from ..runtime.escalation import Escalation
+    from ..escalation.policy import Escalation
+    from ..escalation.targets import OpenAICompatible
 
     if not isinstance(d, dict):
         raise _bad(p, "'escalation' must be an object/table", "see `edgeslm serve --help`")

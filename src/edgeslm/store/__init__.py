@@ -1,7 +1,7 @@
 """Model store: catalog, verified downloads into a local cache, offline resolution, file checks.
 
 Modules, each knowing only those before it: ``paths`` / ``files`` (where, hashing, locks),
-``catalog`` (the data file, ``hf://`` references), ``validate`` (GGUF / ONNX header checks),
+``catalog`` (the data file, ``hf://`` references), ``validate`` (runs the header check of the engine that opens a file),
 ``cache`` (layout, manifests, lookups, removal), ``download`` (huggingface_hub transfers, resume,
 verification, quarantine), ``resolve`` (what a user typed -> a local path).
 Heavy dependencies (huggingface_hub, rich) are imported only when a function needs them.
@@ -24,15 +24,13 @@ from .catalog import (
 from .download import pull
 from .paths import cache_home, offline
 from .resolve import ResolvedModel, resolve
-from .validate import GGUFInfo, ONNXInfo, validate_gguf, validate_model_file, validate_onnx_folder
+from .validate import validate_model_file
 
 __all__ = [
     "BUNDLED",
     "CachedFile",
     "CatalogEntry",
     "FileSpec",
-    "GGUFInfo",
-    "ONNXInfo",
     "ResolvedModel",
     "Variant",
     "bundled_path",
@@ -49,8 +47,6 @@ __all__ = [
     "pull_command",
     "remove",
     "resolve",
-    "validate_gguf",
     "validate_model_file",
-    "validate_onnx_folder",
     "verify_cache",
 ]

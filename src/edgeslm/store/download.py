@@ -317,8 +317,8 @@ def _pull_file(
                 xet = meta.xet_file_data if attempt == 1 else None
                 _fetch(get_url, get_headers, part, size, xet, hub_headers, bar, filename)
             ok, reason, method, digest = _verify(part, expected, git_sha1, size)
-            if ok and filename.lower().endswith(".gguf"):
-                ok, reason = _gguf_ok(part)
+            if ok:
+                ok, reason = _engine_check(part, filename)
             if ok:
                 break
             q = quarantine(part, filename)
@@ -373,10 +373,7 @@ def _pull_folder(repo: str, revision: str, folder: str, *, token: str | None, ba
             spec = FileSpec(name=f.path, size=size, sha256=sha, size_exact=size is not None)
             _pull_file(repo, revision, f.path, spec, token=token, bar=bar, cmd=cmd, git_sha1=None if lfs else f.blob_id)
         root = d / folder
-        if (root / "genai_config.json").is_file():
-            from .validate import validate_onnx_folder
-
-            validate_onnx_folder(root)
+        _engine_check_folder(root)
         with manifest(d) as man:
             man["folders"][folder] = {"files": sorted(f.path for f in files)}
         return root
@@ -539,11 +536,27 @@ def _verify(part: Path, sha256: str | None, git_sha1: str | None, size: int | No
     return True, "", "size", digest
 
 
-def _gguf_ok(part: Path) -> tuple[bool, str]:
-    from .validate import validate_gguf
+def _engine_check_folder(root: Path) -> None:
+    """The check of the engine that opens the folder *root* (an ONNX GenAI folder), if one does."""
+    from ..backends.registry import backend_for_path
 
     try:
-        validate_gguf(part)
+        spec, opened = backend_for_path(root)
+    except EdgeSLMError:  # a folder no engine opens (an adapter, a tokenizer): nothing to check
+        return
+    if spec.validate is not None:
+        spec.validate(opened)
+
+
+def _engine_check(part: Path, filename: str) -> tuple[bool, str]:
+    """The header check of the engine whose files end like *filename* (a ``.gguf``), if any."""
+    from ..backends.registry import backend_for_name
+
+    spec = backend_for_name(filename)
+    if spec is None or spec.validate is None:
+        return True, ""
+    try:
+        spec.validate(part)
     except CorruptModelError as e:
         return False, e.message
     return True, ""

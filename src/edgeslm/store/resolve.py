@@ -1,6 +1,7 @@
 """Turn what a user typed into a local model path: the one place that knows catalog, cache and download.
 
-:func:`resolve` accepts a local ``.gguf`` file, a local ONNX GenAI folder, a catalog id (with an
+:func:`resolve` accepts a local file or folder that a registered engine opens (a ``.gguf``
+file, an ONNX GenAI folder...), a catalog id (with an
 optional ``quant`` / ``format``), a bundled test model id, ``hf://owner/repo/file.gguf`` and
 ``hf://owner/repo/folder`` (``hf://owner/repo@revision/...`` pins a revision).
 """
@@ -51,26 +52,18 @@ def resolve(
     s = os.fspath(ref)
     if isinstance(ref, os.PathLike) or _looks_like_path(s):
         p = Path(s).expanduser()
-        if p.is_dir():
-            if not (p / "genai_config.json").is_file():
-                raise ModelNotFoundError(
-                    f"{p} is a folder without genai_config.json, so it is not an ONNX GenAI model",
-                    hint="pass a .gguf file or the folder that holds genai_config.json",
-                )
-            return ResolvedModel(path=p, source="local", format="onnx")
-        if p.is_file():
-            return ResolvedModel(path=p, source="local", format="onnx" if p.name == "genai_config.json" else "gguf")
-        raise ModelNotFoundError(f"no model file or folder at {p}", hint="check the path")
+        if not p.exists():
+            raise ModelNotFoundError(f"no model file or folder at {p}", hint="check the path")
+        return ResolvedModel(path=p, source="local", format=_format_of(p))
 
     if s.startswith("hf://"):
         h = parse_hf_ref(s)
         cached = cached_path(h.repo, h.revision, h.path)
-        fmt = "gguf" if h.path.lower().endswith(".gguf") else "onnx"
         if cached is not None:
-            return ResolvedModel(path=cached, source="cache", format=fmt)
+            return ResolvedModel(path=cached, source="cache", format=_format_of(cached))
         _no_download_check(s, None, None, download, offline())
         path = pull(s, progress=progress, token=token)
-        return ResolvedModel(path=path, source="download", format=fmt)
+        return ResolvedModel(path=path, source="download", format=_format_of(path))
 
     entry = get_entry(s)
     variant = entry.variant(quant, format, device)
@@ -96,6 +89,14 @@ def _no_download_check(ref: str, quant: str | None, format: str | None, download
         )
     if not download:
         raise ModelNotFoundError(f"{ref} is not in the local cache", hint=f"download it with `{cmd}`")
+
+
+def _format_of(path: Path) -> str:
+    """The format of the engine that opens *path* (the registry decides; see ``backends/registry.py``)."""
+    from ..backends.registry import backend_for_path
+
+    spec, _ = backend_for_path(path)
+    return spec.formats[0] if spec.formats else spec.name
 
 
 def _looks_like_path(s: str) -> bool:

@@ -56,7 +56,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     """Run the model over labeled examples; print the report (and save it with --out)."""
     import edgeslm
 
-    from ..cli import _console
+    from . import _console
 
     schema, examples = _inputs(args)
     if args.limit is not None:
@@ -82,7 +82,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Add the ``calibrate`` verb to the ``edgeslm`` parser."""
-    from ..cli import _common
+    from . import _common
 
     p = sub.add_parser("calibrate", help="measure confidence on labeled data; fit the escalation threshold")
     _common(p)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .._errors import ContextLengthError, EdgeSLMError, InvalidRequestError, SchemaError, json_kind
-from .generation import MAX_CHARS_PER_TOKEN
+from ..api.generation import MAX_CHARS_PER_TOKEN
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -243,7 +243,7 @@ def _share(value: str) -> float:
 
 def register(sub: Any) -> None:
     """Add the ``extract`` verb to the ``edgeslm`` parser."""
-    from ..cli import _common
+    from . import _common
 
     p = sub.add_parser(
         "extract", help="extract JSON matching a schema from a text",

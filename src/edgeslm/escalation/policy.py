@@ -5,7 +5,7 @@ An :class:`Escalation` is off unless given. It triggers on
 * ``"invalid"``: no valid local answer (``ExtractionFailed``, a tool call that could not be
   produced), when ``on_invalid`` (the default);
 * ``"low_confidence"``: the local score below ``min_confidence`` (a number, or a
-  :class:`~edgeslm.runtime.calibration.CalibrationReport` whose threshold and calibrator are used);
+  :class:`~edgeslm.escalation.calibration.CalibrationReport` whose threshold and calibrator are used);
 * ``"predicate"``: the app's ``when(request, local_result)`` returned true.
 
 The hand-off (:meth:`Escalation.escalate`) never costs the local answer: the target runs in a

@@ -12,8 +12,8 @@ from .._errors import InvalidRequestError
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Train, then print where the adapter is and how to load it."""
-    from ..cli import _console
-    from .finetune import finetune
+    from ..distill.finetune import finetune
+    from . import _console
 
     schema = None
     if args.schema:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from ._errors import EdgeSLMError
+from .._errors import EdgeSLMError
 
 __all__ = ["main"]
 
@@ -57,7 +57,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     """Show the hardware, the engines, the self-checks and how each catalog model would run here."""
     import json
 
-    from .api.doctor import render, report
+    from ..api.doctor import render, report
 
     out = _console()
     if args.check:
@@ -78,13 +78,13 @@ def _doctor_check(args: argparse.Namespace, out) -> None:  # type: ignore[no-unt
     """Run the engine self-check now, on --model (a .gguf) or the bundled SmolLM2."""
     from pathlib import Path
 
-    from .backends.llamacpp import system_info
-    from .runtime import selfcheck
-    from .runtime.hardware import cpu_info
+    from ..backends.llamacpp import system_info
+    from ..runtime import selfcheck
+    from ..runtime.hardware import cpu_info
 
     path: Path | None = Path(args.model) if args.model and Path(args.model).is_file() else None
     if path is None:
-        from .store import bundled_path
+        from ..store import bundled_path
 
         path = bundled_path("smollm2-135m")
     check = selfcheck.ensure_engine(path, selfcheck.EngineOptions(0, True), cpu_features=cpu_info()[1],
@@ -95,7 +95,7 @@ def _doctor_check(args: argparse.Namespace, out) -> None:  # type: ignore[no-unt
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run the benchmark (``python -m edgeslm.bench``) with the remaining arguments."""
-    from .bench.__main__ import main as bench_main
+    from ..bench.__main__ import main as bench_main
 
     rest = args.bench_args
     return bench_main(rest[1:] if rest[:1] == ["--"] else rest)
@@ -153,12 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
 #: The verbs each separately imported CLI module adds. They are listed here so that a module that
 #: fails to import leaves verbs that name what is missing, instead of verbs that vanish.
 _VERB_MODULES: dict[str, tuple[str, ...]] = {
-    "edgeslm.api.cli_extract": ("extract",),
-    "edgeslm.api.cli_calibrate": ("calibrate",),
-    "edgeslm.distill.cli_teach": ("teach",),
-    "edgeslm.distill.cli_finetune": ("finetune",),
-    "edgeslm.store.cli": ("pull", "list", "rm", "verify"),
-    "edgeslm.server.cli": ("serve",),
+    "edgeslm.cli.extract": ("extract",),
+    "edgeslm.cli.calibrate": ("calibrate",),
+    "edgeslm.cli.teach": ("teach",),
+    "edgeslm.cli.finetune": ("finetune",),
+    "edgeslm.cli.store": ("pull", "list", "rm", "verify"),
+    "edgeslm.cli.serve": ("serve",),
 }
 
 #: pip's name for the dependencies whose import name differs.

@@ -13,12 +13,19 @@ from typing import Any
 __all__ = ["cmd_list", "cmd_pull", "cmd_rm", "cmd_verify", "register"]
 
 
+def _formats() -> list[str]:
+    """The formats the registered engines serve (``gguf``, ``onnx``, a plugin's own)."""
+    from ..backends.registry import formats
+
+    return list(formats())
+
+
 def register(subparsers: Any) -> None:
     """Add the ``pull``, ``list``, ``rm`` and ``verify`` subcommands to an argparse subparsers object."""
     p = subparsers.add_parser("pull", help="download a model into the local cache and verify it")
     p.add_argument("model", help="catalog id (see `edgeslm list`) or hf://owner/repo/file.gguf")
     p.add_argument("--quant", help="quantization, e.g. Q4_K_M, Q8_0, int4")
-    p.add_argument("--format", choices=["gguf", "onnx"], help="model format")
+    p.add_argument("--format", choices=_formats(), help="model format")
     p.add_argument("--device", help="for ONNX variants: cpu or cuda")
     p.add_argument("--token", help="Hugging Face token (default: HF_TOKEN or `huggingface-cli login`)")
     p.add_argument("--no-progress", action="store_true", help="do not draw a progress bar")
@@ -31,7 +38,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("rm", help="remove a cached model")
     p.add_argument("model", help="catalog id or hf://owner/repo/file")
     p.add_argument("--quant", help="only this quantization")
-    p.add_argument("--format", choices=["gguf", "onnx"], help="only this format")
+    p.add_argument("--format", choices=_formats(), help="only this format")
     p.set_defaults(func=cmd_rm)
 
     p = subparsers.add_parser("verify", help="re-hash every cached model file")
@@ -46,7 +53,7 @@ def _console(stderr: bool = False) -> Any:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     """Download (or find in the cache) a model and print its path."""
-    from .download import pull
+    from ..store.download import pull
 
     path = pull(
         args.model,
@@ -76,10 +83,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     from rich.table import Table
 
-    from .bundled import BUNDLED
-    from .cache import cached_models, cached_variant_path
-    from .catalog import list_entries
-    from .paths import cache_home
+    from ..store.bundled import BUNDLED
+    from ..store.cache import cached_models, cached_variant_path
+    from ..store.catalog import list_entries
+    from ..store.paths import cache_home
 
     console = _console()
     cached = cached_models()
@@ -125,7 +132,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     """Delete a cached model's files."""
-    from .cache import remove
+    from ..store.cache import remove
 
     removed = remove(args.model, quant=getattr(args, "quant", None), format=getattr(args, "format", None))
     if not removed:
@@ -140,7 +147,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Re-hash every cached file; exit 1 if any is damaged."""
     from rich.table import Table
 
-    from .cache import verify_cache
+    from ..store.cache import verify_cache
 
     results = verify_cache()
     console = _console()

@@ -58,9 +58,9 @@ def cmd_teach(args: argparse.Namespace) -> int:
     """Label the texts with the teacher; print the report's summary (and the first failures)."""
     from rich.markup import escape
 
-    from ..cli import _console
-    from ..runtime.cloud import OpenAICompatible
-    from .teach import teach
+    from ..distill.teach import teach
+    from ..escalation.targets import OpenAICompatible
+    from . import _console
 
     schema = _schema(args.schema)
     redact = _redactor(args.redact)

@@ -17,7 +17,7 @@ def _adapter(text: str) -> tuple[str, str]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve a model on an OpenAI-compatible endpoint until Ctrl-C or SIGTERM."""
-    from . import env_api_key, serve
+    from ..server import env_api_key, serve
 
     serve(args.model, adapters=dict(args.adapter) if args.adapter else None, host=args.host, port=args.port,
           api_key=args.api_key or env_api_key(), insecure_no_auth=args.insecure_no_auth, cors=args.cors or None,
