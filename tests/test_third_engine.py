@@ -107,7 +107,8 @@ def test_a_damaged_file_of_the_third_format_is_refused_by_its_own_check(engine: 
         edgeslm.load(file)
 
 
-def test_doctor_and_the_cli_know_the_third_engine(engine: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+def test_doctor_and_the_cli_know_the_third_engine(engine: tuple[Path, Path],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     file, folder = engine
     from edgeslm.api.doctor import report
 

@@ -42,9 +42,9 @@ if TYPE_CHECKING:
     from .api.aio import AsyncModel
     from .api.calibrate import calibrate
     from .api.load import load
-    from .api.model import ChatStream, Model
+    from .api.model import Model
     from .api.plan import plan
-    from .api.results import ChatChunk, ChatResult, Extraction, ToolCall, Usage
+    from .api.results import ChatChunk, ChatResult, ChatStream, Extraction, ToolCall, Usage
     from .api.tool_use import ToolRun
     from .decoding.support import SchemaSupport, check_schema
     from .distill.finetune import FinetuneReport, finetune
@@ -123,7 +123,7 @@ _LAZY = {
     "Model": ".api.model",
     "AsyncModel": ".api.aio",
     "serve": ".server",
-    "ChatStream": ".api.model",
+    "ChatStream": ".api.results",
     "ChatChunk": ".api.results",
     "ChatResult": ".api.results",
     "Extraction": ".api.results",

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -36,11 +36,11 @@ from .._errors import ExtractionFailed, InvalidRequestError, SchemaError
 from ..decoding.loop import GenStats, PromptLookup, generate_steps
 from ..decoding.narrow import tighten
 from ..decoding.sampling import Sampler, SamplingParams
-from .results import Usage
 
 if TYPE_CHECKING:
     from ..backends.base import Backend
     from ..decoding.support import SchemaSupport
+    from .generation import Attempts, Generation
 
 __all__ = ["ExtractionPlan", "constrained_json", "extraction_messages", "prepare_schema", "tighten"]
 
@@ -215,6 +215,7 @@ def constrained_json(
 
 
 def run_extraction(
+    service: Generation,
     engine: Backend,
     prompt: list[int],
     plan: ExtractionPlan,
@@ -223,32 +224,30 @@ def run_extraction(
     sampling: SamplingParams,
     retries: int | None,
     lookup: str | None = None,
-) -> tuple[Any, Attempt, int, Usage]:
-    """Attempt up to ``1 + retries`` times; return (data, attempt, attempts, usage of all).
-
-    The retry policy is the one of every constrained generation (:mod:`edgeslm.api.generation`):
-    ``retries=None`` picks 2 for schemas the grammar enforces exactly and 3 for relaxed ones.
-    """
-    from .generation import default_retries, drain, run_attempts, sum_usage
+) -> Attempts[Attempt]:
+    """Attempt up to ``1 + retries`` times through the service's one retry loop
+    (:meth:`~edgeslm.api.generation.Generation.constrained`); raise :class:`ExtractionFailed` when no
+    attempt validated. ``retries=None`` picks 2 for schemas the grammar enforces exactly and 3 for
+    relaxed ones."""
+    from .generation import default_retries
 
     n = default_retries(plan.support.exact) if retries is None else retries
 
-    def attempt(i: int, params: SamplingParams) -> Generator[str, None, Attempt]:
+    def attempt(i: int, params: SamplingParams) -> Attempt:
         return constrained_json(engine, prompt, plan, max_tokens=max_tokens, params=params, lookup=lookup)
-        yield  # a generator that shows no text
 
     def check(att: Attempt) -> tuple[Any, list[str]]:
         if not att.complete:
             return None, [f"the output was cut off at {att.stats.completion_tokens} tokens (max_tokens)"]
         return plan.validate(att.text)
 
-    data, last, attempts, all_stats, errors = drain(run_attempts(attempt, check, sampling, n))
-    if not errors:
-        return data, last, attempts, sum_usage(all_stats)
+    result = service.constrained(attempt, check, sampling, n)
+    if result.ok:
+        return result
     raise ExtractionFailed(
-        f"no output validated against the schema in {n + 1} attempts: {'; '.join(errors[:3])}",
-        last_output=last.text,
-        errors=errors,
+        f"no output validated against the schema in {n + 1} attempts: {'; '.join(result.errors[:3])}",
+        last_output=result.last.text,
+        errors=result.errors,
         attempts=n + 1,
         hint="raise max_tokens=, give instructions= or examples=, simplify the schema, or use a larger model",
     )

@@ -21,18 +21,20 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
 from .._errors import ContextLengthError, InvalidRequestError, ModelClosedError
 from ..backends.base import Backend
 from ..decoding.loop import GenStats, generate_steps, stream_text
 from ..decoding.sampling import Sampler, SamplingParams, retry_params
 from ._validate import check_text
-from .results import ChatChunk, Usage
+from .results import ChatChunk, ChatStream, Usage
 
-__all__ = ["RETRIES_EXACT", "RETRIES_RELAXED", "Generation", "default_retries", "sum_usage", "usage_of"]
+__all__ = ["RETRIES_EXACT", "RETRIES_RELAXED", "Attempts", "Generation", "StreamHandle", "default_retries",
+           "run_constrained", "sum_usage", "usage_of"]
 
 #: Retries when the grammar enforces the schema exactly, and when it enforces a relaxed form.
 RETRIES_EXACT = 2
@@ -77,36 +79,72 @@ def sum_usage(all_stats: Sequence[GenStats]) -> Usage:
     return usage
 
 
-def run_attempts(
-    attempt: Callable[[int, SamplingParams], Generator[str, None, O]],
+@dataclass
+class Attempts(Generic[O]):
+    """The result of :meth:`Generation.constrained`: the checked value, or the last errors."""
+
+    value: Any
+    """What ``check`` made of the last attempt (``None`` when it failed)."""
+    last: O
+    """The last attempt's outcome (its text, statistics...)."""
+    count: int
+    """How many attempts ran."""
+    stats: list[GenStats]
+    """Every attempt's statistics, in order."""
+    errors: list[str]
+    """Empty on success, else the last attempt's errors."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def usage(self) -> Usage:
+        """The usage of all the attempts (see :func:`sum_usage`)."""
+        return sum_usage(self.stats)
+
+
+def run_constrained(
+    attempt: Callable[[int, SamplingParams], O],
     check: Callable[[O], tuple[Any, list[str]]],
     params: SamplingParams,
     retries: int,
-) -> Generator[str, None, tuple[Any, O, int, list[GenStats], list[str]]]:
-    """Run ``attempt(i, params_i)`` until ``check`` finds no error, at most ``1 + retries`` times.
-
-    Attempts may yield text (what a stream shows). Returns ``(value, last outcome, attempts, every
-    attempt's stats, errors)``: *errors* is empty on success, else the last attempt's."""
+    *,
+    first: O | None = None,
+) -> Attempts[O]:
+    """Run ``attempt(i, params_i)`` until ``check`` finds no error, at most ``1 + retries`` times
+    (``params_i``: the retry sampling of :func:`~edgeslm.decoding.sampling.retry_params`). *first*:
+    the outcome of attempt 0 when the caller ran it already (a stream shows its text as it comes)."""
     all_stats: list[GenStats] = []
     errors: list[str] = []
     out: O | None = None
     for i in range(retries + 1):
-        out = yield from attempt(i, retry_params(params, i) if i else params)
+        out = first if i == 0 and first is not None else attempt(i, retry_params(params, i) if i else params)
         all_stats.append(out.stats)
         value, errors = check(out)
         if not errors:
-            return value, out, i + 1, all_stats, []
+            return Attempts(value, out, i + 1, all_stats, [])
     assert out is not None
-    return None, out, retries + 1, all_stats, errors
+    return Attempts(None, out, retries + 1, all_stats, errors)
 
 
-def drain(gen: Generator[Any, None, Any]) -> Any:
-    """Run a generator to its end and return its return value (what it yields is dropped)."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+class StreamHandle:
+    """Ties a running stream to the :class:`~edgeslm.ChatStream` the app holds, weakly (the stream is
+    closed when the app drops it), so the model's next call from the same thread can close it first
+    instead of waiting for the lock it holds."""
+
+    __slots__ = ("_ref",)
+
+    def __init__(self) -> None:
+        self._ref: weakref.ref[Any] | None = None
+
+    def bind(self, stream: Any) -> None:
+        self._ref = weakref.ref(stream)
+
+    def close(self) -> None:
+        stream = self._ref() if self._ref is not None else None
+        if stream is not None:
+            stream.close()
 
 
 class Generation:
@@ -117,7 +155,7 @@ class Generation:
         self.name = name
         self._lock = threading.Lock()
         self._owner: int | None = None
-        self._open_stream: weakref.ref[Any] | None = None
+        self._open_stream: StreamHandle | None = None
         self._controls: dict[int, bool] = {}  # token id -> whether it is a control token
         self._batches: dict[Any, int] = {}  # running batches (extract_iter) -> the thread that started each
         self._batches_lock = threading.Lock()
@@ -126,6 +164,27 @@ class Generation:
     @property
     def closed(self) -> bool:
         return self._engine is None
+
+    def stream(self, chunks: Callable[[StreamHandle], Iterator[ChatChunk]]) -> ChatStream:
+        """A :class:`~edgeslm.ChatStream` over ``chunks(handle)``, a generator that holds the model
+        (``holding(handle)``) while it runs."""
+        handle = StreamHandle()
+        s = ChatStream(chunks(handle))
+        handle.bind(s)
+        return s
+
+    def constrained(
+        self,
+        attempt: Callable[[int, SamplingParams], O],
+        check: Callable[[O], tuple[Any, list[str]]],
+        params: SamplingParams,
+        retries: int,
+        *,
+        first: O | None = None,
+    ) -> Attempts[O]:
+        """Constrained generation with checks and retries, the one way extraction, tool calls and
+        batched items run (see the module docstring and :func:`run_constrained`)."""
+        return run_constrained(attempt, check, params, retries, first=first)
 
     def end_own_stream(self) -> None:
         """Close an unfinished stream opened by this thread, and stop its unfinished batches: waiting
@@ -143,9 +202,7 @@ class Generation:
 
     def _close_own_stream(self) -> None:
         if self._owner == threading.get_ident() and self._open_stream is not None:
-            stale = self._open_stream()
-            if stale is not None:
-                stale.close()
+            self._open_stream.close()
 
     def add_batch(self, batch: Any) -> None:
         """Register a running batch (it holds the lock): :meth:`close` and this thread's next call stop
@@ -185,13 +242,13 @@ class Generation:
         self._lock.release()
 
     @contextmanager
-    def holding(self, holder: Sequence[weakref.ref[Any]] = (), adapter: str | None = None, *,
+    def holding(self, stream: StreamHandle | None = None, adapter: str | None = None, *,
                 keep: bool = False) -> Iterator[Backend]:
-        """Hold the model for one call (with *adapter* on, see :meth:`acquire`); *holder* (filled by
-        the caller) names the stream that holds it."""
+        """Hold the model for one call (with *adapter* on, see :meth:`acquire`); *stream*: the
+        stream that holds it, when one does."""
         engine = self.acquire(adapter, keep=keep)
         try:
-            self._open_stream = holder[0] if holder else None
+            self._open_stream = stream
             yield engine
         finally:
             self.release()
@@ -252,11 +309,11 @@ class Generation:
     # ------------------------------------------------------------------ plain text
     def text_stream(
         self, prompt_fn: Callable[[Backend], list[int]], params: SamplingParams, max_tokens: int,
-        stops: list[str], holder: list[Any],
+        stops: list[str], handle: StreamHandle | None = None,
     ) -> Iterator[ChatChunk]:
         """Stream a free-text reply: deltas, then a last chunk with the finish reason and usage."""
         cid = new_id()
-        with self.holding(holder) as engine:
+        with self.holding(handle) as engine:
             stats = GenStats()
             tokens = prompt_fn(engine)
             steps = generate_steps(engine, tokens, Sampler(params), max_tokens, stats=stats)
@@ -292,13 +349,34 @@ class _AdapterGeneration(Generation):
         self._main.release()
 
     @contextmanager
-    def holding(self, holder: Sequence[weakref.ref[Any]] = (), adapter: str | None = None, *,
+    def holding(self, stream: StreamHandle | None = None, adapter: str | None = None, *,
                 keep: bool = False) -> Iterator[Backend]:
-        with self._main.holding(holder, self.adapter, keep=keep) as engine:
+        with self._main.holding(stream, self.adapter, keep=keep) as engine:
             yield engine
 
     def view(self, adapter: str | None) -> Generation:
         return self._main.view(adapter)
+
+    def stream(self, chunks: Callable[[StreamHandle], Iterator[ChatChunk]]) -> ChatStream:
+        """A :class:`~edgeslm.ChatStream` over ``chunks(handle)``, a generator that holds the model
+        (``holding(handle)``) while it runs."""
+        handle = StreamHandle()
+        s = ChatStream(chunks(handle))
+        handle.bind(s)
+        return s
+
+    def constrained(
+        self,
+        attempt: Callable[[int, SamplingParams], O],
+        check: Callable[[O], tuple[Any, list[str]]],
+        params: SamplingParams,
+        retries: int,
+        *,
+        first: O | None = None,
+    ) -> Attempts[O]:
+        """Constrained generation with checks and retries, the one way extraction, tool calls and
+        batched items run (see the module docstring and :func:`run_constrained`)."""
+        return run_constrained(attempt, check, params, retries, first=first)
 
     def end_own_stream(self) -> None:
         self._main.end_own_stream()

@@ -9,9 +9,9 @@ iterating a :class:`ChatStream` goes through a loop iterator of its own, and dro
 
 from __future__ import annotations
 
-import weakref
+import functools
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._errors import EdgeSLMError, InvalidRequestError, SchemaError, TemplateError, ToolCallError
 from ..backends.base import Backend
@@ -27,7 +27,11 @@ from ._validate import (
     max_tokens_or_auto,
 )
 from .generation import Generation
-from .results import ChatChunk, ChatResult, Extraction, Usage
+from .results import ChatChunk, ChatResult, ChatStream, Extraction
+
+if TYPE_CHECKING:
+    from .extract import Attempt
+    from .generation import Attempts
 
 __all__ = ["ChatStream", "Message", "Model"]
 
@@ -232,16 +236,18 @@ class Model:
                           seed=seed, stop=stop, stream=stream, response_format=response_format, tools=tools,
                           tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls, escalation=escalation)
         esc = None if stream else self._escalation(escalation)
-        args = (messages, max_tokens, temperature, top_p, top_k, seed, stop, stream, response_format, tools,
-                tool_choice, parallel_tool_calls)
+        local = functools.partial(
+            self._chat_local, messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+            seed=seed, stop=stop, stream=stream, response_format=response_format, tools=tools,
+            tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls)
         if esc is None:
-            return self._chat_local(*args)
+            return local()
         from .escalate import chat_request, chat_with_escalation
 
         schema = _response_schema(response_format)
         request = chat_request(messages, tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel_tool_calls,
                                schema=schema, max_tokens=max_tokens)
-        return chat_with_escalation(esc, lambda: self._chat_local(*args), request)
+        return chat_with_escalation(esc, local, request)
 
     def _chat_local(
         self, messages: Sequence[Message], max_tokens: int | None, temperature: float, top_p: float, top_k: int,
@@ -290,13 +296,9 @@ class Model:
         def tool_prompt(engine: Backend) -> list[int]:
             return self._gen.prompt_tokens(engine, self._tool_segments(engine, messages, plan.tools))
 
-        holder: list[weakref.ref[ChatStream]] = []
-        gen = tool_reply(self._gen, tool_prompt, plan, params, max_tokens, stops, holder)
         if not stream:
-            return collect(gen, self.name)
-        s = ChatStream(gen)
-        holder.append(weakref.ref(s))
-        return s
+            return collect(tool_reply(self._gen, tool_prompt, plan, params, max_tokens, stops), self.name)
+        return self._gen.stream(lambda h: tool_reply(self._gen, tool_prompt, plan, params, max_tokens, stops, h))
 
     def run_tools(
         self,
@@ -466,17 +468,18 @@ class Model:
         plan = prepare_schema(schema)
         msgs = extraction_messages(text, plan.schema, instructions, examples)
         params = SamplingParams(temperature=temperature, seed=seed)
-        data, attempt, attempts, usage = self._extract_run(msgs, plan, max_tokens, params, retries, lookup=text)
+        run = self._extract_run(msgs, plan, max_tokens, params, retries, lookup=text)
+        last = run.last
         return Extraction(
-            data=data, confidence=attempt.confidence, raw=attempt.text, usage=usage,
-            attempts=attempts, escalated=False, support=plan.support, field_confidence=attempt.fields,
-            scores=attempt.scores, model=self.name,
+            data=run.value, confidence=last.confidence, raw=last.text, usage=run.usage,
+            attempts=run.count, escalated=False, support=plan.support, field_confidence=last.fields,
+            scores=last.scores, model=self.name,
         )
 
     def _extract_run(
         self, messages: Sequence[Message], plan: Any, max_tokens: int | None, params: SamplingParams,
         retries: int | None, *, lookup: str | None = None,
-    ) -> tuple[Any, Any, int, Usage]:
+    ) -> Attempts[Attempt]:
         from .extract import run_extraction
 
         check_int(retries, "retries", minimum=0, allow_none=True, hint="pass retries=0 for a single attempt")
@@ -484,8 +487,8 @@ class Model:
         with self._gen.holding() as engine:
             prompt = self._gen.prompt_tokens(engine, self._chat_segments(engine, messages))
             budget = max_tokens if max_tokens is not None else max(1, min(AUTO_MAX_TOKENS, engine.n_ctx - len(prompt)))
-            return run_extraction(engine, prompt, plan, max_tokens=budget, sampling=params, retries=retries,
-                                  lookup=lookup)
+            return run_extraction(self._gen, engine, prompt, plan, max_tokens=budget, sampling=params,
+                                  retries=retries, lookup=lookup)
 
     def _chat_json(
         self, messages: Sequence[Message], schema: Any, max_tokens: int | None, params: SamplingParams, stream: bool,
@@ -493,9 +496,10 @@ class Model:
         from .extract import prepare_schema
 
         plan = prepare_schema(schema)
-        _, attempt, _, usage = self._extract_run(messages, plan, max_tokens, params, None)
-        result = ChatResult(text=attempt.text, finish_reason="stop", usage=usage, model=self.name,
-                            confidence=attempt.confidence)
+        run = self._extract_run(messages, plan, max_tokens, params, None)
+        usage = run.usage
+        result = ChatResult(text=run.last.text, finish_reason="stop", usage=usage, model=self.name,
+                            confidence=run.last.confidence)
         if not stream:
             return result
         # only validated JSON is ever shown, so the stream yields the whole object at once
@@ -507,11 +511,8 @@ class Model:
     ) -> Any:
         max_tokens = max_tokens_or_auto(max_tokens)
         if stream:
-            holder: list[weakref.ref[ChatStream]] = []
-            s = ChatStream(self._gen.text_stream(prompt_fn, params, max_tokens, stops, holder))
-            holder.append(weakref.ref(s))
-            return s
-        chunks = list(self._gen.text_stream(prompt_fn, params, max_tokens, stops, []))
+            return self._gen.stream(lambda h: self._gen.text_stream(prompt_fn, params, max_tokens, stops, h))
+        chunks = list(self._gen.text_stream(prompt_fn, params, max_tokens, stops))
         last = chunks[-1]
         assert last.usage is not None and last.finish_reason is not None
         return ChatResult(
@@ -521,61 +522,6 @@ class Model:
             model=self.name,
             id=last.id,
         )
-
-
-class ChatStream(Iterator[ChatChunk]):
-    """Iterator of :class:`ChatChunk` returned by ``chat(..., stream=True)``.
-
-    The stream holds the model (other calls wait) until it is exhausted or closed. Closing it, or
-    leaving a ``for`` loop over it (``break``, ``return``, an exception), stops generation at once
-    and releases the model, even while a variable still refers to the stream: ``iter(stream)``
-    returns a loop iterator of its own, and when that iterator is dropped the stream is closed.
-    (Streams advanced only with ``next(stream)`` are released by ``close()``, ``with``, or when
-    the stream itself is garbage-collected.)
-    """
-
-    def __init__(self, gen: Iterator[ChatChunk]) -> None:
-        self._gen = gen
-
-    def __iter__(self) -> Iterator[ChatChunk]:
-        return _StreamLoop(self)
-
-    def __next__(self) -> ChatChunk:
-        return next(self._gen)
-
-    def close(self) -> None:
-        """Stop generating and release the model."""
-        close = getattr(self._gen, "close", None)
-        if close is not None:
-            close()
-
-    def __enter__(self) -> ChatStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class _StreamLoop(Iterator[ChatChunk]):
-    """The iterator a ``for`` loop over a :class:`ChatStream` uses: the loop drops it when it ends
-    (``break`` included), and dropping it closes the stream."""
-
-    __slots__ = ("_stream",)
-
-    def __init__(self, stream: ChatStream) -> None:
-        self._stream = stream
-
-    def __iter__(self) -> _StreamLoop:
-        return self
-
-    def __next__(self) -> ChatChunk:
-        return next(self._stream)
-
-    def __del__(self) -> None:
-        try:
-            self._stream.close()
-        except Exception:
-            pass
 
 
 def _response_schema(response_format: dict[str, Any] | None) -> Any:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .._errors import ToolCallError
 
-__all__ = ["ChatChunk", "ChatResult", "Extraction", "ToolCall", "Usage"]
+__all__ = ["ChatChunk", "ChatResult", "ChatStream", "Extraction", "ToolCall", "Usage"]
 
 
 @dataclass
@@ -180,3 +181,58 @@ class Extraction:
             "attempts": self.attempts,
             "usage": self.usage.to_dict(),
         }
+
+
+class ChatStream(Iterator[ChatChunk]):
+    """Iterator of :class:`ChatChunk` returned by ``chat(..., stream=True)``.
+
+    The stream holds the model (other calls wait) until it is exhausted or closed. Closing it, or
+    leaving a ``for`` loop over it (``break``, ``return``, an exception), stops generation at once
+    and releases the model, even while a variable still refers to the stream: ``iter(stream)``
+    returns a loop iterator of its own, and when that iterator is dropped the stream is closed.
+    (Streams advanced only with ``next(stream)`` are released by ``close()``, ``with``, or when
+    the stream itself is garbage-collected.)
+    """
+
+    def __init__(self, gen: Iterator[ChatChunk]) -> None:
+        self._gen = gen
+
+    def __iter__(self) -> Iterator[ChatChunk]:
+        return _StreamLoop(self)
+
+    def __next__(self) -> ChatChunk:
+        return next(self._gen)
+
+    def close(self) -> None:
+        """Stop generating and release the model."""
+        close = getattr(self._gen, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> ChatStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _StreamLoop(Iterator[ChatChunk]):
+    """The iterator a ``for`` loop over a :class:`ChatStream` uses: the loop drops it when it ends
+    (``break`` included), and dropping it closes the stream."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: ChatStream) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> _StreamLoop:
+        return self
+
+    def __next__(self) -> ChatChunk:
+        return next(self._stream)
+
+    def __del__(self) -> None:
+        try:
+            self._stream.close()
+        except Exception:
+            pass

@@ -28,7 +28,7 @@ import threading
 import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from .._errors import ContextLengthError, EdgeSLMError, InvalidRequestError, SchemaError, ToolCallError
 from ..backends.base import Backend
@@ -37,7 +37,7 @@ from ..decoding.sampling import Sampler, SamplingParams
 from ..tools.calls import CLOSE_TAGS, TAGS, CallDetector, call_grammar
 from ..tools.formats import ToolFormat, get_format
 from ..tools.spec import Tool, as_tools
-from .generation import Generation, default_retries, drain, new_id, run_attempts, sum_usage, usage_of
+from .generation import Generation, StreamHandle, default_retries, new_id, usage_of
 from .results import ChatChunk, ChatResult, ToolCall
 
 __all__ = ["ToolPlan", "ToolRun", "plan_tools", "run_tools", "tag_token", "tool_reply"]
@@ -219,7 +219,26 @@ class _Outcome:
         return math.exp(sum(lps) / len(lps)) if lps else 1.0
 
 
-def _attempt(
+class _Attempt:
+    """One generation: iterating it yields the text deltas of the part before any call; then
+    :attr:`outcome` holds the result (:meth:`run` does both for an attempt nobody watches)."""
+
+    def __init__(self, engine: Backend, prompt: list[int], plan: ToolPlan, params: SamplingParams, budget: int,
+                 stops: Sequence[str], *, required: bool) -> None:
+        self._steps = _generate(engine, prompt, plan, params, budget, stops, required=required)
+        self.outcome: _Outcome | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        self.outcome = yield from self._steps
+
+    def run(self) -> _Outcome:
+        for _ in self:
+            pass
+        assert self.outcome is not None
+        return self.outcome
+
+
+def _generate(
     engine: Backend, prompt: list[int], plan: ToolPlan, params: SamplingParams, budget: int,
     stops: Sequence[str], *, required: bool,
 ) -> Generator[str, None, _Outcome]:
@@ -327,45 +346,54 @@ def _check_text(plan: ToolPlan, text: str) -> None:
 
 def tool_reply(
     service: Generation, prompt_fn: Callable[[Backend], list[int]], plan: ToolPlan, params: SamplingParams,
-    max_tokens: int, stops: list[str], holder: list[Any], retries: int | None = None,
+    max_tokens: int, stops: list[str], stream: StreamHandle | None = None, retries: int | None = None,
 ) -> Iterator[ChatChunk]:
     """Stream one reply that may call tools: text deltas, then one chunk with the calls, then the last
-    chunk. Calls that do not validate are generated again from where they began, with the retry
-    policy of every constrained generation (:mod:`edgeslm.api.generation`)."""
+    chunk. The first attempt is streamed as it is made; calls that do not validate are generated
+    again from where they began (not shown), through the service's one retry loop
+    (:meth:`~edgeslm.api.generation.Generation.constrained`)."""
     name = service.name
     cid = new_id()
-    with service.holding(holder) as engine:
+    with service.holding(stream) as engine:
         prompt = prompt_fn(engine)
         required = plan.mode == "required"
-        prefix = ""
+        first = _Attempt(engine, prompt, plan, params, max_tokens, stops, required=required)
+        for delta in first:
+            if delta:
+                yield ChatChunk(delta, model=name, id=cid)
+        shown = first.outcome
+        assert shown is not None
+        prefix = shown.text[: shown.call_at] if shown.call_at >= 0 else ""
 
-        def attempt(i: int, p: SamplingParams) -> Generator[str, None, _Outcome]:
-            nonlocal prefix
-            if i == 0:
-                out = yield from _attempt(engine, prompt, plan, p, max_tokens, stops, required=required)
-                prefix = out.text[: out.call_at] if out.call_at >= 0 else ""
-                return out
+        def retry(i: int, p: SamplingParams) -> _Outcome:
             retry_prompt = prompt + engine.tokenize(prefix, special=False) if prefix else prompt
-            out = drain(_attempt(engine, retry_prompt, plan, p, max_tokens, [], required=True))  # not shown
+            out = _Attempt(engine, retry_prompt, plan, p, max_tokens, [], required=True).run()
             out.text, out.call_at, out.first = prefix + out.text, len(prefix), False
             return out
 
-        def check(out: _Outcome) -> tuple[Any, list[str]]:
+        def check(out: _Outcome) -> tuple[_Reply, list[str]]:
             if out.call_at < 0:  # a text answer (only the first attempt can be one)
                 _check_text(plan, out.text)
-                return _TEXT, []
+                return _Reply("text"), []
             if not required and out.error is None and not out.complete and out.stats.hit_limit and out.first:
-                return _CUT_OFF, []  # auto: the reply committed to a call that max_tokens cut off
-            return _check_calls(plan, out)
+                return _Reply("cut_off"), []  # auto: the reply committed to a call that max_tokens cut off
+            calls, errors = _check_calls(plan, out)
+            return _Reply("calls", calls), errors
 
         n = default_retries(plan.exact) if retries is None else retries
-        calls, out, attempts, all_stats, errors = yield from _chunks(
-            run_attempts(attempt, check, params, n), name, cid)
-        if calls is _TEXT:
+        run = service.constrained(retry, check, params, n, first=shown)
+        out = run.last
+        if run.errors:
+            raise ToolCallError(
+                f"no valid tool call after {run.count} attempt(s): {'; '.join(run.errors[:3])}",
+                hint="raise max_tokens=, simplify the tool's parameter schema, or use a larger model; "
+                "tool_choice='auto' lets the model answer in text instead",
+            )
+        if run.value.kind == "text":
             finish = "length" if out.stats.hit_limit and not out.stop_hit else "stop"
             yield ChatChunk("", finish, usage_of(out.stats), model=name, id=cid)
             return
-        if calls is _CUT_OFF:  # the text before the call stays
+        if run.value.kind == "cut_off":  # the text before the call stays
             error = ToolCallError(
                 f"the tool call was cut off at {out.stats.completion_tokens} tokens (max_tokens): "
                 f"{out.text[out.call_at:out.call_at + 200]!r}",
@@ -373,29 +401,16 @@ def tool_reply(
             )
             yield ChatChunk("", "length", usage_of(out.stats), model=name, id=cid, error=error)
             return
-        if errors:
-            raise ToolCallError(
-                f"no valid tool call after {attempts} attempt(s): {'; '.join(errors[:3])}",
-                hint="raise max_tokens=, simplify the tool's parameter schema, or use a larger model; "
-                "tool_choice='auto' lets the model answer in text instead",
-            )
-        yield ChatChunk("", tool_calls=calls, model=name, id=cid, confidence=out.confidence)
-        yield ChatChunk("", "tool_calls", sum_usage(all_stats), model=name, id=cid)
+        yield ChatChunk("", tool_calls=run.value.calls, model=name, id=cid, confidence=out.confidence)
+        yield ChatChunk("", "tool_calls", run.usage, model=name, id=cid)
 
 
-_TEXT = object()  # the reply is a text answer
-_CUT_OFF = object()  # an auto reply's call was cut off by max_tokens
+@dataclass
+class _Reply:
+    """What a checked attempt is: a text answer, an ``auto`` call cut off by ``max_tokens``, or calls."""
 
-
-def _chunks(gen: Generator[str, None, Any], name: str, cid: str) -> Generator[ChatChunk, None, Any]:
-    """Text deltas as chunks; returns what *gen* returns."""
-    while True:
-        try:
-            delta = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if delta:
-            yield ChatChunk(delta, model=name, id=cid)
+    kind: Literal["text", "cut_off", "calls"]
+    calls: list[ToolCall] = field(default_factory=list)
 
 
 def collect(chunks: Iterator[ChatChunk], model_name: str) -> ChatResult:

@@ -353,7 +353,8 @@ def _json_detail(m: Any, req: ChatRequest) -> tuple[Any, dict[str, float]]:
     kw = req.kwargs
     plan = prepare_schema(req.schema)
     params = SamplingParams(kw.get("temperature", 0.7), kw.get("top_p", 0.95), kw.get("top_k", 40), kw.get("seed"))
-    _, attempt, _, usage = m._extract_run(req.messages, plan, kw.get("max_tokens"), params, None)
+    run = m._extract_run(req.messages, plan, kw.get("max_tokens"), params, None)
+    attempt, usage = run.last, run.usage
     result = ChatResult(text=attempt.text, finish_reason="stop", usage=usage, model=m.name,
                         confidence=attempt.confidence)
     return result, dict(attempt.fields or {})
