@@ -10,6 +10,7 @@ import pytest
 
 import edgeslm
 from edgeslm.api import batch
+from edgeslm.runtime import batching
 
 from .conftest import requires_smollm2
 
@@ -110,7 +111,7 @@ def test_leaving_extract_iter_early_releases_the_model(smollm2) -> None:
 def test_peak_memory_stays_within_the_kv_cache_planned_for_the_batch(smollm2) -> None:
     engine = smollm2._engine
     n = 8
-    planned = batch.planned_bytes(engine, n, smollm2.n_ctx)
+    planned = batching.planned_bytes(engine, n, smollm2.n_ctx)
     assert planned > engine.kv_bytes_per_token() * n * smollm2.n_ctx > 0
     proc = psutil.Process()
     base = proc.memory_info().rss
@@ -139,20 +140,20 @@ def test_peak_memory_stays_within_the_kv_cache_planned_for_the_batch(smollm2) ->
 def test_automatic_batch_size_follows_memory_and_measured_gain(smollm2) -> None:
     engine = smollm2._engine
     per_seq = engine.kv_bytes_per_token() * smollm2.n_ctx
-    fixed = batch.planned_bytes(engine, 0, smollm2.n_ctx)  # the compute buffer
-    assert batch.auto_batch_size(engine, smollm2.n_ctx, available_bytes=per_seq) == 1  # only a quarter of it
-    assert batch.auto_batch_size(engine, smollm2.n_ctx, available_bytes=(per_seq * 3 + fixed) * 4) == 3
-    assert batch.auto_batch_size(engine, smollm2.n_ctx, available_bytes=2**40) == batch.MAX_AUTO_BATCH
-    gain = batch.decode_gain(engine, 4)
+    fixed = batching.planned_bytes(engine, 0, smollm2.n_ctx)  # the compute buffer
+    assert batching.auto_batch_size(engine, smollm2.n_ctx, available_bytes=per_seq) == 1  # only a quarter of it
+    assert batching.auto_batch_size(engine, smollm2.n_ctx, available_bytes=(per_seq * 3 + fixed) * 4) == 3
+    assert batching.auto_batch_size(engine, smollm2.n_ctx, available_bytes=2**40) == batching.MAX_AUTO_BATCH
+    gain = batching.decode_gain(engine, 4)
     assert engine._forks == []  # the probe's context is freed
-    assert batch.decode_gain(engine, 4) == gain  # measured once per model
+    assert batching.decode_gain(engine, 4) == gain  # measured once per model
     assert 0.5 < gain < 4.5  # 4 tokens in one step: never more than 4x, and not slower than one by one
-    assert batch.best_batch_size(engine, 4) == (4, gain)  # at most the cap; the measurement is reused
-    assert batch.best_batch_size(engine, 1) == (1, 1.0)
+    assert batching.best_batch_size(engine, 4) == (4, gain)  # at most the cap; the measurement is reused
+    assert batching.best_batch_size(engine, 1) == (1, 1.0)
     # 4 items: batched at 4 exactly when the measured gain pays; an explicit size is kept (up to the items)
-    assert batch.chosen_batch_size(engine, smollm2.n_ctx, total=4) == (4 if gain >= batch.MIN_DECODE_GAIN else 1)
-    assert batch.chosen_batch_size(engine, smollm2.n_ctx, batch_size=6, total=4) == 4
-    assert batch.chosen_batch_size(engine, smollm2.n_ctx, batch_size=6) == 6
+    assert batching.chosen_batch_size(engine, smollm2.n_ctx, total=4) == (4 if gain >= batching.MIN_DECODE_GAIN else 1)
+    assert batching.chosen_batch_size(engine, smollm2.n_ctx, batch_size=6, total=4) == 4
+    assert batching.chosen_batch_size(engine, smollm2.n_ctx, batch_size=6) == 6
     # batch_size=None runs, batched or not as the measurement says, and returns every item in order
     got = smollm2.extract_many(TEXTS[:3], SCHEMA)
     assert len(got) == 3 and got[0].data["name"] == "Alice"
@@ -180,8 +181,8 @@ def test_a_batch_the_engine_cannot_allocate_is_halved_when_automatic_and_an_erro
     monkeypatch.setattr(engine, "fork", fork)
     # what a roomier machine would choose: 4 sequences, and batching predicted to pay after the first
     # two items (measured one at a time); the other two are then asked of a batch of 4
-    monkeypatch.setattr(batch, "_probe_pays", lambda *a, **k: True)
-    monkeypatch.setattr(batch, "_auto_plan", lambda *a, **k: (4, 10.0, 0.01))
+    monkeypatch.setattr(batch, "probe_pays", lambda *a, **k: True)
+    monkeypatch.setattr(batch, "auto_plan", lambda *a, **k: (4, 10.0, 0.01))
     monkeypatch.setattr(batch, "predicted_gain", lambda *a, **k: 2.0)
     texts = TEXTS[:5]
     one = [smollm2.extract(t, SCHEMA) for t in texts]
@@ -204,11 +205,11 @@ def test_kv_memory_is_the_ram_and_on_a_cuda_gpu_no_more_than_its_free_memory() -
 
     gib = 2**30
     two = (GPU("A", "cuda", 8 * gib, 3 * gib), GPU("B", "cuda", 8 * gib, 2 * gib))
-    assert batch.kv_memory(20 * gib, two) == 5 * gib  # caches of offloaded layers live on the GPUs
-    assert batch.kv_memory(20 * gib) == 20 * gib  # a model on the CPU
-    assert batch.kv_memory(20 * gib, (GPU("A", "cuda", 80 * gib, 70 * gib),)) == 20 * gib  # RAM is less
-    assert batch.kv_memory(20 * gib, (GPU("A", "cuda", 8 * gib, 0),)) == 20 * gib  # free memory unknown
-    assert batch.kv_memory(20 * gib, (GPU("M", "metal", 24 * gib, 20 * gib),)) == 20 * gib  # unified memory
+    assert batching.kv_memory(20 * gib, two) == 5 * gib  # caches of offloaded layers live on the GPUs
+    assert batching.kv_memory(20 * gib) == 20 * gib  # a model on the CPU
+    assert batching.kv_memory(20 * gib, (GPU("A", "cuda", 80 * gib, 70 * gib),)) == 20 * gib  # RAM is less
+    assert batching.kv_memory(20 * gib, (GPU("A", "cuda", 8 * gib, 0),)) == 20 * gib  # free memory unknown
+    assert batching.kv_memory(20 * gib, (GPU("M", "metal", 24 * gib, 20 * gib),)) == 20 * gib  # unified memory
 
 
 @requires_smollm2
@@ -361,11 +362,11 @@ def test_a_huge_batch_size_is_capped_and_refused_with_true_figures_before_the_en
     engine = smollm2._engine
     asked: list[int] = []
     monkeypatch.setattr(engine, "fork", lambda n, ctx: asked.append(n))
-    monkeypatch.setattr(batch, "_available", lambda e: 2**30)
+    monkeypatch.setattr(batching, "_available", lambda e: 2**30)
     with pytest.raises(edgeslm.InsufficientMemoryError) as err:
         list(smollm2.extract_iter((t for t in TEXTS), SCHEMA, batch_size=10**9))
-    need = batch.planned_bytes(engine, batch.MAX_SEQUENCES, smollm2.n_ctx)
-    assert f"{batch.MAX_SEQUENCES} sequences of {smollm2.n_ctx:,} tokens" in str(err.value)
+    need = batching.planned_bytes(engine, batching.MAX_SEQUENCES, smollm2.n_ctx)
+    assert f"{batching.MAX_SEQUENCES} sequences of {smollm2.n_ctx:,} tokens" in str(err.value)
     assert f"{need / 2**30:,.2f} GiB" in str(err.value) and "1.00 GiB" in str(err.value)
     assert str(err.value).count("Hint:") == 1 and asked == []
     assert smollm2.extract(TEXTS[0], SCHEMA).data["name"] == "Alice"  # not left held
@@ -381,9 +382,9 @@ def test_automatic_batching_is_decided_on_the_first_items_measured(smollm2, monk
     forks: list[int] = []
     real_fork = engine.fork
     monkeypatch.setattr(engine, "fork", lambda n, c: (forks.append(n), real_fork(n, c))[1])
-    monkeypatch.setattr(batch, "_probe_pays", lambda *a, **k: True)  # (its own test is below)
+    monkeypatch.setattr(batch, "probe_pays", lambda *a, **k: True)  # (its own test is below)
     # a probe that found a gain (capped by the items, as the real one is)
-    monkeypatch.setattr(batch, "_auto_plan", lambda engine, n_ctx, total: (min(4, total or 4), 3.0, 0.01))
+    monkeypatch.setattr(batch, "auto_plan", lambda engine, n_ctx, total: (min(4, total or 4), 3.0, 0.01))
     seen: list[object] = []
     monkeypatch.setattr(batch, "predicted_gain", lambda u, *a, **k: (seen.append(u), 2.0 if pays else 1.0)[1])
     texts = TEXTS[:7]
@@ -410,15 +411,15 @@ def test_the_probe_runs_only_where_it_can_pay_for_itself(smollm2, monkeypatch) -
                             reused_prompt_tokens=150, decode_tokens_per_s=100.0)
     slow = SimpleNamespace(total_time_s=5.0, time_to_first_token_s=0.5, prompt_tokens=200,
                            reused_prompt_tokens=150, decode_tokens_per_s=30.0)
-    batch._STEPS.pop(engine.vocab_owner, None)
-    assert not batch._probe_pays(quick, 4, smollm2.n_ctx, engine)
-    assert not batch._probe_pays(slow, 1, smollm2.n_ctx, engine)  # one item left: no batch at all
-    assert batch._probe_pays(slow, 4, smollm2.n_ctx, engine)
-    assert batch._probe_pays(quick, None, smollm2.n_ctx, engine)  # an open-ended stream
-    assert batch._probe_sizes(32) == [8, 16, 32] and batch._probe_sizes(12) == [8, 12]
-    assert batch._probe_sizes(4) == [4] and batch._probe_sizes(1) == []
-    batch.best_batch_size(engine, 4)  # measured once: from now on free
-    assert batch._probe_pays(quick, 4, smollm2.n_ctx, engine)
+    batching._STEPS.pop(engine.vocab_owner, None)
+    assert not batching.probe_pays(quick, 4, smollm2.n_ctx, engine)
+    assert not batching.probe_pays(slow, 1, smollm2.n_ctx, engine)  # one item left: no batch at all
+    assert batching.probe_pays(slow, 4, smollm2.n_ctx, engine)
+    assert batching.probe_pays(quick, None, smollm2.n_ctx, engine)  # an open-ended stream
+    assert batching.probe_sizes(32) == [8, 16, 32] and batching.probe_sizes(12) == [8, 12]
+    assert batching.probe_sizes(4) == [4] and batching.probe_sizes(1) == []
+    batching.best_batch_size(engine, 4)  # measured once: from now on free
+    assert batching.probe_pays(quick, 4, smollm2.n_ctx, engine)
 
 
 @requires_smollm2
@@ -427,14 +428,14 @@ def test_a_batch_measured_slower_than_one_at_a_time_hands_the_rest_back(smollm2,
     item than the item measured one at a time takes no more items; the rest run one at a time, every
     item comes back once, and no batch thread is left."""
     mine: list[str] = []
-    real = type(smollm2).extract
+    real = type(smollm2)._extract
 
     def extract(self, text, *a, **k):
         if self is smollm2:
             mine.append(text)
         return real(self, text, *a, **k)
 
-    monkeypatch.setattr(type(smollm2), "extract", extract)
+    monkeypatch.setattr(type(smollm2), "_extract", extract)
     texts = TEXTS[:8]
     got = dict(batch._batched(smollm2, iter(enumerate(texts)), SCHEMA, 2, {}, auto=True, one_s=1e-9))
     assert sorted(got) == list(range(8))
@@ -445,3 +446,16 @@ def test_a_batch_measured_slower_than_one_at_a_time_hands_the_rest_back(smollm2,
     mine.clear()  # a batch faster than one at a time keeps every item
     got = dict(batch._batched(smollm2, iter(enumerate(texts)), SCHEMA, 2, {}, auto=True, one_s=1e9))
     assert sorted(got) == list(range(8)) and mine == []
+
+
+@pytest.mark.parametrize("size", [1, 2])
+def test_the_schema_is_prepared_once_per_call(smollm2, monkeypatch, size: int) -> None:
+    """extract_many checks, compiles and wraps the schema once, not once per document (#25)."""
+    from edgeslm.api import extract as ex
+
+    calls: list[object] = []
+    real = ex.prepare_schema
+    monkeypatch.setattr(ex, "prepare_schema", lambda *a, **k: (calls.append(a[0]), real(*a, **k))[1])
+    out = smollm2.extract_many(TEXTS[:4], SCHEMA, batch_size=size)
+    assert all(isinstance(x, edgeslm.Extraction) for x in out)
+    assert len(calls) == 1

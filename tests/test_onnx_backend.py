@@ -260,7 +260,7 @@ def test_extract_validates(onnx_model) -> None:
 
 
 def test_extract_many_runs_one_at_a_time_with_results_of_extract(onnx_model) -> None:
-    from edgeslm.api.batch import auto_batch_size
+    from edgeslm.runtime.batching import auto_batch_size
 
     texts = ["John Smith is 42 years old.", "word " * 2000, "Maria Lopez, aged 31, lives in Lisbon."]
     assert auto_batch_size(onnx_model._engine, onnx_model.n_ctx) == 1

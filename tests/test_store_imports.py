@@ -146,3 +146,11 @@ def test_nothing_outside_backends_touches_a_backend_private_attribute() -> None:
             if owner in engine_names:
                 found.append(f"{f.relative_to(SRC)}:{node.lineno}: {owner}.{node.attr}")
     assert found == []
+
+
+def test_runtime_and_escalation_import_no_api() -> None:
+    """runtime/ (hardware, planner, batching policy, self-check) and escalation/ sit below api/ (#25)."""
+    g = _graph()
+    bad = {m: sorted(d for d in deps if d.split(".")[1] in ("api", "cli", "server", "bench"))
+           for m, deps in g.items() if m.split(".")[1:2] in (["runtime"], ["escalation"])}
+    assert {m: d for m, d in bad.items() if d} == {}

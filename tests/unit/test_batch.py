@@ -82,7 +82,7 @@ def test_invariant_calls_are_groups_llama_cpp_keeps_whole() -> None:
 def test_best_batch_size_doubles_while_the_decode_rate_still_grows() -> None:
     """The batch doubles from 8 while a step of the doubled batch gives 1.1x the tokens/s or more,
     never past the cap; the gains are those measured on 2 cores (Gemma-3-270M, SmolLM2-135M)."""
-    from edgeslm.api.batch import _best_size
+    from edgeslm.runtime.batching import _best_size
 
     asked: list[int] = []
 
@@ -111,7 +111,7 @@ def test_predicted_gain_counts_prompt_work_drafting_and_efficiency() -> None:
     really decoded at (drafting can beat the probe's one-sequence rate)."""
     from types import SimpleNamespace
 
-    from edgeslm.api.batch import BATCH_EFFICIENCY, MIN_PREDICTED_GAIN, predicted_gain
+    from edgeslm.runtime.batching import BATCH_EFFICIENCY, MIN_PREDICTED_GAIN, predicted_gain
 
     def usage(ttft: float, total: float, rate: float) -> SimpleNamespace:
         return SimpleNamespace(time_to_first_token_s=ttft, total_time_s=total, decode_tokens_per_s=rate)

@@ -134,7 +134,7 @@ class AsyncModel:
         arrive together, or while such a batch runs, decode together (one engine call per round for
         every live sequence, as :meth:`Model.extract_many` does), and take one turn among the other
         calls. ``fn`` must use only *m*. ``batch_size``: the sequences at most (``None``: from the
-        engine's probed decode gain, :func:`~edgeslm.api.batch.chosen_batch_size`; where batching
+        engine's probed decode gain, :func:`~edgeslm.runtime.batching.chosen_batch_size`; where batching
         does not pay, the calls run one at a time in the turn). See :mod:`edgeslm.api.feed`."""
         from .feed import Job, JobFeed
 

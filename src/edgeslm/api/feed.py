@@ -3,13 +3,13 @@ requests with a schema together, the way ``extract_many`` decodes its documents.
 
 A :class:`JobFeed` holds jobs, each a function of a model. :func:`run_feed` takes the model, opens a
 context of up to ``batch_size`` sequences and runs the jobs in worker threads, each on a model
-bound to one sequence (:mod:`edgeslm.api.batch`: whatever the workers ask of the engine in one
+bound to one sequence (:mod:`edgeslm.decoding.scheduler`: whatever the workers ask of the engine in one
 round goes to it as one batch). A worker that finishes a job takes the next one waiting (continuous
 batching); jobs offered while the batch runs join it, until the feed stops accepting: when it runs
 dry with no job left running, or when ``should_yield()`` says another caller waits for the model (so
 a steady stream of batched calls cannot starve the others). Where the engine cannot fork, or where
 the size chosen is 1 (``batch_size=None`` and batching does not pay on this engine, see
-:func:`~edgeslm.api.batch.chosen_batch_size`), the jobs run one at a time in the same turn.
+:func:`~edgeslm.runtime.batching.chosen_batch_size`), the jobs run one at a time in the same turn.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .._errors import ModelClosedError
-from .batch import _BatchRun, _can_fork, _Cancelled, chosen_batch_size
+from ..decoding.scheduler import Cancelled
+from ..runtime.batching import can_fork, chosen_batch_size
+from .batch import ExtractRun
 
 __all__ = ["Job", "JobFeed", "run_feed"]
 
@@ -92,7 +94,7 @@ class JobFeed:
         """Run *job* on *model* and settle it; a closed model or a stopped batch goes on up."""
         try:
             result = job.fn(model)
-        except _Cancelled:
+        except Cancelled:
             raise  # the batch was stopped: close() settles the job
         except BaseException as exc:
             self._settle(job, None, exc)
@@ -122,7 +124,7 @@ class JobFeed:
             self._settle(job, None, error)
 
 
-class _FeedRun(_BatchRun):
+class _FeedRun(ExtractRun):
     """A batch whose items are the feed's jobs, taken as they come."""
 
     def __init__(self, model: Any, feed: JobFeed) -> None:
@@ -130,11 +132,11 @@ class _FeedRun(_BatchRun):
         self.feed = feed
         self._count = itertools.count()
 
-    def _take(self, seq: int) -> tuple[int, Any] | None:
+    def take(self, seq: int) -> tuple[int, Any] | None:
         job = self.feed.take(self.stop)
         return None if job is None else (next(self._count), job)
 
-    def _do(self, worker: Any, i: int, item: Any) -> Any:
+    def do(self, worker: Any, i: int, item: Any) -> Any:
         self.feed.run(item, worker)
         return None
 
@@ -142,7 +144,7 @@ class _FeedRun(_BatchRun):
 def run_feed(model: Any, feed: JobFeed, batch_size: int | None = None) -> None:
     """Run *feed*'s jobs on *model* (see the module docstring) until it is dry; every job is
     settled when this returns or raises. ``batch_size``: the sequences at most (``None``: chosen
-    by :func:`~edgeslm.api.batch.chosen_batch_size` for the jobs waiting at the start: the probed
+    by :func:`~edgeslm.runtime.batching.chosen_batch_size` for the jobs waiting at the start: the probed
     decode gain, as requests come one by one and cannot be measured first)."""
     error: BaseException = ModelClosedError("the batch ended before this call ran",
                                             hint="retry the request")
@@ -151,7 +153,7 @@ def run_feed(model: Any, feed: JobFeed, batch_size: int | None = None) -> None:
             total = None if batch_size is not None else max(1, feed.pending)
             n = chosen_batch_size(engine, model.n_ctx, batch_size, total)
         feed.start()
-        if n > 1 and _can_fork(engine):
+        if n > 1 and can_fork(engine):
             run = _FeedRun(model, feed)
             if run.start(n, auto=batch_size is None):
                 try:

@@ -33,7 +33,8 @@ from ..decoding.sampling import Sampler, SamplingParams, retry_params
 from ._validate import check_text
 from .results import ChatChunk, ChatStream, Usage
 
-__all__ = ["RETRIES_EXACT", "RETRIES_RELAXED", "Attempts", "Generation", "StreamHandle", "default_retries",
+__all__ = ["RETRIES_EXACT", "RETRIES_RELAXED", "Attempts", "Generation", "SequenceGeneration", "StreamHandle",
+           "default_retries",
            "run_constrained", "sum_usage", "usage_of"]
 
 #: Retries when the grammar enforces the schema exactly, and when it enforces a relaxed form.
@@ -392,6 +393,25 @@ class _AdapterGeneration(Generation):
 
     def collect(self) -> None:  # the model, not a view of it, owns the engine
         pass
+
+
+class SequenceGeneration(Generation):
+    """The generation service of a model bound to one sequence of a batch: holding it makes its
+    sequence active in the batch (:class:`~edgeslm.decoding.scheduler.SequenceView`); the batch's
+    context has the adapter of the call that forked it."""
+
+    def __init__(self, view: Any, name: str) -> None:
+        super().__init__(view, name)
+        self._view = view
+
+    def acquire(self, adapter: str | None = None, *, keep: bool = False) -> Backend:
+        engine = super().acquire(keep=True)
+        self._view.hold()
+        return engine
+
+    def release(self) -> None:
+        self._view.let_go()
+        super().release()
 
 
 #: No tokenizer puts more than this many bytes (so characters) in one token: a text longer than this

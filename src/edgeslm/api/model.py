@@ -26,10 +26,11 @@ from ._validate import (
     check_text,
     max_tokens_or_auto,
 )
-from .generation import Generation
+from .generation import Generation, SequenceGeneration
 from .results import ChatChunk, ChatResult, ChatStream, Extraction
 
 if TYPE_CHECKING:
+    from ..decoding.scheduler import SequenceView
     from .extract import Attempt
     from .generation import Attempts
 
@@ -117,6 +118,16 @@ class Model:
 
     def _using(self, adapter: str | None) -> Model:
         return self if adapter is None else self.with_adapter(adapter)
+
+    def _on_sequence(self, view: SequenceView) -> Model:
+        """This model bound to one sequence of a batch (:mod:`edgeslm.decoding.scheduler`): its
+        calls run the same paths, on the sequence, while the batch holds the model itself."""
+        import copy
+
+        worker = copy.copy(self)
+        worker._gen = SequenceGeneration(view, self.name)
+        worker._owner = getattr(self, "_owner", self)
+        return worker
 
     @property
     def _engine(self) -> Backend | None:
@@ -384,21 +395,30 @@ class Model:
 
         ``adapter``: one of :attr:`adapters` for this call (``None``: the model's default).
         """
-        m = self._using(adapter)
+        return self._using(adapter)._extract(
+            text, schema, instructions=instructions, examples=examples, max_tokens=max_tokens,
+            temperature=temperature, seed=seed, retries=retries, escalation=escalation)
+
+    def _extract(
+        self, text: str, schema: Any, *, instructions: str | None = None, examples: Sequence[Any] | None = None,
+        max_tokens: int | None = None, temperature: float = 0.0, seed: int | None = None,
+        retries: int | None = None, escalation: Any = None,
+    ) -> Extraction:
+        """:meth:`extract` on this model; *schema* may be an ``ExtractionPlan`` already prepared
+        (``extract_many`` prepares it once per call)."""
+        from .extract import ExtractionPlan, prepare_schema
+
+        local = functools.partial(self._extract_local, text, schema, instructions, examples, max_tokens, temperature,
+                                  seed, retries)
         esc = self._escalation(escalation)
         if esc is None:
-            return m._extract_local(text, schema, instructions, examples, max_tokens, temperature, seed, retries)
+            return local()
         from .escalate import extract_with_escalation, extraction_request
-        from .extract import prepare_schema
 
-        plan = prepare_schema(schema)
-        request = extraction_request(text, schema, instructions=instructions, examples=examples,
+        plan = schema if isinstance(schema, ExtractionPlan) else prepare_schema(schema)
+        request = extraction_request(text, plan.schema, instructions=instructions, examples=examples,
                                      max_tokens=max_tokens)
-        return extract_with_escalation(
-            esc, lambda: m._extract_local(text, schema, instructions, examples, max_tokens, temperature, seed,
-                                          retries),
-            request, model_class=plan.model_class,
-        )
+        return extract_with_escalation(esc, local, request, model_class=plan.model_class)
 
     def extract_many(
         self, texts: Iterable[str], schema: Any, *, batch_size: int | None = None, progress: bool = False,
@@ -456,7 +476,7 @@ class Model:
         self, text: str, schema: Any, instructions: str | None, examples: Sequence[Any] | None,
         max_tokens: int | None, temperature: float, seed: int | None, retries: int | None,
     ) -> Extraction:
-        from .extract import extraction_messages, prepare_schema
+        from .extract import ExtractionPlan, extraction_messages, prepare_schema
 
         check_text(text, "text")
         if not text.strip():
@@ -465,7 +485,7 @@ class Model:
         if instructions is not None:
             check_text(instructions, "instructions")
         check_max_tokens(max_tokens)
-        plan = prepare_schema(schema)
+        plan = schema if isinstance(schema, ExtractionPlan) else prepare_schema(schema)
         msgs = extraction_messages(text, plan.schema, instructions, examples)
         params = SamplingParams(temperature=temperature, seed=seed)
         run = self._extract_run(msgs, plan, max_tokens, params, retries, lookup=text)

@@ -36,9 +36,9 @@ def engine_rates(engine: Any, n: int, per_seq: int | None = None) -> tuple[float
     call of *per_seq* tokens for each sequence, by default 64, or 512 in all past 8 sequences,
     logits for the last ones only; best of two after a warm-up, on a context forked for it) and
     generated tokens (one decode step of the *n* sequences, every token with logits:
-    :func:`~edgeslm.api.batch.decode_step_seconds`). Both on a short context, so attention over a
+    :func:`~edgeslm.runtime.batching.decode_step_seconds`). Both on a short context, so attention over a
     long context is not counted."""
-    from edgeslm.api.batch import decode_step_seconds
+    from edgeslm.runtime.batching import decode_step_seconds
 
     per_seq = per_seq or max(1, min(64, 512 // n))
     tok = engine.bos_id if engine.bos_id is not None else 0
@@ -92,12 +92,12 @@ def batch_bench(model_ref: str, schema: Any, rows: list[dict[str, Any]], *, n_th
                 batch_size: int | None = None, max_tokens: int = 256, invariant_docs: int = 16,
                 tick: Callable[[int], None] | None = None) -> dict[str, Any]:
     """valid/s of ``extract_many`` (``batch_size`` sequences; ``None``: the size where the engine
-    decodes fastest within what memory allows, :func:`~edgeslm.api.batch.best_batch_size`, which
+    decodes fastest within what memory allows, :func:`~edgeslm.runtime.batching.best_batch_size`, which
     ``batch_size=None`` takes where batching pays), of ``extract`` one at a time and of the peer
     one at a time, on *rows* (``text`` and ``expected``); then both again with
     ``batch_invariant=True`` on the first *invariant_docs* rows (0: not measured)."""
     import edgeslm
-    from edgeslm.api.batch import batch_cap, best_batch_size, chosen_batch_size, decode_gain
+    from edgeslm.runtime.batching import batch_cap, best_batch_size, chosen_batch_size, decode_gain
 
     from .extract import peer_run
     from .task import peer_job, peer_row, score
