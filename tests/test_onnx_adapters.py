@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 import edgeslm
-from edgeslm.backends.onnx import OnnxGenAIBackend, read_onnx_adapter
+from edgeslm.backends.onnx import OnnxGenAIBackend
+from edgeslm.backends.onnx_adapters import read_onnx_adapter
 
 from .onnx_model import (
     LORA_PROMPTS,
@@ -217,7 +218,7 @@ def test_prefix_reuse_and_a_rebuilt_generator_keep_the_adapter(model) -> None:
 
 def _first_dims_offset(data: bytes) -> int:
     """Offset of the first parameter's first dimension in an .onnx_adapter (to forge a lying header)."""
-    from edgeslm.backends.onnx import _FlatBuffer
+    from edgeslm.backends.onnx_adapters import _FlatBuffer
 
     fb = _FlatBuffer(data, len(data))
     root = fb.table(fb.deref(0, "root"), "root")

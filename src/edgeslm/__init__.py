@@ -45,12 +45,13 @@ if TYPE_CHECKING:
     from .api.model import Model
     from .api.plan import plan
     from .api.results import ChatChunk, ChatResult, ChatStream, Extraction, ToolCall, Usage
-    from .api.tool_use import ToolRun
+    from .api.tool_loop import ToolRun
     from .decoding.support import SchemaSupport, check_schema
     from .distill.finetune import FinetuneReport, finetune
     from .distill.teach import TeachReport, teach
     from .escalation.calibration import CalibrationReport
-    from .escalation.policy import CloudAnswer, Escalation, EscalationRequest
+    from .escalation.policy import Escalation
+    from .escalation.requests import CloudAnswer, EscalationRequest
     from .escalation.targets import OpenAICompatible
     from .runtime.hardware import Hardware, detect
     from .runtime.planner import Plan
@@ -128,7 +129,7 @@ _LAZY = {
     "ChatResult": ".api.results",
     "Extraction": ".api.results",
     "ToolCall": ".api.results",
-    "ToolRun": ".api.tool_use",
+    "ToolRun": ".api.tool_loop",
     "Tool": ".tools.spec",
     "tool": ".tools.spec",
     "Usage": ".api.results",
@@ -140,9 +141,9 @@ _LAZY = {
     "calibrate": ".api.calibrate",
     "CalibrationReport": ".escalation.calibration",
     "OpenAICompatible": ".escalation.targets",
-    "CloudAnswer": ".escalation.policy",
+    "CloudAnswer": ".escalation.requests",
     "Escalation": ".escalation.policy",
-    "EscalationRequest": ".escalation.policy",
+    "EscalationRequest": ".escalation.requests",
     "finetune": ".distill.finetune",
     "FinetuneReport": ".distill.finetune",
     "teach": ".distill.teach",

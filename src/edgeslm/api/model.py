@@ -335,7 +335,7 @@ class Model:
         ``"answer"``, ``"max_rounds"``, or ``"context_length"`` when the conversation no longer fits
         the context window). Other keyword arguments go to :meth:`chat`.
         """
-        from .tool_use import run_tools
+        from .tool_loop import run_tools
 
         if chat_kwargs.get("stream"):
             raise InvalidRequestError("run_tools does not stream",

@@ -4,7 +4,7 @@ server...), through the official ``openai`` package, imported when the first tar
 
 Extraction goes out with ``response_format={"type": "json_schema", ...}``; tool calls with
 ``tools=`` (and ``tool_choice`` / ``parallel_tool_calls`` when set). The reply is parsed into a
-:class:`~edgeslm.escalation.policy.CloudAnswer`; :class:`~edgeslm.Escalation` validates it.
+:class:`~edgeslm.escalation.requests.CloudAnswer`; :class:`~edgeslm.Escalation` validates it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .._errors import BackendUnavailableError, EscalationError, InvalidRequestError
-from .policy import CloudAnswer, EscalationRequest
+from .requests import CloudAnswer, EscalationRequest
 
 __all__ = ["OpenAICompatible"]
 
