@@ -5,6 +5,9 @@ a lock, so one model can be shared by many threads; a stream holds the lock unti
 closed, or garbage-collected, or until the ``for`` loop (or any other iteration) over it is left:
 iterating a :class:`ChatStream` goes through a loop iterator of its own, and dropping that iterator
 (as ``break`` does) closes the stream, even while the stream object is still referenced.
+
+Over ~450 lines on purpose: it is the public facade, and every method's docstring is part of the API
+reference; the work is done in the modules it calls.
 """
 
 from __future__ import annotations

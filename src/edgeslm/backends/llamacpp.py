@@ -4,6 +4,10 @@ One model, one context, one sequence. Tokens are decoded with ``llama_batch_get_
 follow the KV cache), logits are read as a zero-copy numpy view of ``llama_get_logits_ith(-1)``,
 and prefix reuse trims the cache with ``llama_memory_seq_rm``. No sampler chain of llama.cpp is
 used: token choice and constraints live in :mod:`edgeslm.decoding`.
+
+Over ~450 lines on purpose: the engine class implements the whole Backend contract over llama.cpp's
+C API (contexts, sequences, batches, adapters, vocabulary), and every method shares its context
+handles; the file check is in gguf_file.py.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ Text goes through the Hugging Face ``tokenizers`` library on the folder's ``toke
 onnxruntime-genai's tokenizer always turns control-token text such as ``<|im_start|>`` into control
 tokens; ``tokenizers`` can encode that text as plain text (``encode_special_tokens``), which keeps
 user content out of special-token parsing.
+
+Over ~450 lines on purpose: the engine class implements the whole Backend contract over onnxruntime-
+genai (tokenizer, generator rewinds, adapters); the file checks are in onnx_files.py, the adapter
+reader in onnx_adapters.py.
 """
 
 from __future__ import annotations

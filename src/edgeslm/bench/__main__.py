@@ -5,6 +5,9 @@ baseline measured in the same run (llama-cpp-python on the same model and thread
     python -m edgeslm.bench --model smollm2-135m --model my-q8.gguf --task my_task.jsonl
     python -m edgeslm.bench --markdown report.md --json report.json --plot charts/
     python -m edgeslm.bench --only task --cloud-url http://127.0.0.1:8000/v1 --cloud-model big-model
+
+Over ~450 lines on purpose: the bench's command line: every section's options and their dispatch in
+one parser.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@
   with a constraint by the loop, see :func:`edgeslm.decoding.loop.generate_steps`).
 
 Build grammars with :func:`edgeslm.decoding.schema.grammar_for`.
+
+Over ~450 lines on purpose: the grammar constraint and the per-model state it needs (llguidance
+tokenizer, closing-token sets) are one unit, and the wrap-up processor steers the same matcher.
 """
 
 from __future__ import annotations

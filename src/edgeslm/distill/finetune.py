@@ -16,6 +16,9 @@ What makes the adapter fit inference:
 The output folder holds the PEFT adapter (``adapter_config.json``, ``adapter_model.safetensors``),
 its GGUF conversion (``adapter.gguf``) and a model card (``edgeslm_adapter.json``, ``README.md``)
 with the base file's hash, the data's hash, the steps and the evaluation figures.
+
+Over ~450 lines on purpose: one training run end to end (data, the prompt rendered as at inference,
+the loop with early stopping, the PEFT and GGUF outputs, the card); the steps share the run's state.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ isotonic regression (:func:`isotonic_fit`, pool-adjacent-violators) and Platt sc
 (:func:`platt_fit`), :func:`threshold_for_budget`, a :class:`Calibrator` that maps a raw score to
 a probability and round-trips through JSON, and the :class:`CalibrationReport` that
 :func:`edgeslm.calibrate` returns and :class:`edgeslm.Escalation` accepts as ``min_confidence``.
+
+Over ~450 lines on purpose: the ranking and calibration metrics, the two calibrators, the threshold
+choice and the report's save and load (untrusted JSON, checked field by field) make one report.
 """
 
 from __future__ import annotations

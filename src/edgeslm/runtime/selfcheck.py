@@ -23,6 +23,9 @@ first, once per content hash, so a file that trips one of llama.cpp's asserts ra
 ``EDGESLM_TEST_CRASH`` is a test-only switch (fault injection): a comma-separated list of
 ``extra_bufts``, ``gpu``, ``always`` or ``hang``; the child then dies with SIGSEGV (or hangs)
 when its options match.
+
+Over ~450 lines on purpose: the child process, the record it leaves and the ladder of load options
+it walks are one protocol.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ Endpoints: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /v1/models/{
 Errors are always ``{"error": {"message", "type", "param", "code"}}`` with a 4xx/5xx status, never
 a traceback. edgeslm's extras ride in extension fields of the completion: ``confidence``,
 ``field_confidence`` (JSON replies), ``escalated`` (+ ``escalation_trigger``), ``schema_support``.
+
+Over ~450 lines on purpose: the OpenAI-compatible routes, their request checks and the event stream
+are one HTTP surface.
 """
 
 from __future__ import annotations

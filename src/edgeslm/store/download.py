@@ -16,6 +16,9 @@ size, commit, Xet headers, Hub errors), then Xet (``hf_xet``) when the Hub offer
 ``hf_hub_download`` itself is not used: since huggingface_hub 1.18 it downloads into a
 process-unique temporary file that it deletes when the transfer fails (huggingface_hub#4228), so a
 multi-GB download that breaks restarts from zero (huggingface_hub#4196).
+
+Over ~450 lines on purpose: one transfer protocol: listing, resume, verification, quarantine, locks
+and the progress bar work on the same partial files.
 """
 
 from __future__ import annotations
