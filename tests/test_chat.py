@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -185,3 +186,21 @@ def test_close_and_context_manager(smollm2_path) -> None:
 def test_unknown_model_is_a_clear_error() -> None:
     with pytest.raises(edgeslm.ModelNotFoundError):
         edgeslm.load("/nonexistent/model.gguf")
+
+
+def test_cancel_on_stops_a_call_from_another_thread_and_the_model_goes_on(smollm2) -> None:
+    stop = threading.Event()
+    timer = threading.Timer(0.5, stop.set)
+    timer.start()
+    t0 = time.perf_counter()
+    with pytest.raises(edgeslm.GenerationCancelled), edgeslm.cancel_on(stop):
+        smollm2.chat([{"role": "user", "content": "Write a very long story about the sea."}], max_tokens=2000,
+                     temperature=0)
+    assert time.perf_counter() - t0 < 5  # 2000 tokens take far longer here
+    assert isinstance(edgeslm.GenerationCancelled("x"), edgeslm.GenerationError)
+    with edgeslm.cancel_on(stop):  # already set: nothing starts
+        with pytest.raises(edgeslm.GenerationCancelled):
+            smollm2.extract("Ana is 31.", {"type": "object", "properties": {"age": {"type": "integer"}}})
+    # outside the block the model works as before
+    r = smollm2.chat([{"role": "user", "content": "hi"}], max_tokens=4, temperature=0)
+    assert r.usage.completion_tokens >= 1

@@ -351,6 +351,26 @@ def test_disconnect_mid_stream_frees_the_engine(server: Server, client: openai.O
     assert time.perf_counter() - t0 < 6
 
 
+@pytest.mark.parametrize("kind", ["text", "schema"])
+def test_a_client_that_leaves_a_non_streamed_request_frees_the_engine(server: Server, client: openai.OpenAI,
+                                                                     model_id: str, kind: str) -> None:
+    """Without a stream the server learns of a disconnect by polling: the call stops at its next token
+    (a schema request inside its batch too), so the next request does not wait out 1500 tokens."""
+    body: dict = {"model": model_id, "messages": LONG, "max_tokens": 1500, "temperature": 0}
+    if kind == "schema":
+        story = {"type": "object", "properties": {"story": {"type": "string", "minLength": 5000}},
+                 "required": ["story"]}
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "s", "schema": story}}
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    with httpx.Client(timeout=1.0) as h, pytest.raises(httpx.ReadTimeout):
+        h.post(f"{server.url}/v1/chat/completions", json=body, headers=headers)  # gives up after 1 s
+    t0 = time.perf_counter()
+    ok = client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    assert ok.choices[0].message.content is not None
+    # 1500 tokens would take ~20 s or more here; the abandoned call must have stopped within a poll
+    assert time.perf_counter() - t0 < 6
+
+
 def test_slow_client_that_never_reads(server: Server, client: openai.OpenAI, model_id: str) -> None:
     host, port = server.url.removeprefix("http://").split(":")
     body = json.dumps({"model": model_id, "messages": LONG, "max_tokens": 100, "stream": True}).encode()

@@ -24,6 +24,7 @@ from ._errors import (
     EscalationError,
     ExtractionFailed,
     GatedModelError,
+    GenerationCancelled,
     GenerationError,
     InsufficientMemoryError,
     InvalidRequestError,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from .api.plan import plan
     from .api.results import ChatChunk, ChatResult, ChatStream, Extraction, ToolCall, Usage
     from .api.tool_loop import ToolRun
+    from .decoding.loop import cancel_on
     from .decoding.support import SchemaSupport, check_schema
     from .distill.finetune import FinetuneReport, finetune
     from .distill.teach import TeachReport, teach
@@ -82,6 +84,7 @@ __all__ = [
     "ExtractionFailed",
     "FinetuneReport",
     "GatedModelError",
+    "GenerationCancelled",
     "GenerationError",
     "Hardware",
     "InsufficientMemoryError",
@@ -105,6 +108,7 @@ __all__ = [
     "Usage",
     "__version__",
     "calibrate",
+    "cancel_on",
     "check_schema",
     "detect",
     "finetune",
@@ -138,6 +142,7 @@ _LAZY = {
     "Plan": ".runtime.planner",
     "SchemaSupport": ".decoding.support",
     "check_schema": ".decoding.support",
+    "cancel_on": ".decoding.loop",
     "calibrate": ".api.calibrate",
     "CalibrationReport": ".escalation.calibration",
     "OpenAICompatible": ".escalation.targets",

@@ -14,6 +14,7 @@ Hierarchy::
     ├── ContextLengthError        the prompt does not fit the context window
     ├── ModelClosedError          the model was closed
     ├── GenerationError           the engine failed while decoding
+    │   └── GenerationCancelled   the app cancelled the call (edgeslm.cancel_on)
     ├── SchemaError               a schema is invalid or cannot be served
     ├── ExtractionFailed          no output validated after the allowed retries
     ├── ToolCallError             a tool call could not be produced or executed
@@ -42,6 +43,7 @@ __all__ = [
     "EscalationError",
     "ExtractionFailed",
     "GatedModelError",
+    "GenerationCancelled",
     "GenerationError",
     "InsufficientMemoryError",
     "InvalidRequestError",
@@ -115,6 +117,10 @@ class ModelClosedError(EdgeSLMError):
 
 class GenerationError(EdgeSLMError):
     """The engine reported a failure while decoding."""
+
+
+class GenerationCancelled(GenerationError):
+    """The call was cancelled by the app (:func:`edgeslm.cancel_on`) before it finished."""
 
 
 class SchemaError(EdgeSLMError):

@@ -12,14 +12,17 @@ layer stays a thin wrapper.
 from __future__ import annotations
 
 import codecs
+import contextvars
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
-from .._errors import ContextLengthError, InvalidRequestError
+from .._errors import ContextLengthError, GenerationCancelled, InvalidRequestError
 from ..backends.base import Backend
 from .sampling import Sampler, token_scores
 
@@ -198,6 +201,32 @@ def check_fits(backend: Backend, n_prompt: int) -> None:
         )
 
 
+_CANCEL: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("edgeslm_cancel", default=None)
+
+
+@contextmanager
+def cancel_on(event: threading.Event) -> Iterator[None]:
+    """Calls made inside this block (in this thread or task) stop at their next token once *event*
+    is set, raising :class:`~edgeslm.GenerationCancelled`; the model stays usable. Set *event* from
+    any thread (a UI's cancel button, a server whose client left)::
+
+        stop = threading.Event()
+        with edgeslm.cancel_on(stop):
+            x = model.extract(text, schema)   # another thread may call stop.set()
+    """
+    token = _CANCEL.set(event)
+    try:
+        yield
+    finally:
+        _CANCEL.reset(token)
+
+
+def _check_cancel() -> None:
+    event = _CANCEL.get()
+    if event is not None and event.is_set():
+        raise GenerationCancelled("the call was cancelled", hint="nothing to do: the app asked for it (cancel_on)")
+
+
 def generate_steps(
     backend: Backend,
     prompt: Sequence[int],
@@ -220,6 +249,7 @@ def generate_steps(
     engine call per kept token. The tokens are those greedy decoding chooses from the engine's
     logits; only the engine call a logit comes from differs, which can change a near-tie."""
     stats = stats if stats is not None else GenStats()
+    _check_cancel()
     check_fits(backend, len(prompt))
     stats.prompt_tokens = len(prompt)
     stats.reused_tokens = prefill(backend, prompt)
@@ -285,6 +315,7 @@ def generate_steps(
 
     picked: tuple[int, float | None, bool, float | None] | None = None
     while produced < budget:
+        _check_cancel()
         if constraint is not None and constraint.done():
             break
         choice = picked if picked is not None else pick(backend.logits())

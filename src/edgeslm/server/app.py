@@ -11,11 +11,13 @@ are one HTTP surface.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +42,9 @@ from .._errors import (
 )
 from ..api.aio import AsyncChatStream, AsyncModel
 from .config import Limits
+
+#: How often a non-streamed request checks whether its client is still there.
+DISCONNECT_POLL_S = 0.25
 
 __all__ = ["ServerState", "create_app"]
 
@@ -399,13 +404,39 @@ async def _chat_completions(request: Request) -> Response:
     if req.stream:
         s = await am.chat(req.messages, stream=True, **req.kwargs)
         return _sse(s, req, state)
+    gone = threading.Event()  # set when the client disconnects: the call stops at its next token
     if req.schema is not None and am.model.escalation is None:
         # decoded together with the other schema requests running or waiting (one batch per turn)
-        result, fields = await am.call_batched(lambda m: _json_detail(m, req), adapter=req.kwargs.get("adapter"),
-                                               batch_size=state.batch_size)
+        call = am.call_batched(lambda m: _cancellable(gone, _json_detail, m, req), adapter=req.kwargs.get("adapter"),
+                               batch_size=state.batch_size)
     else:
-        result, fields = await am.chat(req.messages, **req.kwargs), None
+        call = am.call(lambda m: (_cancellable(gone, m.chat, req.messages, **req.kwargs), None))
+    result, fields = await _until_disconnected(request, call, gone)
     return JSONResponse(_completion(result, req, fields))
+
+
+def _cancellable(gone: threading.Event, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in the worker thread that runs it, stopped once *gone* is set."""
+    from ..decoding.loop import cancel_on
+
+    with cancel_on(gone):
+        return fn(*args, **kwargs)
+
+
+async def _until_disconnected(request: Request, call: Awaitable[Any], gone: threading.Event) -> Any:
+    """Await *call* while watching the client: one that disconnects sets *gone*, so a request nobody
+    will read stops generating (or never starts, when it was still waiting for its turn)."""
+
+    async def watch() -> None:
+        while not await request.is_disconnected():
+            await asyncio.sleep(DISCONNECT_POLL_S)
+        gone.set()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await call
+    finally:
+        watcher.cancel()
 
 
 def _sse(s: AsyncChatStream, req: ChatRequest, state: ServerState) -> Response:
