@@ -328,3 +328,43 @@ def test_import_edgeslm_imports_no_torch() -> None:
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_serve_answers_with_the_adapter_the_model_name_picks(smol_adapters: dict[str, Path], tmp_path: Path) -> None:
+    """``edgeslm serve --adapter one=PATH`` serves ``MODEL:one`` beside the base: free text and schema
+    replies (the batched path) are those of the same model loaded in process with that adapter."""
+    httpx = pytest.importorskip("httpx2")
+    openai = pytest.importorskip("openai")
+    pytest.importorskip("uvicorn")
+    from .test_serve import Server
+
+    s = Server([str(_bundled("smollm2-135m")), "--port", "0", "--n-ctx", "1024",
+                "--adapter", f"one={smol_adapters['one']}"], tmp_path / "server.log")
+    person = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"], "additionalProperties": False}
+    fmt = {"type": "json_schema", "json_schema": {"name": "p", "schema": person}}
+    try:
+        s.wait_ready()
+        c = openai.OpenAI(base_url=f"{s.url}/v1", api_key="x", max_retries=0, timeout=120)
+        ids = [m.id for m in c.models.list().data]
+        base = ids[0]
+        assert f"{base}:one" in ids
+        with edgeslm.load("smollm2-135m", n_ctx=1024, adapters={"one": smol_adapters["one"]}) as m:
+            differs = 0
+            for prompt in PROMPTS[:3]:
+                msgs = [{"role": "user", "content": prompt}]
+                for name, adapter in ((base, None), (f"{base}:one", "one")):
+                    served = c.chat.completions.create(model=name, messages=msgs, max_tokens=8, temperature=0)
+                    local = m.chat(msgs, max_tokens=8, temperature=0, adapter=adapter)
+                    assert served.choices[0].message.content == local.text, (name, prompt)
+                differs += m.chat(msgs, max_tokens=8, temperature=0).text != local.text
+            assert differs >= 1  # the adapter is applied, not ignored
+            msgs = [{"role": "user", "content": "Ana Silva is 31 years old."}]
+            served = c.chat.completions.create(model=f"{base}:one", messages=msgs, temperature=0,
+                                               response_format=fmt)  # type: ignore[arg-type]
+            local = m.chat(msgs, temperature=0, response_format=fmt, adapter="one")
+            assert json.loads(served.choices[0].message.content or "") == json.loads(local.text)
+        r = httpx.post(f"{s.url}/v1/chat/completions", json={"model": f"{base}:nope", "messages": msgs})
+        assert r.status_code in (400, 404) and "nope" in r.text
+    finally:
+        s.stop()
