@@ -358,27 +358,6 @@ class _AdapterGeneration(Generation):
     def view(self, adapter: str | None) -> Generation:
         return self._main.view(adapter)
 
-    def stream(self, chunks: Callable[[StreamHandle], Iterator[ChatChunk]]) -> ChatStream:
-        """A :class:`~edgeslm.ChatStream` over ``chunks(handle)``, a generator that holds the model
-        (``holding(handle)``) while it runs."""
-        handle = StreamHandle()
-        s = ChatStream(chunks(handle))
-        handle.bind(s)
-        return s
-
-    def constrained(
-        self,
-        attempt: Callable[[int, SamplingParams], O],
-        check: Callable[[O], tuple[Any, list[str]]],
-        params: SamplingParams,
-        retries: int,
-        *,
-        first: O | None = None,
-    ) -> Attempts[O]:
-        """Constrained generation with checks and retries, the one way extraction, tool calls and
-        batched items run (see the module docstring and :func:`run_constrained`)."""
-        return run_constrained(attempt, check, params, retries, first=first)
-
     def end_own_stream(self) -> None:
         self._main.end_own_stream()
 
