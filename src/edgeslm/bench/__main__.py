@@ -61,7 +61,7 @@ def _positive(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m edgeslm.bench", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m edgeslm.bench", description=__doc__.split("\nOver ~450 lines")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", default=None,
                    help="catalog id or file path; repeat to compare models or quantizations side by side; "
