@@ -336,3 +336,21 @@ def test_adapter_table_puts_each_adapter_beside_its_base() -> None:
     rows = table[2]
     assert [r[0] for r in rows] == ["base", "base+adapter:/a"] and rows[0][3] == "25%" and rows[1][3] == "65%"
     assert rows[1][4] == "82%"  # the mean of the per-field accuracies
+
+
+def test_a_json_record_renders_the_same_tables_again_and_the_committed_one_renders() -> None:
+    """The docs' measurements page is generated from a committed --json record (Report.from_json)."""
+    import json
+    from pathlib import Path
+
+    from edgeslm._errors import InvalidRequestError
+
+    for r in (_report(), _full_report()):
+        doc = json.loads(json.dumps(r.to_json()))  # through JSON text, as the file holds it
+        again = Report.from_json(doc)
+        assert again.markdown() == r.markdown() and again.to_json() == doc
+    with pytest.raises(InvalidRequestError, match="schema version"):
+        Report.from_json({"schema_version": 999})
+    committed = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "latest.json"
+    md = Report.from_json(json.loads(committed.read_text(encoding="utf-8"))).markdown()
+    assert "| model |" in md and "Decode speed" in md

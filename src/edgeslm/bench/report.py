@@ -14,7 +14,7 @@ import math
 import platform
 import resource
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 __all__ = ["CostAssumptions", "Report", "machine_info", "missing_fields"]
@@ -210,6 +210,24 @@ class Report:
         return rows
 
     # ------------------------------------------------------------------ output
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Report:
+        """The report a ``--json`` record holds (what :meth:`to_json` wrote), to render it again: the
+        docs' measurements page is generated this way from a committed record."""
+        from .._errors import InvalidRequestError
+
+        if not isinstance(doc, dict) or doc.get("schema_version") != SCHEMA_VERSION:
+            got = doc.get("schema_version") if isinstance(doc, dict) else type(doc).__name__
+            raise InvalidRequestError(f"not a bench record of schema version {SCHEMA_VERSION} (got {got!r})",
+                                      hint="write one with python -m edgeslm.bench --json FILE")
+        known = {f.name for f in fields(CostAssumptions)}
+        return cls(quick=bool(doc.get("quick")), machine=doc["machine"], records=list(doc.get("records", [])),
+                   sections=dict(doc.get("sections", {})), notes=list(doc.get("notes", [])),
+                   started_at=str(doc.get("started_at", "")),
+                   assumptions=CostAssumptions(**{k: v for k, v in doc.get("assumptions", {}).items() if k in known}),
+                   escalation=list(doc.get("escalation", [])), onnx=list(doc.get("onnx", [])),
+                   section_seconds=dict(doc.get("section_seconds", {})))
+
     def to_json(self) -> dict[str, Any]:
         return _finite({
             "schema_version": SCHEMA_VERSION, "started_at": self.started_at, "quick": self.quick,
