@@ -5,6 +5,10 @@ The JSON written by ``--json`` has ``schema_version`` 1 and these stable keys (d
 ``benchmarks/README.md``): ``machine``, ``records``, ``ratios``, ``cost``, ``assumptions``,
 ``escalation`` (accuracy against share escalated, per model), ``onnx`` (which ONNX variant was
 measured, or why none), ``section_seconds``, ``notes``, ``sections`` (each section's raw figures).
+:meth:`Report.from_json` reads such a record back (the docs' measurements page renders one).
+
+Over ~450 lines on purpose: the record, its ratios and every section's table are one format, kept
+where one change to a record's fields is seen in the tables that print it.
 """
 
 from __future__ import annotations
