@@ -35,7 +35,7 @@ from .results import ChatChunk, ChatStream, Usage
 
 __all__ = ["RETRIES_EXACT", "RETRIES_RELAXED", "Attempts", "Generation", "SequenceGeneration", "StreamHandle",
            "default_retries",
-           "run_constrained", "sum_usage", "usage_of"]
+           "sum_usage", "usage_of"]
 
 #: Retries when the grammar enforces the schema exactly, and when it enforces a relaxed form.
 RETRIES_EXACT = 2
@@ -105,30 +105,6 @@ class Attempts(Generic[O]):
         return sum_usage(self.stats)
 
 
-def run_constrained(
-    attempt: Callable[[int, SamplingParams], O],
-    check: Callable[[O], tuple[Any, list[str]]],
-    params: SamplingParams,
-    retries: int,
-    *,
-    first: O | None = None,
-) -> Attempts[O]:
-    """Run ``attempt(i, params_i)`` until ``check`` finds no error, at most ``1 + retries`` times
-    (``params_i``: the retry sampling of :func:`~edgeslm.decoding.sampling.retry_params`). *first*:
-    the outcome of attempt 0 when the caller ran it already (a stream shows its text as it comes)."""
-    all_stats: list[GenStats] = []
-    errors: list[str] = []
-    out: O | None = None
-    for i in range(retries + 1):
-        out = first if i == 0 and first is not None else attempt(i, retry_params(params, i) if i else params)
-        all_stats.append(out.stats)
-        value, errors = check(out)
-        if not errors:
-            return Attempts(value, out, i + 1, all_stats, [])
-    assert out is not None
-    return Attempts(None, out, retries + 1, all_stats, errors)
-
-
 class StreamHandle:
     """Ties a running stream to the :class:`~edgeslm.ChatStream` the app holds, weakly (the stream is
     closed when the app drops it), so the model's next call from the same thread can close it first
@@ -184,8 +160,21 @@ class Generation:
         first: O | None = None,
     ) -> Attempts[O]:
         """Constrained generation with checks and retries, the one way extraction, tool calls and
-        batched items run (see the module docstring and :func:`run_constrained`)."""
-        return run_constrained(attempt, check, params, retries, first=first)
+        batched items run (see the module docstring): ``attempt(i, params_i)`` until ``check`` finds
+        no error, at most ``1 + retries`` times (``params_i``: the retry sampling of
+        :func:`~edgeslm.decoding.sampling.retry_params`). *first*: the outcome of attempt 0 when the
+        caller ran it already (a stream shows its text as it comes)."""
+        all_stats: list[GenStats] = []
+        errors: list[str] = []
+        out: O | None = None
+        for i in range(retries + 1):
+            out = first if i == 0 and first is not None else attempt(i, retry_params(params, i) if i else params)
+            all_stats.append(out.stats)
+            value, errors = check(out)
+            if not errors:
+                return Attempts(value, out, i + 1, all_stats, [])
+        assert out is not None
+        return Attempts(None, out, retries + 1, all_stats, errors)
 
     def end_own_stream(self) -> None:
         """Close an unfinished stream opened by this thread, and stop its unfinished batches: waiting
