@@ -351,6 +351,8 @@ def test_a_json_record_renders_the_same_tables_again_and_the_committed_one_rende
         assert again.markdown() == r.markdown() and again.to_json() == doc
     with pytest.raises(InvalidRequestError, match="schema version"):
         Report.from_json({"schema_version": 999})
+    with pytest.raises(InvalidRequestError, match="damaged"):
+        Report.from_json({"schema_version": 1, "records": 5})
     committed = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "latest.json"
     md = Report.from_json(json.loads(committed.read_text(encoding="utf-8"))).markdown()
     assert "| model |" in md and "Decode speed" in md

@@ -6,23 +6,14 @@ rich tables, which degrade to plain text in a non-TTY terminal or a CI log.
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 from typing import Any
 
+from ..backends.registry import package_version
 from ..runtime.hardware import Hardware, detect
 
-__all__ = ["render", "report"]
+__all__ = ["package_version", "render", "report"]
 
 GIB = 1 << 30
-
-
-def package_version(dist: str) -> str | None:
-    """The installed version of a distribution, or None."""
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def report(hardware: Hardware | None = None, *, n_ctx: int | None = None) -> dict[str, Any]:

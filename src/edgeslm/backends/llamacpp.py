@@ -26,7 +26,7 @@ import numpy as np
 from .._errors import AdapterError, BackendUnavailableError, CorruptModelError, GenerationError, InvalidRequestError
 from ..runtime.threads import ThreadTuner
 from .base import Backend
-from .registry import BackendSpec, OpenRequest
+from .registry import BackendSpec, OpenRequest, package_version
 
 __all__ = ["LlamaCppBackend", "build_features", "gpu_offload_supported", "system_info"]
 
@@ -799,12 +799,7 @@ def _validate(path: Path) -> Any:
 
 def _doctor() -> dict[str, Any]:
     """The llama.cpp row of ``edgeslm doctor``: its build's backends, GPU offload and CPU kernels."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        ver: str | None = version("llama_cpp_python")
-    except PackageNotFoundError:
-        ver = None
+    ver = package_version("llama_cpp_python")
     out: dict[str, Any] = {"package": "llama-cpp-python", "version": ver}
     if ver is None:
         out["error"] = "not installed: pip install llama-cpp-python"

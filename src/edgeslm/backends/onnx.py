@@ -41,7 +41,7 @@ from .onnx_adapters import (
     _shape_text,
     read_onnx_adapter,
 )
-from .registry import BackendSpec, OpenRequest
+from .registry import BackendSpec, OpenRequest, package_version
 
 __all__ = ["AdapterParameter", "OnnxGenAIBackend", "read_onnx_adapter"]
 
@@ -657,23 +657,15 @@ def _validate(path: Path) -> Any:
 
 def _doctor() -> dict[str, Any]:
     """The ONNX Runtime GenAI row of ``edgeslm doctor``: its version and execution providers."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    def ver(dist: str) -> str | None:
-        try:
-            return version(dist)
-        except PackageNotFoundError:
-            return None
-
-    v = ver("onnxruntime-genai") or ver("onnxruntime-genai-cuda")
+    v = package_version("onnxruntime-genai") or package_version("onnxruntime-genai-cuda")
     out: dict[str, Any] = {"package": "onnxruntime-genai", "version": v}
     if v is None:
         out["error"] = "not installed: pip install onnxruntime-genai"
         return out
     providers = ["cpu"] + [name for name, dist in (("cuda", "onnxruntime-genai-cuda"),
-                                                   ("dml", "onnxruntime-genai-directml")) if ver(dist)]
+                                                   ("dml", "onnxruntime-genai-directml")) if package_version(dist)]
     out["providers"] = providers
-    ort = ver("onnxruntime") or ver("onnxruntime-gpu")
+    ort = package_version("onnxruntime") or package_version("onnxruntime-gpu")
     if ort:
         out["onnxruntime"] = ort
     out["summary"] = f"providers: {', '.join(providers)}"

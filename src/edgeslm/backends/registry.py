@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BackendSpec", "OpenRequest", "backend_for_format", "backend_for_name", "backend_for_path", "backend_names",
-    "formats", "get_backend", "register_backend", "unregister_backend",
+    "formats", "get_backend", "package_version", "register_backend", "unregister_backend",
 ]
 
 
@@ -116,6 +116,17 @@ class BackendSpec:
             return all(importlib.util.find_spec(m) is not None for m in self.requires)
         except (ImportError, ValueError):
             return False
+
+
+def package_version(dist: str) -> str | None:
+    """The installed version of the distribution *dist* (``"llama_cpp_python"``), or ``None``; for the
+    engines' doctor rows and the bench's record."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 _BUILTIN = ("edgeslm.backends.llamacpp", "edgeslm.backends.onnx")

@@ -225,12 +225,17 @@ class Report:
             raise InvalidRequestError(f"not a bench record of schema version {SCHEMA_VERSION} (got {got!r})",
                                       hint="write one with python -m edgeslm.bench --json FILE")
         known = {f.name for f in fields(CostAssumptions)}
-        return cls(quick=bool(doc.get("quick")), machine=doc["machine"], records=list(doc.get("records", [])),
-                   sections=dict(doc.get("sections", {})), notes=list(doc.get("notes", [])),
-                   started_at=str(doc.get("started_at", "")),
-                   assumptions=CostAssumptions(**{k: v for k, v in doc.get("assumptions", {}).items() if k in known}),
-                   escalation=list(doc.get("escalation", [])), onnx=list(doc.get("onnx", [])),
-                   section_seconds=dict(doc.get("section_seconds", {})))
+        try:
+            return cls(quick=bool(doc.get("quick")), machine=dict(doc["machine"]),
+                       records=list(doc.get("records", [])), sections=dict(doc.get("sections", {})),
+                       notes=list(doc.get("notes", [])), started_at=str(doc.get("started_at", "")),
+                       assumptions=CostAssumptions(**{k: v for k, v in dict(doc.get("assumptions", {})).items()
+                                                      if k in known}),
+                       escalation=list(doc.get("escalation", [])), onnx=list(doc.get("onnx", [])),
+                       section_seconds=dict(doc.get("section_seconds", {})))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidRequestError(f"a damaged bench record: {type(exc).__name__}: {exc}",
+                                      hint="write it again with python -m edgeslm.bench --json FILE") from None
 
     def to_json(self) -> dict[str, Any]:
         return _finite({
