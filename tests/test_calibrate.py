@@ -37,6 +37,38 @@ def test_labeled_set_is_complete_and_valid() -> None:
     assert total >= 200
 
 
+def test_training_pools_are_valid_and_never_overlap_the_scored_texts() -> None:
+    """A task's ``pool.jsonl`` (teacher-labelled texts that benchmarks/distill.py only trains on)
+    validates against the task's schema, names its title, city and date as the labels say, and
+    shares no id or text with ``examples.jsonl`` (whose held-out split is what gets scored)."""
+    import datetime
+    import sys
+
+    from edgeslm.bench.labeled import labeled_dir
+    from edgeslm.decoding.schema import make_validator
+
+    sys.path.insert(0, str(labeled_dir().parent))
+    try:
+        import distill  # benchmarks/distill.py
+    finally:
+        sys.path.remove(str(labeled_dir().parent))
+    pooled = [n for n in tasks() if distill.load_pool(n)]
+    assert "events" in pooled
+    for name in pooled:
+        schema, examples = load_task(name)
+        pool = distill.load_pool(name)
+        v = make_validator(schema)
+        assert not {p["id"] for p in pool} & {e["id"] for e in examples}
+        assert not {p["text"] for p in pool} & {e["text"] for e in examples}
+        assert len({p["id"] for p in pool}) == len(pool) == len({p["text"] for p in pool})
+        for p in pool:
+            assert not list(v.iter_errors(p["expected"])), p["id"]
+    for p in distill.load_pool("events"):
+        got = p["expected"]
+        assert f'"{got["title"]}"' in p["text"] and got["city"] in p["text"], p["id"]
+        datetime.date.fromisoformat(got["date"])  # a real calendar date
+
+
 def test_fields_match_rules() -> None:
     assert fields_match({"a": " Ann  Lee", "n": 2.0}, {"a": "ann lee", "n": 2})
     assert fields_match({"a": "x"}, {"a": "x", "b": None})  # missing == null

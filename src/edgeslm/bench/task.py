@@ -205,7 +205,7 @@ def extract_row(model: Any, ex: Mapping[str, Any], max_tokens: int) -> dict[str,
     try:
         x = model.extract(ex["text"], ex["schema"], temperature=0, max_tokens=max_tokens)
         row.update(valid=True, tokens=x.usage.completion_tokens, confidence=x.confidence,
-                   prompt_tokens=x.usage.prompt_tokens)
+                   prompt_tokens=x.usage.prompt_tokens, scores=dict(x.scores))
         row["exact"], row["fields"] = score(x.data, ex["expected"])
     except edgeslm.EdgeSLMError as e:
         row["error"] = type(e).__name__
