@@ -103,6 +103,16 @@ def build_features(info: str | None = None) -> dict[str, dict[str, str]]:
     return out
 
 
+#: The one vocabulary slice llguidance precomputes for fast masks (its default is four: whitespace and
+#: JSON string content of 1-10, 1-30 and any length). Measured on Gemma-3's 262k tokens (2-core AMD
+#: EPYC, fresh processes): the tokenizer builds in 0.50 s instead of 0.93 s, the first extraction of a
+#: process lands 0.3-0.4 s sooner (1.68-1.83 s vs 2.03-2.20 s from start to a validated answer), and 12
+#: extractions after it took the same time within noise (8.56 vs 8.43 s mean), the same tokens; masks
+#: are exact either way (slices only speed them up). No slice at all builds in 0.48 s but makes masks
+#: about 4x slower.
+JSON_STRING_SLICE = r'[^"\\\x00-\x1F\x7F]{1,10}'  # llguidance's own (general_slices()[1])
+
+
 class LlamaCppBackend(Backend):
     """A GGUF model loaded in llama.cpp."""
 
@@ -621,7 +631,7 @@ class LlamaCppBackend(Backend):
         return llguidance.LLTokenizer.from_llamacpp(
             tokens=self.vocab_pieces(raw), vocab_ptr=self._vocab,
             tokenize_fptr=ctypes.cast(raw.llama_tokenize, ctypes.c_void_p).value,
-            eos_token=self._lib.llama_vocab_eos(self._vocab), slices=None)
+            eos_token=self._lib.llama_vocab_eos(self._vocab), slices=[JSON_STRING_SLICE])
 
     def vocab_pieces(self, raw: Any = None, *, cache: bool = True) -> list[bytes]:
         """Every token's bytes, control tokens rendered and marked with a leading ``0xff`` (as are
