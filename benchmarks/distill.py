@@ -100,8 +100,8 @@ def run_task(name: str, args: argparse.Namespace, work: Path, pool: list[dict[st
 
     schema, rows = load_task(name)
     train, held = split(rows, args.held_out)
-    held_ids = {r["id"] for r in held}
-    if any(r["id"] in held_ids or r["text"] in {h["text"] for h in held} for r in pool or []):
+    held_keys = {r["id"] for r in held} | {r["text"] for r in held}
+    if any(r["id"] in held_keys or r["text"] in held_keys for r in pool or []):
         raise SystemExit(f"{name}: the pool holds a held-out text")
     train = train + list(pool or [])
     folder = work / (f"{name}+pool" if pool else name)
@@ -128,6 +128,11 @@ def run_task(name: str, args: argparse.Namespace, work: Path, pool: list[dict[st
             "base": b, "adapter": a, "goal_met": goal}
 
 
+def label(result: dict[str, Any]) -> str:
+    """A result's task name, with the pool it was trained on."""
+    return f"{result['task']} + pool of {result['pool']}" if result.get("pool") else result["task"]
+
+
 def markdown(results: list[dict[str, Any]], args: argparse.Namespace, machine: str) -> str:
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{x:.0%}"
@@ -144,8 +149,7 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace, machine: s
         goal = "met" if r["goal_met"] else "NOT met"
         for who in ("base", "adapter"):
             s = r[who]
-            task = f"{r['task']} + pool of {r['pool']}" if r.get("pool") else r["task"]
-            lines.append(f"| {task} | {r['train']} | {who} | {pct(s['valid'])} | {pct(s['exact'])} | "
+            lines.append(f"| {label(r)} | {r['train']} | {who} | {pct(s['valid'])} | {pct(s['exact'])} | "
                          f"{pct(s['fields'])} | {num(s['p50_s'])} | {num(s['auroc'], '{:.3f}')} | "
                          f"{'' if who == 'base' else trained} | {'' if who == 'base' else goal} |")
     from edgeslm.decoding.scores import CANDIDATES
@@ -154,10 +158,9 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace, machine: s
               "(- : every answer right, or every one wrong):", "",
               "| task | " + " | ".join(CANDIDATES) + " |", "|---|" + "---:|" * len(CANDIDATES)]
     for r in results:
-        task = f"{r['task']} + pool of {r['pool']}" if r.get("pool") else r["task"]
         cells = [f"{num(r['base']['candidate_auroc'].get(c))} -> {num(r['adapter']['candidate_auroc'].get(c))}"
                  for c in CANDIDATES]
-        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label(r)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
