@@ -13,16 +13,21 @@ import edgeslm
 from .conftest import requires_smollm2
 
 
+def _load_or_skip(name: str) -> edgeslm.Model:
+    """The bundled model *name* with a small context, or the test skipped where it is not installed."""
+    try:
+        return edgeslm.load(name, n_ctx=256)
+    except edgeslm.ModelNotFoundError:
+        pytest.skip(f"{name} is not installed")
+
+
 @requires_smollm2
 @pytest.mark.parametrize("name", ["smollm2-135m", "gemma-3-270m"])
 def test_the_vocabulary_is_read_as_llguidance_reads_it(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     llamacpp = pytest.importorskip("llguidance.llamacpp")
     from llguidance import LLTokenizer
 
-    try:
-        model = edgeslm.load(name, n_ctx=256)
-    except edgeslm.ModelNotFoundError:
-        pytest.skip(f"{name} is not installed")
+    model = _load_or_skip(name)
     with model:
         engine = model._engine
         seen: list[dict] = []
@@ -109,10 +114,7 @@ def test_a_validated_gguf_is_remembered_until_the_file_changes(tmp_path, monkeyp
 def test_closing_tokens_from_the_pieces_are_those_of_the_per_token_scan(name: str) -> None:
     from edgeslm.decoding import constrain
 
-    try:
-        model = edgeslm.load(name, n_ctx=256)
-    except edgeslm.ModelNotFoundError:
-        pytest.skip(f"{name} is not installed")
+    model = _load_or_skip(name)
     with model:
         e = model._engine
         slow = constrain._scan_closing(e.n_vocab, e.token_bytes, e.is_eog)
@@ -128,7 +130,6 @@ def test_the_single_slice_tokenizer_masks_exactly_as_the_default(name: str) -> N
     """edgeslm builds llguidance's tokenizer with one precomputed slice (JSON_STRING_SLICE; half the
     build time on a 262k vocabulary): every mask along real outputs, schema and free text, equals the
     one from llguidance's default slices."""
-    import ctypes
     import json
 
     import numpy as np
@@ -138,18 +139,11 @@ def test_the_single_slice_tokenizer_masks_exactly_as_the_default(name: str) -> N
     from edgeslm.backends.llamacpp import JSON_STRING_SLICE
 
     assert JSON_STRING_SLICE in LLTokenizer.general_slices()
-    try:
-        model = edgeslm.load(name, n_ctx=256)
-    except edgeslm.ModelNotFoundError:
-        pytest.skip(f"{name} is not installed")
+    model = _load_or_skip(name)
     with model:
         engine = model._engine
         ours = engine.constraint_tokenizer()
-        raw = engine._lib.llama_cpp._lib
-        default = LLTokenizer.from_llamacpp(
-            tokens=engine.vocab_pieces(raw), vocab_ptr=engine._vocab,
-            tokenize_fptr=ctypes.cast(raw.llama_tokenize, ctypes.c_void_p).value,
-            eos_token=engine._lib.llama_vocab_eos(engine._vocab), slices=None)
+        default = engine.constraint_tokenizer(slices=None)
         schema = {"type": "object", "required": ["name", "note", "n"],
                   "properties": {"name": {"type": "string"}, "note": {"type": "string", "maxLength": 40},
                                  "n": {"type": "integer"}}}

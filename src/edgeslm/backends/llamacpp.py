@@ -610,9 +610,11 @@ class LlamaCppBackend(Backend):
             size += int(self._lib.llama_state_get_size(self._ctx))
         return size
 
-    def constraint_tokenizer(self) -> Any:
+    def constraint_tokenizer(self, *, slices: tuple[str, ...] | None = (JSON_STRING_SLICE,)) -> Any:
         """llguidance's tokenizer read straight from llama.cpp's vocabulary. It points into the
         vocabulary: drop it before :meth:`close` (the decoding layer does, see ``Model.close``).
+        *slices*: the vocabulary slices llguidance precomputes (:data:`JSON_STRING_SLICE`; ``None``:
+        llguidance's default four).
 
         The pieces are read here with llama.cpp's C functions called directly (what
         ``llguidance.llamacpp.lltokenizer_from_vocab`` does through per-token Python wrappers, one of
@@ -631,7 +633,7 @@ class LlamaCppBackend(Backend):
         return llguidance.LLTokenizer.from_llamacpp(
             tokens=self.vocab_pieces(raw), vocab_ptr=self._vocab,
             tokenize_fptr=ctypes.cast(raw.llama_tokenize, ctypes.c_void_p).value,
-            eos_token=self._lib.llama_vocab_eos(self._vocab), slices=[JSON_STRING_SLICE])
+            eos_token=self._lib.llama_vocab_eos(self._vocab), slices=None if slices is None else list(slices))
 
     def vocab_pieces(self, raw: Any = None, *, cache: bool = True) -> list[bytes]:
         """Every token's bytes, control tokens rendered and marked with a leading ``0xff`` (as are
