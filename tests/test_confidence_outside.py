@@ -23,7 +23,14 @@ from edgeslm.bench.confidence import (
     render,
     summarize,
 )
-from edgeslm.decoding.scores import CANDIDATES, DEFAULT_CONFIDENCE, STEERED_CAP, TokenScore, candidate_scores
+from edgeslm.decoding.scores import (
+    CANDIDATES,
+    DEFAULT_CONFIDENCE,
+    STEERED_CAP,
+    TokenScore,
+    candidate_scores,
+    grounded_fields,
+)
 from edgeslm.decoding.support import check_schema
 
 CONFORMANCE = Path(__file__).resolve().parents[1].parent / "shared" / "conformance"
@@ -37,7 +44,7 @@ requires_corpora = pytest.mark.skipif(
 
 def test_the_default_confidence_is_the_documented_choice() -> None:
     # chosen by `python -m edgeslm.bench --only confidence` (see DEFAULT_CONFIDENCE's comment)
-    assert DEFAULT_CONFIDENCE == "mean_prob"
+    assert DEFAULT_CONFIDENCE == "grounded_prob"
     assert DEFAULT_CONFIDENCE in CANDIDATES
 
 
@@ -49,6 +56,27 @@ def test_new_candidates_and_the_steered_cap() -> None:
     capped = candidate_scores(toks, {"/a": 0.4}, steered=True)  # the model did not finish by itself
     assert all(capped[k] == min(s[k], STEERED_CAP) for k in CANDIDATES) and capped["mean_prob"] == STEERED_CAP
     assert candidate_scores([]) == dict.fromkeys(CANDIDATES, 1.0)  # nothing free: nothing to doubt
+
+
+def test_grounded_fields_look_values_up_in_the_source() -> None:
+    out = (b'{"name": "Ada  LOVELACE", "age": 22, "city": "Napa", "owed": 1250.5, "year": 2026, "day": 30,'
+           b' "ok": true, "kind": "person", "none": null, "note": ""}')
+    fields = {"/name": 0.9, "/age": 0.5, "/city": 0.8, "/owed": 0.7, "/year": 0.6, "/day": 0.95, "/ok": 0.4,
+              "/kind": 1.0, "/none": 0.3, "/note": 0.99}
+    src = "ada lovelace, aged 31,\nlives in\tnapa valley; owes 1,250.5 since 2026-08-30"
+    g = grounded_fields(out, src, fields)
+    # strings without regard to case and spacing; numbers as the text writes them ("1,250.5"; a date's
+    # parts, but "-08" is not minus eight); booleans, nulls, empty strings and forced values never count
+    assert g == {"/name": True, "/age": False, "/city": True, "/owed": True, "/year": True, "/day": True}
+    assert grounded_fields(b'{"n": -8}', "2026-08-30", {"/n": 0.5}) == {"/n": False}
+    assert grounded_fields(b'{"n": -8}', "a drop of -8 degrees", {"/n": 0.5}) == {"/n": True}
+    assert grounded_fields(b"not json", src, {}) == {}
+    toks = [TokenScore(0, 1, math.log(0.9), 0.8), TokenScore(2, 3, math.log(0.4), 0.1)]
+    s = candidate_scores(toks, fields, grounded=g)
+    # mean_prob, times the score of each value not in the text (only /age here)
+    assert s["grounded_prob"] == pytest.approx(s["mean_prob"] * 0.5)
+    assert candidate_scores(toks, fields)["grounded_prob"] == s["mean_prob"]  # no source: mean_prob
+    assert candidate_scores(toks, fields, grounded=g, steered=True)["grounded_prob"] <= STEERED_CAP
 
 
 def test_render_is_lines_not_json() -> None:
@@ -181,3 +209,18 @@ def test_bench_section_structure(smollm2_path: Path) -> None:
     md = rep.markdown()
     assert "## Confidence on outside data: AUROC" in md and "## Confidence: mean AUROC" in md
     json.dumps(rep.to_json())
+
+
+def test_grounded_prob_on_a_real_extraction(smollm2) -> None:
+    # the README's example: whatever the model writes, grounded_prob is mean_prob times the score of
+    # each value it chose that the text does not contain (checked here on the parsed data)
+    text = "Maria, aged 31, moved to Lisbon."
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+                                               "city": {"type": "string"}},
+              "required": ["name", "age", "city"], "additionalProperties": False}
+    x = smollm2.extract(text, schema, temperature=0.0, max_tokens=48)
+    absent = [f"/{k}" for k, v in x.data.items()
+              if (str(v).casefold() not in text.casefold()) and x.field_confidence.get(f"/{k}", 1.0) < 1.0]
+    expected = x.scores["mean_prob"] * math.prod(x.field_confidence[p] for p in absent)
+    assert x.scores["grounded_prob"] == pytest.approx(expected)
+    assert (x.scores["grounded_prob"] < x.scores["mean_prob"]) == bool(absent)

@@ -28,8 +28,9 @@ def _score(name: str) -> ScoreFn:
 
 
 DEFAULT_SCORES: dict[str, ScoreFn] = {
-    # the geometric mean of the free tokens' probabilities, capped at 0.5 when the output was
-    # steered to close (Extraction.confidence before calibration), then each raw candidate of
+    # Extraction.confidence before calibration (grounded_prob: the geometric mean of the free
+    # tokens' probabilities, times the score of each value not in the text; capped at 0.5 when the
+    # output was steered to close), then each raw candidate of
     # edgeslm.decoding.scores: the one with the best AUROC on the labeled data is calibrated
     "confidence": lambda x: float(x.confidence),
     **{name: _score(name) for name in CANDIDATES},

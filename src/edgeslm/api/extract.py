@@ -18,10 +18,12 @@ as early as the grammar allows, and a number that runs past 24 characters (longe
 float64 needs) is steered to end. Only allowed tokens are boosted, so validity is unaffected;
 the confidence (and every candidate score) of a steered output is capped at 0.5.
 
-Confidence is the geometric mean of the probabilities of the tokens the model chose freely,
-each taken from the grammar-masked distribution (tokens the grammar forced carry no information
-and are excluded): ``exp(mean(log p))``. 1.0 means every free choice was certain. It is the
-candidate :data:`edgeslm.decoding.scores.DEFAULT_CONFIDENCE`, chosen on outside data.
+Confidence starts from the geometric mean of the probabilities of the tokens the model chose
+freely, each taken from the grammar-masked distribution (tokens the grammar forced carry no
+information and are excluded): ``exp(mean(log p))``; each value the text does not contain (a
+string not in it, a number it does not write) then multiplies it by that value's own score. 1.0
+means every free choice was certain. It is the candidate ``grounded_prob``
+(:data:`edgeslm.decoding.scores.DEFAULT_CONFIDENCE`), chosen on outside data.
 """
 
 from __future__ import annotations
@@ -175,14 +177,15 @@ def constrained_json(
     """Generate once under the plan's grammar.
 
     With *lookup* (the document) and greedy decoding, what follows in it the bytes just written is
-    proposed and checked in the same engine call (:class:`~edgeslm.decoding.loop.PromptLookup`).
+    proposed and checked in the same engine call (:class:`~edgeslm.decoding.loop.PromptLookup`); the
+    ``grounded_prob`` score looks up the values written in it (any decoding).
 
     When the output starts repeating itself, or has used 60 % of ``max_tokens``, generation is
     steered to close the JSON as soon as the grammar allows; a number that runs past 24
     characters is steered to end (the :class:`~edgeslm.decoding.constrain.JsonWrapUp` processor).
     """
     from ..decoding.constrain import GrammarConstraint, JsonWrapUp
-    from ..decoding.scores import DEFAULT_CONFIDENCE, TokenScore, candidate_scores, field_scores
+    from ..decoding.scores import DEFAULT_CONFIDENCE, TokenScore, candidate_scores, field_scores, grounded_fields
 
     constraint = GrammarConstraint(engine, plan.grammar)
     wrap = JsonWrapUp.for_backend(engine, soft_limit=max(16, int(max_tokens * 0.6)))
@@ -203,11 +206,13 @@ def constrained_json(
             at += len(step.piece)
     finally:
         steps.close()
-    fields = field_scores(scored, b"".join(pieces))
+    output = b"".join(pieces)
+    fields = field_scores(scored, output)
+    grounded = grounded_fields(output, lookup, fields) if lookup else None
     # steered: the model did not finish (a value, or the JSON) by itself; every score says so (<= 0.5)
-    scores = candidate_scores(scored, fields, steered=wrap.on or wrap.steered)
+    scores = candidate_scores(scored, fields, steered=wrap.on or wrap.steered, grounded=grounded)
     conf = scores[DEFAULT_CONFIDENCE]  # chosen on outside data: see DEFAULT_CONFIDENCE
-    text = b"".join(pieces).decode("utf-8", errors="replace")
+    text = output.decode("utf-8", errors="replace")
     # complete: the grammar ended it, or the model chose to stop where the grammar allows. A value
     # cut off by max_tokens can still parse ("12" of "123456789"), so accepting() is not enough.
     complete = constraint.accepting() and (constraint.done() or not stats.hit_limit)

@@ -165,8 +165,8 @@ class Extraction:
     model: str = ""
     scores: dict[str, float] = field(default_factory=dict)
     """The raw candidate confidence scores (``mean_prob``, ``min_prob``, ``q10_prob``,
-    ``mean_margin``, ``min_margin``, ``min_field``, ``joint_prob``, ``min_mean_prob``); ``edgeslm.calibrate``
-    picks and calibrates one."""
+    ``mean_margin``, ``min_margin``, ``min_field``, ``joint_prob``, ``min_mean_prob``,
+    ``grounded_prob``); ``edgeslm.calibrate`` picks and calibrates one."""
 
     def to_dict(self) -> dict[str, Any]:
         data = self.data.model_dump() if hasattr(self.data, "model_dump") else self.data
