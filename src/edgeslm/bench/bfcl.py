@@ -12,7 +12,8 @@ Passes (greedy, parallel calls allowed in the parallel categories):
 
 * ``edgeslm`` / ``peer``: ``tool_choice="auto"``, as BFCL asks, taking turns question by question
   (so drift in a shared machine's speed falls on both alike; the peer's child process is started
-  for each question, outside the timed part). Caveat on time: the peer's auto mode
+  for each question and warmed up with one short call, as edgeslm's model is, both outside the
+  timed part). Caveat on time: the peer's auto mode
   first picks ``functions.<name>:`` or ``message:`` under a grammar, and its follow-up grammar for a
   message only allows ``<|im_end|>`` or a function name, so its text answers are empty, while
   edgeslm's are real text (up to ``--max-tokens``). Caveat on prompts: the peer's template lists the
@@ -271,6 +272,13 @@ def model_tools(question: dict[str, Any]) -> list[Any]:
     return as_tools(tools_of(question))
 
 
+def _renamed(tools: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """*tools* with names the peer accepts (``[A-Za-z0-9_-]``), and the renaming."""
+    rename = {t["function"]["name"]: re.sub(r"[^A-Za-z0-9_-]", "_", t["function"]["name"]) for t in tools}
+    return [{"type": "function", "function": {**t["function"], "name": rename[t["function"]["name"]]}}
+            for t in tools], rename
+
+
 def _peer_worker(jobs: list[dict[str, Any]], q: Any, path: str, n_threads: int, max_tokens: int) -> None:
     from ._peer import peer_llama
 
@@ -287,13 +295,18 @@ def _peer_worker(jobs: list[dict[str, Any]], q: Any, path: str, n_threads: int, 
         return complete(*args, **kwargs)
 
     llm.create_completion = spy  # type: ignore[method-assign]
+    if jobs:  # warm up as edgeslm is (outside the timed part): the first call of a process costs more
+        try:
+            llm.create_chat_completion(messages=[{"role": "user", "content": "hi"}],
+                                       tools=_renamed(jobs[0]["tools"])[0], tool_choice="auto", temperature=0.0,
+                                       max_tokens=16)
+        except Exception:  # the peer's own errors are counted on the real questions
+            pass
     for i, job in enumerate(jobs):
         prompts.clear()
         measure = bool(job.get("measure"))
-        rename = {t["function"]["name"]: re.sub(r"[^A-Za-z0-9_-]", "_", t["function"]["name"]) for t in job["tools"]}
+        tools, rename = _renamed(job["tools"])
         back = {v: k for k, v in rename.items()}
-        tools = [{"type": "function", "function": {**t["function"], "name": rename[t["function"]["name"]]}}
-                 for t in job["tools"]]
         choice = job["tool_choice"]
         if isinstance(choice, dict):
             choice = {"type": "function", "function": {"name": rename[choice["function"]["name"]]}}
