@@ -295,13 +295,12 @@ def _peer_worker(jobs: list[dict[str, Any]], q: Any, path: str, n_threads: int, 
         return complete(*args, **kwargs)
 
     llm.create_completion = spy  # type: ignore[method-assign]
-    if jobs:  # warm up as edgeslm is (outside the timed part): the first call of a process costs more
-        try:
-            llm.create_chat_completion(messages=[{"role": "user", "content": "hi"}],
-                                       tools=_renamed(jobs[0]["tools"])[0], tool_choice="auto", temperature=0.0,
-                                       max_tokens=16)
-        except Exception:  # the peer's own errors are counted on the real questions
-            pass
+    # Warm up as edgeslm is (outside the timed part): the first call of a process costs more. Without
+    # tools: the peer's argument completions ignore max_tokens, so a warm-up call could run away.
+    try:
+        llm.create_chat_completion(messages=[{"role": "user", "content": "hi"}], temperature=0.0, max_tokens=8)
+    except Exception:  # the peer's own errors are counted on the real questions
+        pass
     for i, job in enumerate(jobs):
         prompts.clear()
         measure = bool(job.get("measure"))
