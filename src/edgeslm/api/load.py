@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,27 @@ from .model import Model
 __all__ = ["load"]
 
 DEVICES = ("auto", "cpu", "cuda", "metal", "gpu")
+_prewarm_started = False
+
+
+def _prewarm() -> None:
+    """Import what every extraction and tool call needs first (jsonschema: 0.1-0.15 s, or seconds on
+    a busy machine) in a thread while the engine loads, so the first call of a process is not the
+    slow one. Once per process; nothing happens if it is imported already. ``edgeslm.decoding``
+    (imported by this module) has already deferred jsonschema's slow optional import,
+    rfc3987_syntax, so the thread pays only for jsonschema itself."""
+    global _prewarm_started
+    if _prewarm_started or "jsonschema" in sys.modules:
+        return
+    _prewarm_started = True
+
+    def run() -> None:
+        try:
+            import jsonschema  # noqa: F401
+        except BaseException:  # the call that needs it imports it again, and reports what fails
+            pass
+
+    threading.Thread(target=run, name="edgeslm-prewarm", daemon=True).start()
 
 
 def load(
@@ -123,6 +146,7 @@ def load(
     request = OpenRequest(n_ctx=plan.n_ctx, device=plan.device, n_gpu_layers=plan.n_gpu_layers,
                           n_threads=n_threads, safe_mode=safe_mode, trusted=entry is not None, plan=plan,
                           batch_invariant=batch_invariant)
+    _prewarm()
     engine = spec.open(path, request)
     engine.plan = plan
     try:
