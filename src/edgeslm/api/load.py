@@ -19,15 +19,15 @@ DEVICES = ("auto", "cpu", "cuda", "metal", "gpu")
 _prewarm_started = False
 
 
-def _prewarm() -> None:
+def _prewarm() -> threading.Thread | None:
     """Import what every extraction and tool call needs first (jsonschema: 0.1-0.15 s, or seconds on
     a busy machine) in a thread while the engine loads, so the first call of a process is not the
-    slow one. Once per process; nothing happens if it is imported already. ``edgeslm.decoding``
-    (imported by this module) has already deferred jsonschema's slow optional import,
-    rfc3987_syntax, so the thread pays only for jsonschema itself."""
+    slow one. Once per process; ``None`` if it is imported already. ``edgeslm.decoding`` (imported
+    by this module) has already deferred jsonschema's slow optional import, rfc3987_syntax, so the
+    thread pays only for jsonschema itself. The caller joins the thread before ``load`` returns."""
     global _prewarm_started
     if _prewarm_started or "jsonschema" in sys.modules:
-        return
+        return None
     _prewarm_started = True
 
     def run() -> None:
@@ -36,7 +36,9 @@ def _prewarm() -> None:
         except BaseException:  # the call that needs it imports it again, and reports what fails
             pass
 
-    threading.Thread(target=run, name="edgeslm-prewarm", daemon=True).start()
+    thread = threading.Thread(target=run, name="edgeslm-prewarm", daemon=True)
+    thread.start()
+    return thread
 
 
 def load(
@@ -146,8 +148,12 @@ def load(
     request = OpenRequest(n_ctx=plan.n_ctx, device=plan.device, n_gpu_layers=plan.n_gpu_layers,
                           n_threads=n_threads, safe_mode=safe_mode, trusted=entry is not None, plan=plan,
                           batch_invariant=batch_invariant)
-    _prewarm()
-    engine = spec.open(path, request)
+    warming = _prewarm()
+    try:
+        engine = spec.open(path, request)
+    finally:
+        if warming is not None:  # no import left half done when load returns: a fork after it is safe
+            warming.join()
     engine.plan = plan
     try:
         template = _template(engine, chat_template)
