@@ -109,6 +109,31 @@ def test_a_validated_gguf_is_remembered_until_the_file_changes(tmp_path, monkeyp
     assert len(calls) == 3
 
 
+def test_a_download_checked_before_its_rename_leaves_one_record(tmp_path, monkeypatch, smollm2_path) -> None:
+    import dataclasses
+    import os
+    import shutil
+
+    from edgeslm.backends import gguf_file as validate
+
+    monkeypatch.setenv("EDGESLM_HOME", str(tmp_path / "home"))
+    part = tmp_path / "m.gguf.part"  # as the downloader checks it, before moving it into place
+    shutil.copyfile(smollm2_path, part)
+    calls: list[object] = []
+    real = validate.validate_gguf
+    monkeypatch.setattr(validate, "validate_gguf", lambda p: (calls.append(p), real(p))[1])
+    first = validate.validate_gguf_cached(part)
+    final = tmp_path / "m.gguf"
+    os.replace(part, final)
+    again = validate.validate_gguf_cached(final)
+    assert again.path == final and dataclasses.replace(again, path=part) == first
+    assert len(calls) == 1  # known: the same file
+    assert len(list((tmp_path / "home" / "validated").glob("*.json"))) == 1  # nothing left for the .part
+    copy = tmp_path / "copy.gguf"  # another file with the same bytes is checked on its own
+    shutil.copyfile(final, copy)
+    assert validate.validate_gguf_cached(copy).path == copy and len(calls) == 2
+
+
 @requires_smollm2
 @pytest.mark.parametrize("name", ["smollm2-135m", "gemma-3-270m"])
 def test_closing_tokens_from_the_pieces_are_those_of_the_per_token_scan(name: str) -> None:

@@ -77,14 +77,14 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 def file_key(path: str | os.PathLike[str], *extra: object) -> str | None:
     """A key for what is remembered about the file at *path* (and *extra*): it changes when the file
-    is replaced or rewritten (resolved path, size, modification time, inode). ``None`` when the file
-    cannot be read."""
+    is replaced or rewritten (device, inode, size, modification time), not when it is renamed (a
+    download checked as ``x.part`` and then moved into place keeps what was learnt of it, rather than
+    leaving a record no path will ask for). ``None`` when the file cannot be read."""
     try:
-        p = Path(path).resolve()
-        st = p.stat()
+        st = Path(path).resolve().stat()
     except (OSError, RuntimeError):
         return None
-    text = "\0".join(map(str, (p, st.st_size, st.st_mtime_ns, st.st_ino, *extra)))
+    text = "\0".join(map(str, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, *extra)))
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
 
