@@ -16,19 +16,16 @@ from .model import Model
 __all__ = ["load"]
 
 DEVICES = ("auto", "cpu", "cuda", "metal", "gpu")
-_prewarm_started = False
 
 
 def _prewarm() -> threading.Thread | None:
     """Import what every extraction and tool call needs first (jsonschema: 0.1-0.15 s, or seconds on
     a busy machine) in a thread while the engine loads, so the first call of a process is not the
-    slow one. Once per process; ``None`` if it is imported already. ``edgeslm.decoding`` (imported
-    by this module) has already deferred jsonschema's slow optional import, rfc3987_syntax, so the
-    thread pays only for jsonschema itself. The caller joins the thread before ``load`` returns."""
-    global _prewarm_started
-    if _prewarm_started or "jsonschema" in sys.modules:
+    slow one; ``None`` if it is imported already. ``edgeslm.decoding`` (imported by this module) has
+    already deferred jsonschema's slow optional import, rfc3987_syntax, so the thread pays only for
+    jsonschema itself. The caller joins the thread before ``load`` returns."""
+    if "jsonschema" in sys.modules:
         return None
-    _prewarm_started = True
 
     def run() -> None:
         try:

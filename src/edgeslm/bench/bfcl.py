@@ -272,13 +272,6 @@ def model_tools(question: dict[str, Any]) -> list[Any]:
     return as_tools(tools_of(question))
 
 
-def _renamed(tools: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """*tools* with names the peer accepts (``[A-Za-z0-9_-]``), and the renaming."""
-    rename = {t["function"]["name"]: re.sub(r"[^A-Za-z0-9_-]", "_", t["function"]["name"]) for t in tools}
-    return [{"type": "function", "function": {**t["function"], "name": rename[t["function"]["name"]]}}
-            for t in tools], rename
-
-
 def _peer_worker(jobs: list[dict[str, Any]], q: Any, path: str, n_threads: int, max_tokens: int) -> None:
     from ._peer import peer_llama
 
@@ -304,8 +297,10 @@ def _peer_worker(jobs: list[dict[str, Any]], q: Any, path: str, n_threads: int, 
     for i, job in enumerate(jobs):
         prompts.clear()
         measure = bool(job.get("measure"))
-        tools, rename = _renamed(job["tools"])
+        rename = {t["function"]["name"]: re.sub(r"[^A-Za-z0-9_-]", "_", t["function"]["name"]) for t in job["tools"]}
         back = {v: k for k, v in rename.items()}
+        tools = [{"type": "function", "function": {**t["function"], "name": rename[t["function"]["name"]]}}
+                 for t in job["tools"]]
         choice = job["tool_choice"]
         if isinstance(choice, dict):
             choice = {"type": "function", "function": {"name": rename[choice["function"]["name"]]}}
