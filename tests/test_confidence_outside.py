@@ -71,6 +71,8 @@ def test_grounded_fields_look_values_up_in_the_source() -> None:
     assert grounded_fields(b'{"n": -8}', "2026-08-30", {"/n": 0.5}) == {"/n": False}
     assert grounded_fields(b'{"n": -8}', "a drop of -8 degrees", {"/n": 0.5}) == {"/n": True}
     assert grounded_fields(b"not json", src, {}) == {}
+    huge = b'{"n": ' + b"9" * 400 + b"}"  # an integer past float's range: a value, not a crash
+    assert grounded_fields(huge, "9" * 400, {"/n": 0.5}) == {"/n": False}
     toks = [TokenScore(0, 1, math.log(0.9), 0.8), TokenScore(2, 3, math.log(0.4), 0.1)]
     s = candidate_scores(toks, fields, grounded=g)
     # mean_prob, times the score of each value not in the text (only /age here)

@@ -150,7 +150,10 @@ def grounded_fields(output: bytes, source: str, fields: dict[str, float]) -> dic
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             if numbers is None:
                 numbers = {float(m.replace(",", "")) for m in _NUMBER.findall(source)}
-            out[pointer] = float(value) in numbers
+            try:
+                out[pointer] = float(value) in numbers
+            except OverflowError:  # an integer past float's range cannot be compared: counted as not found
+                out[pointer] = False
     return out
 
 
